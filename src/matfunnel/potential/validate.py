@@ -1,0 +1,82 @@
+"""Input conversion and validation shared by every potential backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from pymatgen.core import Structure
+
+from matfunnel.potential.errors import StructureError
+
+MIN_DISTANCE = 0.5  # Angstrom: closer atoms are treated as overlapping
+
+
+def to_structure(obj, label: str | None = None) -> Structure:
+    """Convert an ASE ``Atoms`` or pymatgen ``Structure`` to a ``Structure``."""
+    if isinstance(obj, Structure):
+        return obj
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        Atoms = ()
+    if isinstance(obj, Atoms):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        if not obj.pbc.all():
+            raise StructureError(label or obj.get_chemical_formula(), "only fully periodic cells are supported")
+        return AseAtomsAdaptor.get_structure(obj)
+    raise StructureError(label or repr(obj)[:40], f"unsupported type {type(obj).__name__}")
+
+
+def structure_label(struct: Structure, index: int | None = None) -> str:
+    label = struct.properties.get("label") if hasattr(struct, "properties") else None
+    if label:
+        return str(label)
+    formula = struct.composition.reduced_formula if len(struct) else "empty"
+    return f"{formula}#{index}" if index is not None else formula
+
+
+def validate_structure(
+    struct: Structure,
+    label: str,
+    supported_elements: Iterable[int] | None = None,
+    min_distance: float = MIN_DISTANCE,
+) -> None:
+    """Raise ``StructureError`` naming ``label`` if the structure cannot be evaluated."""
+    if len(struct) == 0:
+        raise StructureError(label, "the structure has no atoms")
+    if not struct.is_ordered:
+        raise StructureError(label, "the structure is disordered (partial occupancies)")
+    lat = struct.lattice.matrix
+    if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(struct.cart_coords)):
+        raise StructureError(label, "lattice or coordinates contain NaN/inf")
+    vol = abs(np.linalg.det(lat))
+    if vol < 1e-3:
+        raise StructureError(label, f"the cell is degenerate (volume {vol:.3g} A^3)")
+    if supported_elements is not None:
+        supported = set(supported_elements)
+        bad = sorted({sp.symbol for sp in struct.composition.elements if sp.Z not in supported})
+        if bad:
+            raise StructureError(label, f"element(s) {', '.join(bad)} not covered by the potential")
+    if len(struct) > 1 or True:
+        dmin = min_pair_distance(struct)
+        if dmin < min_distance:
+            raise StructureError(
+                label, f"atoms closer than {min_distance} A (minimum distance {dmin:.3f} A)"
+            )
+
+
+def min_pair_distance(struct: Structure) -> float:
+    """Smallest distance between two atoms (periodic images included, self-images too)."""
+    if len(struct) <= 200:
+        dm = struct.distance_matrix.copy()
+        np.fill_diagonal(dm, np.inf)
+        d = float(dm.min()) if len(struct) > 1 else np.inf
+    else:
+        _, _, _, dists = struct.get_neighbor_list(r=min(1.0, MIN_DISTANCE * 2))
+        dists = dists[dists > 1e-8]
+        d = float(dists.min()) if len(dists) else np.inf
+    # self-image distance: shortest lattice vector
+    a = struct.lattice.abc
+    return min(d, min(a))
