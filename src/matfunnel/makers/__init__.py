@@ -1,1 +1,5 @@
-"""matfunnel.makers"""
+"""jobflow makers wrapping the engine."""
+
+from matfunnel.makers.relax import RelaxMaker, StaticMaker
+
+__all__ = ["RelaxMaker", "StaticMaker"]

@@ -1,0 +1,117 @@
+"""FIRE + Frechet cell filter relaxation through ASE, one structure after another.
+
+Each structure gets its own result; a structure that fails (bad geometry, NaN, exploding forces,
+non-convergence) is recorded with its reason and the rest carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from matfunnel.potential import Potential, StructureError
+from matfunnel.potential.validate import structure_label, validate_structure
+
+MAX_FORCE = 1e3  # eV/A: beyond this a relaxation has blown up
+
+
+@dataclass
+class RelaxResult:
+    """One structure's relaxation outcome (all plain JSON types)."""
+
+    label: str
+    formula: str
+    initial_structure: dict
+    final_structure: dict | None = None
+    energy: float | None = None
+    e_per_atom: float | None = None
+    forces: list | None = None
+    stress: list | None = None
+    magmoms: list | None = None
+    n_steps: int = 0
+    converged: bool = False
+    error: str | None = None
+    wall_time: float = 0.0
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def relax_structure(
+    structure: Structure,
+    potential: Potential,
+    *,
+    label: str | None = None,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+) -> RelaxResult:
+    """Relax one structure with FIRE (+ FrechetCellFilter when ``relax_cell``)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    t0 = time.perf_counter()
+    label = label or structure_label(structure)
+    res = RelaxResult(label=label, formula=structure.composition.reduced_formula if len(structure) else "",
+                      initial_structure=structure.as_dict())
+    try:
+        validate_structure(structure, label, potential.supported_elements)
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = potential.calculator()
+        target = FrechetCellFilter(atoms) if relax_cell else atoms
+        opt = FIRE(target, logfile=None)
+        for _ in opt.irun(fmax=fmax, steps=max_steps):
+            e = atoms.get_potential_energy()
+            f = atoms.get_forces()
+            if not np.isfinite(e) or not np.all(np.isfinite(f)):
+                raise StructureError(label, f"NaN energy/forces at step {opt.nsteps}")
+            if np.abs(f).max() > MAX_FORCE:
+                raise StructureError(label, f"forces exploded (> {MAX_FORCE} eV/A) at step {opt.nsteps}")
+        res.n_steps = opt.nsteps
+        res.converged = bool(opt.converged())
+        final = AseAtomsAdaptor.get_structure(atoms)
+        final.properties = dict(structure.properties)
+        validate_structure(final, label, potential.supported_elements)
+        (out,) = potential.predict([final], labels=[label])
+        res.final_structure = final.as_dict()
+        res.energy = float(out["energy"])
+        res.e_per_atom = res.energy / len(final)
+        res.forces = np.asarray(out["forces"]).tolist()
+        res.stress = np.asarray(out["stress"]).tolist()
+        res.magmoms = np.asarray(out["magmoms"]).tolist()
+        if not res.converged:
+            res.error = f"structure {label!r}: not converged to fmax={fmax} in {max_steps} steps"
+    except StructureError as exc:
+        res.error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a batch never dies for one structure
+        res.error = f"structure {label!r}: {type(exc).__name__}: {exc}"
+    res.wall_time = time.perf_counter() - t0
+    return res
+
+
+def relax_structures(
+    structures: list[Structure],
+    potential: Potential,
+    *,
+    labels: list[str] | None = None,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+    progress: bool = False,
+) -> list[RelaxResult]:
+    """Relax every structure; failures are recorded per structure."""
+    labels = labels or [structure_label(s, i) for i, s in enumerate(structures)]
+    it = zip(structures, labels)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(list(it), desc="relax", unit="struct")
+    return [
+        relax_structure(s, potential, label=lab, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
+        for s, lab in it
+    ]
