@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh machine: system libraries for GPAW, the project venv (.venv) with a
+# CPU build of torch pinned first (so nothing pulls a multi-GB CUDA build), matfunnel and its extras.
+# Usage: scripts/setup.sh [--with-mongoeco]     (re-running is cheap: a stamp records what is done)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+VENV=.venv
+APT_PKGS="libxc-dev libfftw3-dev libopenblas-dev libscalapack-openmpi-dev libopenmpi-dev libblas-dev liblapack-dev"
+
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "[setup] installing system libraries for GPAW:$missing"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+stamp_key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.setup-$stamp_key"
+if [ ! -f "$stamp" ]; then
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
+  # torch first, pinned: a CPU wheel here; GPU users pre-install their CUDA torch 2.13.0 instead
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[dft,vasp,test]"
+  rm -f "$VENV"/.setup-*
+  touch "$stamp"
+  echo "[setup] environment ready in $VENV"
+fi
+
+if [ "${1:-}" = "--with-mongoeco" ] && [ -x scripts/setup_mongoeco.sh ]; then
+  scripts/setup_mongoeco.sh
+fi

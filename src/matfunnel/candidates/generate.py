@@ -1,0 +1,405 @@
+"""``generate_candidates``: prototype/user structures -> substituted, filtered, de-duplicated, capped.
+
+Pipeline (all pure pymatgen, no potential involved):
+
+1. **Sources**: AFLOW prototypes with at most ``max_sites`` sites (source id = AFLOW label) and the
+   user's structures (source id = ``user:<label>``), each in any chemical system.
+2. **Substitution**: every injective map from the source's species onto the target system's species
+   whose score is at least ``substitution_threshold``. Ionic systems (an element of
+   :data:`~matfunnel.candidates.chemsys.ANION_ELEMENTS` present) use oxidation-state species: the
+   source's from its own decoration or ``Composition.oxi_state_guesses`` (first all-integer guess;
+   elements if none), the target's from :func:`~matfunnel.candidates.substitution.target_species`.
+   Intermetallics use bare elements. Score = product of ICSD-mined conditional probabilities
+   ``p(source | target)`` of the replaced species (kept species: factor 1), see
+   :mod:`matfunnel.candidates.substitution`.
+3. **Filters**: the candidate must contain every element of the system (``all_elements=True``;
+   with False any sub-system with >= 2 elements); in ionic systems with ``charge_neutral`` the
+   oxidation states must sum to zero.
+4. **Structure**: species replaced, volume rescaled by reference lattice scaling (the RLS rule of
+   pymatgen's ``RLSVolumePredictor``: lengths scale with ``sum r n^(1/3)``, ionic radii when every
+   species has one, atomic radii otherwise), then validated (overlap < 0.5 A etc.): invalid ones are
+   reported in ``CandidateSet.rejected`` with the reason.
+5. **Rank**: score descending, then fewer sites, then candidate id (ascending) -- a total order, so
+   the same inputs always give the same list.
+6. **De-duplicate** in rank order with StructureMatcher (compared within a reduced formula), keeping
+   the best-ranked representative, until ``max_candidates`` unique candidates are kept (**cap**).
+
+Output structures carry plain elements (no oxidation states) and ``properties``: ``candidate_id``,
+``label`` (= candidate id), ``role="candidate"``, ``chemsys``, ``formula``, ``source`` (``aflow`` or
+``user``), ``source_id``, ``prototype`` (AFLOW tags, or None), ``substitution`` (source species ->
+target species, identities included), ``score``, ``rank`` and ``oxidation_states`` (per element,
+averaged; None for intermetallics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from os import PathLike
+
+from monty.json import MSONable
+from pymatgen.core import Composition, Element, Species, Structure
+
+from matfunnel.candidates.chemsys import is_ionic, parse_chemsys
+from matfunnel.candidates.dedupe import dedupe_ranked
+from matfunnel.candidates.filters import check_candidate, net_charge
+from matfunnel.candidates.prototypes import load_aflow_prototypes
+from matfunnel.candidates.sources import load_user_structures
+from matfunnel.candidates.substitution import default_table, enumerate_maps, target_species
+from matfunnel.potential.validate import to_structure
+
+DEFAULT_MAX_SITES = 12
+DEFAULT_THRESHOLD = 1e-6
+SOURCES = ("aflow", "user")
+
+
+@dataclass
+class CandidateSet(MSONable):
+    """Result of :func:`generate_candidates`.
+
+    ``candidates``: ranked structures (see module doc for their ``properties``); ``rejected``:
+    generated structures that failed validation (``candidate_id``, ``formula``, ``source_id``,
+    ``reason``); ``errors``: user files that could not be used (see ``load_user_structures``);
+    ``stats``: counts per stage; ``params``: the arguments used.
+    """
+
+    chemsys: list[str]
+    candidates: list[Structure] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __iter__(self):
+        return iter(self.candidates)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.properties["candidate_id"] for s in self.candidates]
+
+    def as_dict(self) -> dict:
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "chemsys": list(self.chemsys),
+            "candidates": [s.as_dict() for s in self.candidates],
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "stats": self.stats,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CandidateSet:
+        return cls(
+            chemsys=list(d["chemsys"]),
+            candidates=[s if isinstance(s, Structure) else Structure.from_dict(s) for s in d["candidates"]],
+            rejected=list(d.get("rejected", [])),
+            errors=list(d.get("errors", [])),
+            stats=dict(d.get("stats", {})),
+            params=dict(d.get("params", {})),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def candidate_id(struct: Structure) -> str:
+    """``<reduced formula>-<10 hex>``: a hash of the Niggli-reduced cell (lengths/angles to 1e-3,
+    sorted species and fractional coordinates to 1e-3). Depends on the structure only."""
+    red = struct.get_reduced_structure()
+    lat = [round(x, 3) for x in (*red.lattice.abc, *red.lattice.angles)]
+    sites = sorted(
+        (site.specie.symbol, *[round(round(float(c), 3) % 1.0, 3) for c in site.frac_coords]) for site in red
+    )
+    payload = json.dumps({"f": struct.composition.reduced_formula, "l": lat, "s": sites}, sort_keys=True)
+    return f"{struct.composition.reduced_formula}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
+
+
+def _element(key: str) -> str:
+    return Species.from_str(key).symbol if key not in Element.__members__ else key
+
+
+def _radius(key: str, ionic: bool) -> float | None:
+    if ionic:
+        try:
+            sp = Species.from_str(key)
+        except ValueError:
+            return None
+        if sp.oxi_state is None or sp.oxi_state == 0:
+            return None
+        with warnings.catch_warnings():  # "No default ionic radius for Mn4+. Using ls data."
+            warnings.simplefilter("ignore")
+            r = sp.ionic_radius
+        return float(r) if r else None
+    el = Element(_element(key))
+    r = el.atomic_radius or el.atomic_radius_calculated
+    return float(r) if r else None
+
+
+def _rls_factor(counts: dict[str, float], mapping: dict[str, str]) -> float:
+    """Linear lattice scale factor from reference lattice scaling (see module doc)."""
+    for ionic in (True, False):
+        num = den = 0.0
+        ok = True
+        for key, n in counts.items():
+            rs, rt = _radius(key, ionic), _radius(mapping[key], ionic)
+            if rs is None or rt is None:
+                ok = False
+                break
+            num += rt * n ** (1 / 3)
+            den += rs * n ** (1 / 3)
+        if ok and den > 0:
+            return num / den
+    return 1.0
+
+
+@lru_cache(maxsize=4096)
+def _guess_oxidation(formula: str) -> dict[str, int] | None:
+    """First all-integer, all-nonzero oxidation-state guess for a composition (None if none)."""
+    comp = Composition(formula)
+    if len(comp.elements) < 2:
+        return None
+    try:
+        guesses = comp.oxi_state_guesses(max_sites=-50)
+    except Exception:  # noqa: BLE001
+        return None
+    for g in guesses:
+        if all(float(v).is_integer() and v != 0 for v in g.values()):
+            return {el: int(v) for el, v in g.items()}
+    return None
+
+
+def _site_keys(struct: Structure, ionic: bool) -> list[str]:
+    """Per-site source key: a species string ("Mn3+") in ionic mode when known, else the element."""
+    if not ionic:
+        return [site.specie.symbol for site in struct]
+    species = [site.specie for site in struct]
+    if all(getattr(sp, "oxi_state", None) for sp in species):
+        return [str(Species(sp.symbol, sp.oxi_state)) for sp in species]
+    syms = [sp.symbol for sp in species]
+    guess = _guess_oxidation(Composition(Counter(syms)).reduced_formula)
+    if guess is None:
+        return syms
+    return [str(Species(s, guess[s])) if s in guess else s for s in syms]
+
+
+@dataclass
+class _Source:
+    source: str  # "aflow" | "user"
+    source_id: str
+    structure: Structure
+    prototype: dict | None = None
+
+
+def _collect_user(user_structures, errors: list[dict]) -> list[_Source]:
+    out, paths = [], []
+    items = [user_structures] if isinstance(user_structures, (str, PathLike, Structure)) else list(user_structures)
+    structs: list[Structure] = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, PathLike)):
+            paths.append(item)
+            continue
+        try:
+            s = to_structure(item, f"user#{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append({"file": None, "index": i, "label": f"user#{i}", "error": str(exc)})
+            continue
+        if not s.properties.get("label"):
+            s = s.copy()
+            s.properties = {**s.properties, "label": f"user{i}-{s.composition.reduced_formula}"}
+        problem = check_candidate(s, s.properties["label"])
+        if problem:
+            errors.append({"file": s.properties.get("source_file"), "index": i,
+                           "label": s.properties["label"], "error": problem})
+            continue
+        structs.append(s)
+    if paths:
+        loaded, errs = load_user_structures(paths)
+        structs.extend(loaded)
+        errors.extend(errs)
+    seen: Counter = Counter()
+    for s in structs:
+        sid = f"user:{s.properties['label']}"
+        seen[sid] += 1
+        if seen[sid] > 1:
+            sid = f"{sid}#{seen[sid]}"
+        out.append(_Source("user", sid, s.copy(), None))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def generate_candidates(
+    chemsys: str | Iterable[str],
+    *,
+    user_structures: Sequence[Structure | str | PathLike] | str | PathLike = (),
+    max_candidates: int = 50,
+    sources: Sequence[str] = SOURCES,
+    substitution_threshold: float = DEFAULT_THRESHOLD,
+    max_sites: int = DEFAULT_MAX_SITES,
+    charge_neutral: bool = True,
+    all_elements: bool = True,
+    merge_species: bool = True,
+) -> CandidateSet:
+    """Candidate structures for ``chemsys`` (e.g. ``"Li-Mn-O"``); see the module doc for the steps.
+
+    Args:
+        chemsys: elements, ``"Li-Mn-O"`` or a list; unknown elements raise ``ValueError``.
+        user_structures: Structures (or ASE Atoms) and/or paths to files/folders
+            (:func:`load_user_structures`); used as substitution templates when ``"user"`` is in
+            ``sources``. A user structure already in the system is kept as is (score 1.0). Their
+            size is not limited by ``max_sites``.
+        max_candidates: cap on the returned list (after de-duplication).
+        sources: any of ``"aflow"`` (bundled AFLOW prototypes) and ``"user"``.
+        substitution_threshold: minimum substitution score (product of conditional probabilities).
+        max_sites: largest AFLOW prototype (sites per cell) used as template.
+        charge_neutral: in ionic systems, keep only maps whose oxidation states sum to zero.
+        all_elements: candidates must contain every element of ``chemsys``; False also admits
+            sub-systems with at least two elements (one for a unary system).
+        merge_species: allow two source species to map onto the same target species (e.g. a
+            quaternary prototype giving a ternary candidate); otherwise maps are one-to-one.
+    """
+    elements = parse_chemsys(chemsys)
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown candidate source(s) {sorted(unknown)}; choose from {SOURCES}")
+    if max_candidates < 0:
+        raise ValueError("max_candidates must be >= 0")
+    ionic = is_ionic(elements)
+    table = default_table()
+    params = {
+        "chemsys": "-".join(elements), "max_candidates": max_candidates, "sources": list(sources),
+        "substitution_threshold": substitution_threshold, "max_sites": max_sites,
+        "charge_neutral": charge_neutral, "all_elements": all_elements,
+        "merge_species": merge_species, "ionic": ionic,
+    }
+    errors: list[dict] = []
+    srcs: list[_Source] = []
+    if "aflow" in sources:
+        srcs += [_Source("aflow", p.id, p.structure, dict(p.tags)) for p in load_aflow_prototypes(max_sites)]
+    n_aflow = len(srcs)
+    if "user" in sources and user_structures is not None:
+        srcs += _collect_user(user_structures, errors)
+
+    if ionic:
+        targets = [str(sp) for el in elements for sp in target_species(el, table)]
+    else:
+        targets = list(elements)
+    target_el = {t: _element(t) for t in targets}
+    want = set(elements)
+    min_el = len(elements) if all_elements else min(2, len(elements))
+
+    stats = Counter()
+    raw: list[dict] = []
+    for src in srcs:
+        keys = _site_keys(src.structure, ionic)
+        counts = dict(sorted(Counter(keys).items()))
+        skeys = list(counts)
+        if len(skeys) < min_el:
+            continue
+
+        def factor(i, t, skeys=skeys):
+            s = skeys[i]
+            same_element = _element(s) == target_el[t]
+            if s == t or (same_element and (s == _element(s) or t == _element(t))):
+                return 1.0
+            return table.cond_prob(s, t, cations_only=not ionic)
+
+        def accept(assign, skeys=skeys, counts=counts):
+            els = {target_el[t] for t in assign}
+            if len(els) < min_el or not els <= want:
+                stats["rejected_elements"] += 1
+                return False
+            if ionic and charge_neutral:
+                q = net_charge((counts[s], t) for s, t in zip(skeys, assign))
+                if q is None or abs(q) > 1e-6:
+                    stats["rejected_charge"] += 1
+                    return False
+            return True
+
+        for assign, score in enumerate_maps(
+            skeys, targets, factor, substitution_threshold, accept, injective=not merge_species
+        ):
+            raw.append({"src": src, "keys": keys, "counts": counts, "map": dict(zip(skeys, assign)),
+                        "score": score})
+    stats["maps"] = len(raw)
+
+    # build structures, validate, identify
+    built: list[tuple[tuple, Structure]] = []
+    rejected: list[dict] = []
+    for r in raw:
+        src, mapping = r["src"], r["map"]
+        new_species = [target_el[mapping[k]] for k in r["keys"]]
+        s = Structure(src.structure.lattice, new_species, src.structure.frac_coords)
+        f = _rls_factor(r["counts"], mapping)
+        if abs(f - 1.0) > 1e-9:
+            s.scale_lattice(s.volume * f**3)
+        cid = candidate_id(s)
+        problem = check_candidate(s, cid)
+        if problem:
+            rejected.append({"candidate_id": cid, "formula": s.composition.reduced_formula,
+                             "source_id": src.source_id, "reason": problem})
+            continue
+        if ionic:
+            tot: Counter = Counter()
+            num: Counter = Counter()
+            for k, n in r["counts"].items():
+                t = mapping[k]
+                tot[target_el[t]] += n * Species.from_str(t).oxi_state
+                num[target_el[t]] += n
+            oxi = {el: round(tot[el] / num[el], 6) for el in sorted(num)}
+        else:
+            oxi = None
+        s.properties = {
+            "candidate_id": cid,
+            "label": cid,
+            "role": "candidate",
+            "chemsys": "-".join(elements),
+            "formula": s.composition.reduced_formula,
+            "source": src.source,
+            "source_id": src.source_id,
+            "prototype": src.prototype,
+            "substitution": dict(mapping),
+            "score": float(r["score"]),
+            "oxidation_states": oxi,
+        }
+        if src.source == "user" and src.structure.properties.get("source_file"):
+            s.properties["source_file"] = src.structure.properties["source_file"]
+        built.append(((-float(r["score"]), len(s), cid), s))
+    built.sort(key=lambda x: x[0])
+    ranked = [s for _, s in built]
+
+    kept, dup_of, examined = dedupe_ranked(ranked, limit=max_candidates)
+    candidates = []
+    for rank, i in enumerate(kept):
+        s = ranked[i]
+        s.properties["rank"] = rank
+        s.properties["duplicates"] = sorted(ranked[j].properties["source_id"] for j, k in dup_of.items() if k == i)
+        candidates.append(s)
+
+    stats_out = {
+        "sources_aflow": n_aflow,
+        "sources_user": len(srcs) - n_aflow,
+        "user_errors": len(errors),
+        "maps_rejected_elements": stats["rejected_elements"],
+        "maps_rejected_charge": stats["rejected_charge"],
+        "generated": len(raw),
+        "invalid": len(rejected),
+        "valid": len(ranked),
+        "examined": examined,
+        "duplicates": len(dup_of),
+        "capped": len(ranked) - examined,
+        "returned": len(candidates),
+    }
+    return CandidateSet(list(elements), candidates, rejected, errors, stats_out, params)
