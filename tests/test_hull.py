@@ -125,7 +125,7 @@ def test_offline_hull_stable_binary_unstable_polymorph_and_elements():
     nial_stable = entry_at(b2("Ni", "Al"), -0.60, "NiAl-B2")
     nial_poly = entry_at(b2("Ni", "Al", lat=3.0), -0.55, "NiAl-poly")
     refs = reference_entries("Ni-Al", offline=True)
-    assert refs.label == "offline: MP elemental refs 2023-02-07 + 0 MLIP competing phases"
+    assert refs.label == "offline: 0 MLIP competing phases + MP elemental refs 2023-02-07 for Al-Ni"
     assert refs.details["source"] == "offline"
 
     pd = build_phase_diagram([nial_stable, nial_poly], refs)
@@ -159,7 +159,7 @@ def test_offline_mlip_competing_phases_and_uncovered_candidate():
         entry_at(b2("Ni", "Al"), -0.6, "NiAl-outside"),  # not in Mn-O: skipped
     ]
     refs = reference_entries(["O", "Mn"], mlip_competing=competing, mp_api_key="")
-    assert refs.label == "offline: MP elemental refs 2023-02-07 + 1 MLIP competing phases"
+    assert refs.label == "offline: 1 MLIP competing phases + MP elemental refs 2023-02-07 for Mn-O"
     assert refs.details["n_mlip_outside_chemsys"] == 1
     cand = entry_at(rocksalt("Mn", "O", lat=4.5), -1.4, "MnO-cand")
     nial = entry_at(b2("Ni", "Al"), -0.6, "NiAl-cand")
@@ -244,7 +244,7 @@ def test_mp_api_failure_falls_back_offline_with_masked_error(fake_mp, tmp_path):
     """MP API mocked (unreachable here): a failing request degrades to offline references."""
     fake_mp.fail_with = ConnectionError(f"could not reach api.materialsproject.org with key {SECRET}")
     refs = reference_entries("Fe-O", mp_api_key=SECRET, cache_dir=tmp_path)
-    assert refs.label.startswith("offline: MP elemental refs 2023-02-07")
+    assert refs.label.startswith("offline: 0 MLIP competing phases + MP elemental refs 2023-02-07")
     assert refs.label.endswith("(mp-api failed)")
     assert "ConnectionError" in refs.details["mp_api_error"]
     assert SECRET not in refs.details["mp_api_error"]
@@ -266,3 +266,24 @@ def test_plot_hull_binary_and_fallback(tmp_path):
     pd4 = build_phase_diagram([corrected_entry_at(rocksalt("Mn", "O"), -1.5, "MnO")], quaternary)
     out = plot_hull(pd4, tmp_path / "pd4.png")
     assert out.read_bytes()[:4] == png_magic
+
+
+def test_offline_mlip_elements_replace_mp_corners():
+    """An MLIP-relaxed elemental phase is the corner of the offline hull (self-consistent);
+    the MP elemental entry then only measures the potential's offset."""
+    from pymatgen.core import Lattice, Structure
+
+    mp = elemental_reference_energies()
+    al = Structure(Lattice.cubic(4.04), ["Al"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    offset = 0.08
+    al_mlip = mlip_entry(al, 4 * (mp["Al"] + offset), "Al-mlip")
+    refs = reference_entries("Al-Ni", mlip_competing=[al_mlip], offline=True)
+    assert refs.label == "offline: 1 MLIP competing phases + MP elemental refs 2023-02-07 for Ni"
+    assert refs.details["elemental_refs"]["Al"] == "mlip"
+    assert abs(refs.details["mlip_minus_mp_elemental"]["Al"] - offset) < 1e-9
+    ids = {str(e.entry_id) for e in refs.entries}
+    assert "Al-mlip" in ids and not any(i.startswith("mp-134") for i in ids)
+    # a candidate at the MLIP Al energy is on the hull at 0 (not 0.08 above an MP corner)
+    cand = mlip_entry(al, 4 * (mp["Al"] + offset), "Al-cand")
+    (row,) = compute_hull([cand], refs)
+    assert abs(row["e_above_hull"]) < 1e-9 and abs(row["e_form_per_atom"]) < 1e-9

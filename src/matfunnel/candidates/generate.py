@@ -306,7 +306,10 @@ def generate_candidates(
         keys = _site_keys(src.structure, ionic)
         counts = dict(sorted(Counter(keys).items()))
         skeys = list(counts)
-        if len(skeys) < min_el:
+        # a user's own structure is always a candidate as given (if inside the system), even
+        # when it does not span every element; substitutions of it must span as usual
+        own = {_element(k) for k in skeys} if src.source == "user" and {_element(k) for k in skeys} <= want else None
+        if len(skeys) < min_el and own is None:
             continue
 
         def factor(i, t, skeys=skeys):
@@ -316,9 +319,10 @@ def generate_candidates(
                 return 1.0
             return table.cond_prob(s, t, cations_only=not ionic)
 
-        def accept(assign, skeys=skeys, counts=counts):
+        def accept(assign, skeys=skeys, counts=counts, own=own):
             els = {target_el[t] for t in assign}
-            if len(els) < min_el or not els <= want:
+            as_given = own is not None and els == own and all(_element(s) == target_el[t] for s, t in zip(skeys, assign))
+            if (len(els) < min_el and not as_given) or not els <= want:
                 stats["rejected_elements"] += 1
                 return False
             if ionic and charge_neutral:

@@ -8,9 +8,11 @@ Order of preference:
     they carry exactly the corrections the candidates get. MLIP competing phases are *not*
     mixed into an MP DFT hull (their count is reported in ``details``), following Matbench
     Discovery: MLIP candidates are judged against the DFT hull.
-(b) **offline** — the MP elemental reference entries shipped with the package (DFT energies,
-    2023-02-07) as corners, plus competing phases relaxed with the same potential
-    (entries from :func:`matfunnel.hull.entries.mlip_entry`), MP2020-corrected here.
+(b) **offline** — competing phases relaxed with the same potential (entries from
+    :func:`matfunnel.hull.entries.mlip_entry`, MP2020-corrected here), elements in their
+    reference structures included, so the hull is self-consistent; the MP elemental reference
+    entries shipped with the package (DFT, 2023-02-07) are the corners only for elements with no
+    MLIP elemental phase, and otherwise measure the potential's elemental offsets.
 
 If the MP query fails, (b) is used and the (key-masked) error is recorded in the label
 and ``details["mp_api_error"]``.
@@ -90,21 +92,41 @@ def _from_mp(elements: list[str], api_key: str, cache_dir) -> ReferenceSet:
 
 
 def _offline(elements: list[str], mlip_competing: list[ComputedEntry]) -> ReferenceSet:
-    elemental = list(elemental_reference_entries(elements).values())
+    """Self-consistent offline references.
+
+    Every element with at least one MLIP-relaxed elemental phase takes its corner from the
+    potential itself (so candidates, binaries and corners all come from one energy model);
+    the shipped MP elemental entry is then left out of the hull and its offset from the MLIP
+    elemental ground state is recorded in ``details["mlip_minus_mp_elemental"]`` (eV/atom).
+    Elements without an MLIP elemental phase fall back to the MP entry (said in the label).
+    """
+    mp_elemental = elemental_reference_entries(elements)
     inside = [e for e in mlip_competing if _within(e, set(elements))]
     processed = process_entries(inside)
+    mlip_elemental: dict[str, float] = {}
+    for e in processed.entries:
+        if e.composition.is_element:
+            el = e.composition.elements[0].symbol
+            mlip_elemental[el] = min(mlip_elemental.get(el, float("inf")), e.energy_per_atom)
+    fallback = [el for el in elements if el not in mlip_elemental]
+    corners = [mp_elemental[el] for el in fallback]
     n = len(processed.entries)
-    label = f"offline: MP elemental refs {MP_ELEMENTAL_REFS_DATE} + {n} MLIP competing phases"
+    label = f"offline: {n} MLIP competing phases"
+    if fallback:
+        label += f" + MP elemental refs {MP_ELEMENTAL_REFS_DATE} for {'-'.join(fallback)}"
     details = {
         "source": "offline",
         "chemsys": "-".join(elements),
-        "n_entries": len(elemental) + n,
-        "elemental_refs": f"MP {MP_ELEMENTAL_REFS_DATE}",
+        "n_entries": len(corners) + n,
+        "elemental_refs": {el: ("mlip" if el in mlip_elemental else f"MP {MP_ELEMENTAL_REFS_DATE}")
+                           for el in elements},
+        "mlip_minus_mp_elemental": {el: mlip_elemental[el] - mp_elemental[el].energy_per_atom
+                                    for el in mlip_elemental},
         "n_mlip_competing": n,
         "n_mlip_outside_chemsys": len(mlip_competing) - len(inside),
         "rejected": processed.rejected,
     }
-    return ReferenceSet(elemental + processed.entries, label, details)
+    return ReferenceSet(corners + processed.entries, label, details)
 
 
 def reference_entries(
