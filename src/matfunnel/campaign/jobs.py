@@ -261,9 +261,17 @@ def _gpaw_flow(chosen, structures, rows, hull, decisions, sp: CampaignSpec) -> F
 @job(name="gpaw")
 def gpaw_job(structure: dict, settings: dict, label: str) -> dict:
     """One GPAW PAW-PBE plane-wave calculation (in the job's own folder)."""
+    from matfunnel.cache import active_cache, content_key, structure_fingerprint
     from matfunnel.dft import run_gpaw
 
-    return run_gpaw(_structure(structure), settings, label=label, workdir=os.getcwd())
+    cache = active_cache()
+    key = content_key("gpaw", structure_fingerprint(structure), settings)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return {**hit, "label": label, "cached": True}
+    result = run_gpaw(_structure(structure), settings, label=label, workdir=os.getcwd())
+    if cache is not None and not result.get("error"):
+        cache.put(key, "gpaw", result)
+    return {**result, "cached": False}
 
 
 @job(name="dft hull")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from jobflow import run_locally
 
+from matfunnel.cache import ENV
 from matfunnel.campaign.flow import build_flow, resolve
 from matfunnel.campaign.spec import CampaignSpec
 from matfunnel.campaign.store import embedded_store
@@ -25,7 +27,17 @@ def run_campaign(spec: CampaignSpec, run_dir: str | Path) -> dict:
     store = embedded_store(run_dir)
     jobs_dir = run_dir / "jobs"
     jobs_dir.mkdir(exist_ok=True)
-    responses = run_locally(flow, store=store, create_folders=True, root_dir=str(jobs_dir), log=True)
+    # finished relaxations / DFT runs are identified by their inputs: a rerun of a killed
+    # campaign with the same command reuses them (see matfunnel.cache)
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(run_dir / "cache.sqlite")
+    try:
+        responses = run_locally(flow, store=store, create_folders=True, root_dir=str(jobs_dir), log=True)
+    finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
     report = load_report(run_dir, store=store)
     if report is None:
         failed = [str(uuid) for uuid, r in responses.items() if not r] if responses else []

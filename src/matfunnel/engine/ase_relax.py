@@ -103,15 +103,23 @@ def relax_structures(
     max_steps: int = 500,
     relax_cell: bool = True,
     progress: bool = False,
+    on_result=None,
 ) -> list[RelaxResult]:
-    """Relax every structure; failures are recorded per structure."""
+    """Relax every structure; failures are recorded per structure.
+
+    ``on_result(index, result)`` is called as soon as each structure is finished (used to
+    commit results one by one, so a crash loses only the structure in progress).
+    """
     labels = labels or [structure_label(s, i) for i, s in enumerate(structures)]
-    it = zip(structures, labels)
+    it = list(enumerate(zip(structures, labels)))
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(list(it), desc="relax", unit="struct")
-    return [
-        relax_structure(s, potential, label=lab, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
-        for s, lab in it
-    ]
+        it = tqdm(it, desc="relax", unit="struct")
+    results = []
+    for i, (s, lab) in it:
+        r = relax_structure(s, potential, label=lab, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
+        if on_result is not None:
+            on_result(i, r)
+        results.append(r)
+    return results

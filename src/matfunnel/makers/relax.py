@@ -9,6 +9,7 @@ import numpy as np
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
+from matfunnel.cache import active_cache, content_key, structure_fingerprint
 from matfunnel.engine import relax_structures
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 from matfunnel.potential.validate import structure_label
@@ -36,16 +37,33 @@ class RelaxMaker(Maker):
     @job(data="trajectories")
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
         structures = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in structures]
-        pot = load_potential(self.potential, self.device)
-        results = relax_structures(
-            structures, pot, labels=_labels(structures, labels), fmax=self.fmax,
-            max_steps=self.max_steps, relax_cell=self.relax_cell, progress=self.progress,
-        )
-        docs = []
-        for r in results:
-            d = r.as_dict()
-            d["potential"] = self.potential
-            docs.append(d)
+        labels = _labels(structures, labels)
+        cache = active_cache()
+        settings = {"potential": self.potential, "fmax": self.fmax, "max_steps": self.max_steps,
+                    "relax_cell": self.relax_cell}
+        keys = [content_key("mlip-relax", structure_fingerprint(s), settings) for s in structures]
+        docs: list[dict | None] = [None] * len(structures)
+        if cache is not None:  # results identified by their inputs: finished work is reused
+            for i, k in enumerate(keys):
+                hit = cache.get(k)
+                if hit is not None:
+                    docs[i] = {**hit, "label": labels[i], "cached": True}
+        todo = [i for i, d in enumerate(docs) if d is None]
+        if todo:
+            pot = load_potential(self.potential, self.device)
+
+            def finished(j: int, result) -> None:  # committed as soon as each structure is done
+                i = todo[j]
+                doc = {**result.as_dict(), "potential": self.potential, "cached": False}
+                docs[i] = doc
+                if cache is not None:
+                    cache.put(keys[i], "mlip-relax", doc)
+
+            relax_structures(
+                [structures[i] for i in todo], pot, labels=[labels[i] for i in todo], fmax=self.fmax,
+                max_steps=self.max_steps, relax_cell=self.relax_cell, progress=self.progress,
+                on_result=finished,
+            )
         return docs
 
 
