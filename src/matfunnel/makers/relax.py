@@ -34,7 +34,7 @@ class RelaxMaker(Maker):
     relax_cell: bool = True
     progress: bool = True
 
-    @job(data="trajectories")
+    @job
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
         structures = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in structures]
         labels = _labels(structures, labels)
