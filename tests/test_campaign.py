@@ -126,3 +126,26 @@ def test_tiny_campaign_end_to_end(tmp_path, capsys):
     assert main(["report", str(run_dir)]) == 0
     printed = capsys.readouterr().out
     assert "hull reference: offline" in printed and chosen["id"] in printed
+
+
+def test_gate_vasp_engine_builds_atomate2_flow_only_for_gated():
+    """VASP cannot run here (mocked by not running it): check the dynamic replacement flow the
+    gate returns — atomate2's MP GGA double relax + static for each gated candidate only,
+    routed to DFT workers, followed by the MP2020-hull collect job."""
+    from jobflow import Flow, Response
+
+    from matfunnel.campaign.jobs import dft_gate_job
+
+    spec = CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"engine": "vasp", "threshold": 0.05}}).as_dict()
+    docs = [{"label": "near", "converged": True, "final_structure": b32_lial().as_dict()},
+            {"label": "far", "converged": True, "final_structure": b32_lial(6.6).as_dict()}]
+    hull = {"rows": [{"entry_id": "near", "e_above_hull": 0.01}, {"entry_id": "far", "e_above_hull": 0.2}],
+            "phases": {}, "reference_entries": []}
+    resp = dft_gate_job.original(docs, hull, spec)
+    assert isinstance(resp, Response) and isinstance(resp.replace, Flow)
+    names = [j.name for j in resp.replace.jobs]
+    assert names[-1] == "dft hull"
+    inner = [j for f in resp.replace.jobs if isinstance(f, Flow) for j, _ in f.iterflow()]
+    assert [j.name for j in inner] == ["MP GGA relax 1", "MP GGA relax 2", "MP GGA static"], names
+    assert all(j.metadata.get("category") == "dft" for j in inner)
+    assert resp.replace.jobs[-1].function_args[1] == ["near"]

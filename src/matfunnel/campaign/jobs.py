@@ -291,8 +291,7 @@ def _vasp_flow(chosen, structures, hull, decisions) -> Flow:
     flows = []
     for cid in chosen:
         f = vasp_flow(_structure(structures[cid]), metadata={"candidate_id": cid})
-        for j in f.jobs if hasattr(f, "jobs") else []:
-            j.metadata = {**(j.metadata or {}), "category": "dft"}
+        f.update_metadata({"category": "dft"})  # every nested job, and jobs they create
         flows.append(f)
     collect = vasp_hull_job([f.output for f in flows], chosen, hull, decisions)
     return Flow([*flows, collect], output=collect.output, name="VASP DFT")
