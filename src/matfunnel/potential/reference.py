@@ -5,6 +5,8 @@ Kept forever as the parity reference for matfunnel's own implementation.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pymatgen.core import Structure
 
@@ -41,7 +43,9 @@ class ChgnetReference(Potential):
         return outs
 
     def _run(self, structures: list[Structure]) -> list[dict]:
-        preds = self.model.predict_structure(structures, task="efsm", batch_size=self.batch_size)
+        with warnings.catch_warnings():  # chgnet warns about a tensor->scalar conversion on every call
+            warnings.simplefilter("ignore", UserWarning)
+            preds = self.model.predict_structure(structures, task="efsm", batch_size=self.batch_size)
         if isinstance(preds, dict):
             preds = [preds]
         results = []
