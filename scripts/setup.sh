@@ -31,6 +31,12 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] environment ready in $VENV"
 fi
 
+# the official Matbench Discovery metrics, for the parity tests only (its full dependency set
+# pulls wandb and plotting stacks, so no deps: the metrics module needs numpy/pandas/sklearn)
+if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import matbench_discovery" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --no-deps "matbench-discovery==1.3.1" || echo "[setup] matbench-discovery unavailable: parity test will skip"
+fi
+
 # the FireWorks tests talk to a real MongoDB wire-protocol server (mongoeco, Python 3.13 venv)
 if [ "${1:-}" = "--with-mongoeco" ]; then
   scripts/mongoeco_server.sh setup || echo "[setup] mongoeco unavailable (no Python 3.13?): FireWorks server tests will skip"

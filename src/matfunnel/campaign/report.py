@@ -79,6 +79,8 @@ def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, 
         rows.append({**dict.fromkeys(COLUMNS), "id": str(label), "status": "rejected", "gate": "n/a",
                      "error": err.get("error")})
     rows.sort(key=lambda r: (r["status"] != "ok", r["e_above_hull"] if r["e_above_hull"] is not None else 1e9, r["id"]))
+    from matfunnel.benchmark import gate_metrics
+
     return {
         "name": spec.name,
         "chemsys": spec.chemsys,
@@ -89,6 +91,8 @@ def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, 
         "dft_threshold": spec.dft.threshold,
         "candidate_stats": candidates.get("stats", {}),
         "rows": rows,
+        # the funnel scores itself: MLIP-predicted stable vs DFT stable for the DFT-checked rows
+        "gate_metrics": gate_metrics(rows),
         "dft_runs": [
             {k: r.get(k) for k in ("label", "formula", "energy_per_atom", "converged", "wall_time_s", "error")}
             for r in (dft or {}).get("runs", [])
