@@ -13,7 +13,7 @@ from matfunnel.potential.base import Potential
 from matfunnel.potential.errors import StructureError
 
 #: the funnel's default potential
-DEFAULT_POTENTIAL = "chgnet-reference"
+DEFAULT_POTENTIAL = "chgnet-0.3.0"
 
 
 def _chgnet_reference(device: str, **kw) -> Potential:
@@ -24,6 +24,7 @@ def _chgnet_reference(device: str, **kw) -> Potential:
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
     "chgnet-reference": _chgnet_reference,
+    "chgnet-0.3.0": lambda device, **kw: __import__("matfunnel.potential.chgnet.potential", fromlist=["ChgnetPotential"]).ChgnetPotential(device=device, **kw),  # noqa: E501
 }
 
 

@@ -10,18 +10,40 @@
 Structures may be pymatgen ``Structure`` or ASE ``Atoms``. A structure that cannot be evaluated
 raises :class:`~matfunnel.potential.errors.StructureError` naming it; with ``errors="record"`` its
 result is ``{"error": message}`` and the rest of the batch is still evaluated.
+
+``evaluate(numbers, positions, cells, n_atoms)`` is the tensor-level entry the batched engine
+(:mod:`matfunnel.engine`) calls every step: concatenated torch tensors in, :class:`Evaluation` out.
+The default converts to pymatgen structures and calls ``_predict_checked``; backends with their own
+batched graph code override it to skip the round trip.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from pymatgen.core import Structure
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
 
 from matfunnel.potential.errors import StructureError
 from matfunnel.potential.validate import structure_label, to_structure, validate_structure
+
+
+class Evaluation(NamedTuple):
+    """Outputs of :meth:`Potential.evaluate` for a batch of ``B`` structures with ``N`` atoms in all.
+
+    ``energy`` (B,) eV, ``forces`` (N, 3) eV/A, ``stress`` (B, 3, 3) GPa (ASE/chgnet sign: positive is
+    tensile; ``None`` when not requested), ``magmoms`` (N,) mu_B or ``None``. A structure that could
+    not be evaluated has NaN energy/forces/stress and its message in ``errors[b]`` (``None`` if fine).
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor | None
+    magmoms: torch.Tensor | None = None
+    errors: list | None = None
 
 
 class Potential(ABC):
@@ -64,6 +86,69 @@ class Potential(ABC):
     @abstractmethod
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         """Evaluate validated structures; return numpy arrays / floats."""
+
+    def evaluate(
+        self,
+        numbers: torch.Tensor,
+        positions: torch.Tensor,
+        cells: torch.Tensor,
+        n_atoms: torch.Tensor,
+        *,
+        compute_stress: bool = True,
+    ) -> Evaluation:
+        """Energy, forces, stress (and magmoms) of a concatenated batch, as tensors.
+
+        ``numbers`` (N,) atomic numbers, ``positions`` (N, 3) Cartesian A, ``cells`` (B, 3, 3) with
+        lattice vectors as rows, ``n_atoms`` (B,) atoms per structure (structures are consecutive).
+        Outputs are float64 on ``positions.device``. Structures are not validated here (the engine
+        checks geometry itself); one that fails is reported in ``Evaluation.errors``, not raised.
+
+        This default goes through pymatgen ``Structure`` objects and ``_predict_checked``; a backend
+        that can build its graphs from tensors should override it.
+        """
+        dev = positions.device
+        counts = [int(n) for n in n_atoms.tolist()]
+        z = numbers.detach().cpu().numpy()
+        pos = positions.detach().cpu().double().numpy()
+        lat = cells.detach().cpu().double().numpy()
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        structs = [
+            Structure(Lattice(lat[b]), z[offsets[b]:offsets[b + 1]].tolist(), pos[offsets[b]:offsets[b + 1]],
+                      coords_are_cartesian=True)
+            for b in range(len(counts))
+        ]
+        labels = [f"batch[{b}]" for b in range(len(counts))]
+        try:
+            outs = self._predict_checked(structs, labels, "record")
+        except Exception:  # noqa: BLE001 - fall back to one by one to find the culprit
+            outs = []
+            for s, lab in zip(structs, labels):
+                try:
+                    outs.extend(self._predict_checked([s], [lab], "record"))
+                except Exception as exc1:  # noqa: BLE001
+                    outs.append({"error": f"{type(exc1).__name__}: {exc1}"})
+        n_total, b_total = int(offsets[-1]), len(counts)
+        energy = np.full(b_total, np.nan)
+        forces = np.full((n_total, 3), np.nan)
+        stress = np.full((b_total, 3, 3), np.nan)
+        magmoms = np.full(n_total, np.nan)
+        errors: list[str | None] = [None] * b_total
+        for b, o in enumerate(outs):
+            lo, hi = offsets[b], offsets[b + 1]
+            if o is None or "error" in o:
+                errors[b] = (o or {}).get("error", "no result")
+                continue
+            energy[b] = float(o["energy"])
+            forces[lo:hi] = np.asarray(o["forces"], dtype=float).reshape(-1, 3)
+            stress[b] = np.asarray(o["stress"], dtype=float).reshape(3, 3)
+            if o.get("magmoms") is not None:
+                magmoms[lo:hi] = np.asarray(o["magmoms"], dtype=float).reshape(-1)
+
+        def t(a):
+            return torch.from_numpy(a).to(dev)
+
+        return Evaluation(t(energy), t(forces), t(stress) if compute_stress else None, t(magmoms),
+                          errors if any(errors) else None)
 
     def calculator(self):
         """An ASE calculator backed by this potential."""

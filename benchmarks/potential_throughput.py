@@ -1,0 +1,107 @@
+"""Throughput of matfunnel's ``chgnet-0.3.0`` against the chgnet package's own model.
+
+Same random structures (prototype-derived, strained, rattled, 2-200 atoms, plus large
+supercells) through ``CHGNet.predict_structure`` (batched) and through ours, in the same run;
+prints atoms/s for each and their ratio, checks the outputs agree while timing, then the time per
+atom of ours from 8 to 10k atoms.
+
+    .venv/bin/python benchmarks/potential_throughput.py [--device cuda] [--n 300] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def _agree(ref_preds, ours, structs):
+    e = max(abs(float(p["e"]) - o["energy"] / len(s)) for p, o, s in zip(ref_preds, ours, structs))
+    f = max(float(np.abs(p["f"] - o["forces"]).max()) for p, o in zip(ref_preds, ours))
+    st = max(float(np.abs(p["s"] - o["stress"]).max()) for p, o in zip(ref_preds, ours))
+    m = max(float(np.abs(p["m"] - o["magmoms"]).max()) for p, o in zip(ref_preds, ours))
+    return e, f, st, m
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n", type=int, default=300, help="number of random 2-200 atom structures")
+    ap.add_argument("--supercells", default="1000,2000", help="sizes of extra large supercells")
+    ap.add_argument("--scaling", default="8,64,512,2000,10000", help="sizes for the time-per-atom scan")
+    ap.add_argument("--ref-batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="small run (n=40, no supercells, scan to 2000)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.supercells, args.scaling = 40, "", "8,64,512,2000"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from chgnet.model import CHGNet
+
+    from matfunnel.potential.chgnet.potential import ChgnetPotential
+    from matfunnel.potential.chgnet.testing import random_structures, supercell
+
+    rng = np.random.default_rng(args.seed)
+    structs = [s for s in random_structures(rng, args.n) if len(s) >= 2]
+    # rocksalt with 2.75 A bonds: chgnet itself needs >10 GB for a dense ~900-atom cell
+    structs += [supercell(rng, int(n), proto="rocksalt", bond=2.75) for n in args.supercells.split(",") if n]
+    n_atoms = sum(len(s) for s in structs)
+    print(f"device={args.device} threads={torch.get_num_threads()} structures={len(structs)} atoms={n_atoms} "
+          f"(largest {max(len(s) for s in structs)})")
+
+    ref = CHGNet.load(model_name="0.3.0", use_device=args.device, verbose=False)
+    ours = ChgnetPotential(device=args.device)
+    warm = structs[:4]
+    ref.predict_structure(warm, task="efsm", batch_size=args.ref_batch_size)
+    ours.predict(warm)
+
+    _sync(args.device)
+    t0 = time.perf_counter()
+    ref_preds = ref.predict_structure(structs, task="efsm", batch_size=args.ref_batch_size)
+    _sync(args.device)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    our_preds = ours.predict(structs)
+    _sync(args.device)
+    t_ours = time.perf_counter() - t0
+    e, f, s, m = _agree(ref_preds, our_preds, structs)
+    print(f"{'model':<28}{'time s':>10}{'atoms/s':>12}")
+    print(f"{'chgnet CHGNet (reference)':<28}{t_ref:>10.2f}{n_atoms / t_ref:>12.1f}")
+    print(f"{'matfunnel chgnet-0.3.0':<28}{t_ours:>10.2f}{n_atoms / t_ours:>12.1f}")
+    print(f"speed-up: {t_ref / t_ours:.1f}x")
+    print(f"max |diff| over {len(structs)} structures: energy/atom {e:.2e} eV, forces {f:.2e} eV/A, "
+          f"stress {s:.2e} GPa, magmoms {m:.2e} muB")
+
+    print("\ntime per atom (ours; reference up to 512 atoms)")
+    print(f"{'atoms':>8}{'ours ms/atom':>14}{'ref ms/atom':>14}")
+    for n in [int(x) for x in args.scaling.split(",") if x]:
+        st = supercell(rng, n, proto="rocksalt", bond=2.75)
+        ours.predict([st])
+        _sync(args.device)
+        t0 = time.perf_counter()
+        ours.predict([st])
+        _sync(args.device)
+        t_o = (time.perf_counter() - t0) / len(st) * 1e3
+        t_r = float("nan")
+        if len(st) <= 600:
+            t0 = time.perf_counter()
+            ref.predict_structure(st, task="efsm")
+            t_r = (time.perf_counter() - t0) / len(st) * 1e3
+        print(f"{len(st):>8}{t_o:>14.3f}{t_r:>14.3f}")
+
+
+if __name__ == "__main__":
+    main()
