@@ -60,6 +60,90 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_phonons_compare(args) -> int:
+    from matfunnel.phonons.cli import run_compare
+
+    return run_compare(args)
+
+
+def cmd_benchmark_mbd(args) -> int:
+    from matfunnel.benchmark.data import DataUnavailableError
+    from matfunnel.benchmark.run import BenchmarkConfig, model_slug, run_benchmark
+    from matfunnel.benchmark.score import format_metrics
+
+    cfg = BenchmarkConfig(
+        potential=args.model, device=args.device, fmax=args.fmax, max_steps=args.max_steps,
+        shard_size=args.shard_size, subset=args.subset, sample=args.sample, seed=args.seed,
+        data_dir=args.data_dir, out_dir=args.out or f"runs/matbench-discovery-{model_slug(args.model)}",
+        geometry=args.geometry, download=not args.no_download, check_md5=not args.no_md5_check,
+    )
+    try:
+        result = run_benchmark(cfg)
+    except DataUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(format_metrics(result))
+    print(f"\noutputs in {cfg.out_dir}: " + ", ".join(Path(p).name for p in result["files"].values()))
+    return 0
+
+
+def cmd_benchmark_score(args) -> int:
+    import json
+
+    from matfunnel.benchmark.data import DataUnavailableError
+    from matfunnel.benchmark.score import format_metrics, score_file
+
+    try:
+        result = score_file(args.predictions, pred_col=args.pred_col, data_dir=args.data_dir,
+                            summary_path=args.summary, restrict=args.only_predicted,
+                            download=not args.no_download, stability_threshold=args.threshold,
+                            check_md5=not args.no_md5_check)
+    except DataUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print(format_metrics(result))
+    return 0
+
+
+def _add_benchmark(sub) -> None:
+    b = sub.add_parser("benchmark", help="external benchmarks (Matbench Discovery)")
+    bsub = b.add_subparsers(dest="benchmark", required=True)
+
+    def data_opts(p):
+        p.add_argument("--data-dir", default=None,
+                       help="folder with local copies of the data files (else the cache, $MATFUNNEL_DATA_DIR)")
+        p.add_argument("--no-download", action="store_true", help="never download; fail if a file is missing")
+        p.add_argument("--no-md5-check", action="store_true", help="accept data files with other md5 sums")
+
+    m = bsub.add_parser("matbench-discovery", help="IS2RE on the WBM test set: relax, E_form, hull distance, score")
+    m.add_argument("--model", default="chgnet-reference", help="potential name (matfunnel.potential.REGISTRY)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--subset", type=int, default=None, metavar="N", help="only N materials (first N, or --sample)")
+    m.add_argument("--sample", action="store_true", help="with --subset: a random sample (see --seed)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--fmax", type=float, default=0.05, help="FIRE force criterion, eV/A (benchmark: 0.05)")
+    m.add_argument("--max-steps", type=int, default=500, help="FIRE step limit (benchmark: 500)")
+    m.add_argument("--shard-size", type=int, default=250, help="structures per relaxation job")
+    m.add_argument("--geometry", choices=["auto", "on", "off"], default="auto",
+                   help="RMSD/symmetry vs DFT structures (auto: if the DFT structures file is local)")
+    m.add_argument("--out", default=None, help="run folder (default runs/matbench-discovery-<model>); rerun to resume")
+    data_opts(m)
+    m.set_defaults(func=cmd_benchmark_mbd)
+
+    s = bsub.add_parser("score", help="score a predictions file (material_id, e_form_per_atom_<model>)")
+    s.add_argument("predictions")
+    s.add_argument("--pred-col", default=None, help="prediction column (default: the e_form_per_atom_* column)")
+    s.add_argument("--summary", default=None, help="WBM summary CSV (default: the registry's file)")
+    s.add_argument("--only-predicted", action="store_true",
+                   help="score only predicted materials (default: all of WBM, missing = predicted unstable)")
+    s.add_argument("--threshold", type=float, default=0.0, help="stability threshold, eV/atom")
+    s.add_argument("--json", default=None, help="also write the result as JSON here")
+    data_opts(s)
+    s.set_defaults(func=cmd_benchmark_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="matfunnel", description="High-throughput materials discovery funnel")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -82,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.add_argument("--launchpad", required=True, help="my_launchpad.yaml")
     s.set_defaults(func=cmd_submit)
+
+    ph = sub.add_parser("phonons", help="phonon checks")
+    ph_sub = ph.add_subparsers(dest="phonons_command", required=True)
+    from matfunnel.phonons.cli import add_compare_arguments
+
+    add_compare_arguments(ph_sub.add_parser("compare", help="compare MLIP phonons with DFT references (phonopy folders)"))
+    ph_sub.choices["compare"].set_defaults(func=cmd_phonons_compare)
+
+    _add_benchmark(sub)
     return p
 
 

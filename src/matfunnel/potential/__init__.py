@@ -22,9 +22,15 @@ def _chgnet_reference(device: str, **kw) -> Potential:
     return ChgnetReference(device=device, **kw)
 
 
+def _chgnet_ours(device: str, **kw) -> Potential:
+    from matfunnel.potential.chgnet.potential import ChgnetPotential
+
+    return ChgnetPotential(device=device, **kw)
+
+
 REGISTRY: dict[str, Callable[..., Potential]] = {
-    "chgnet-reference": _chgnet_reference,
-    "chgnet-0.3.0": lambda device, **kw: __import__("matfunnel.potential.chgnet.potential", fromlist=["ChgnetPotential"]).ChgnetPotential(device=device, **kw),  # noqa: E501
+    "chgnet-0.3.0": _chgnet_ours,  # matfunnel's own batched CHGNet, official 0.3.0 weights
+    "chgnet-reference": _chgnet_reference,  # the chgnet package itself: the parity reference
 }
 
 
