@@ -17,6 +17,9 @@ def test_spec_errors_are_clear(tmp_path):
         CampaignSpec.from_dict({"name": "x"})
     with pytest.raises(SpecError, match=r"unknown key\(s\) \['fmaxx'\] in section 'relax'"):
         CampaignSpec.from_dict({"chemsys": "Li-O", "relax": {"fmaxx": 0.1}})
+    assert CampaignSpec.from_dict({"chemsys": "Li-O", "phonons": {"enabled": True}}).phonons.enabled
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['nope'\] in section 'phonons'"):
+        CampaignSpec.from_dict({"chemsys": "Li-O", "phonons": {"nope": 1}})
     with pytest.raises(SpecError, match="dft.engine"):
         CampaignSpec.from_dict({"chemsys": "Li-O", "dft": {"engine": "abinit"}})
     with pytest.raises(SpecError, match="not found"):
@@ -58,6 +61,10 @@ def test_gate_sends_only_near_hull_candidates():
     assert dec["c"].startswith("above threshold")
     assert dec["d"] == "skipped: MLIP relaxation not converged"
     assert dec["f"] == "skipped: bad"
+    # the phonon gate drops dynamically unstable candidates before DFT
+    phonons = {"enabled": True, "decisions": {"a": "unstable: imaginary optical mode at Gamma", "e": "stable"}}
+    dec = gate_decisions(docs, hull, spec, phonons)
+    assert dec["a"].startswith("skipped: dynamically unstable") and dec["e"] == "to DFT" and dec["b"] == "to DFT"
     spec.dft.engine = "none"
     assert gate_decisions(docs, hull, spec)["a"] == "near hull; DFT disabled"
 

@@ -6,6 +6,7 @@ from jobflow import Flow
 
 from matfunnel.campaign import jobs
 from matfunnel.campaign.spec import CampaignSpec, SpecError
+from matfunnel.phonons.gate import phonon_gate_job
 from matfunnel.potential import DEFAULT_POTENTIAL, REGISTRY
 
 
@@ -26,15 +27,16 @@ def resolve(spec: CampaignSpec) -> CampaignSpec:
 
 
 def build_flow(spec: CampaignSpec, out_dir: str | None = None) -> Flow:
-    """candidates -> relax (batched) -> references -> hull -> DFT gate -> report."""
+    """candidates -> relax (batched) -> references -> hull -> [phonon gate] -> DFT gate -> report."""
     spec = resolve(spec)
     d = spec.as_dict()
     cands = jobs.candidates_job(d)
     relaxed = jobs.relax_candidates_job(cands.output, d)
     refs = jobs.references_job(d)
     hull = jobs.hull_job(relaxed.output, refs.output, d)
-    dft = jobs.dft_gate_job(relaxed.output, hull.output, d)
-    report = jobs.report_job(cands.output, relaxed.output, hull.output, dft.output, d, out_dir)
+    phon = phonon_gate_job(relaxed.output, hull.output, d)
+    dft = jobs.dft_gate_job(relaxed.output, hull.output, d, phon.output)
+    report = jobs.report_job(cands.output, relaxed.output, hull.output, dft.output, d, out_dir, phon.output)
     for j in (relaxed, refs):
         j.metadata = {**(j.metadata or {}), "category": "gpu"}
-    return Flow([cands, relaxed, refs, hull, dft, report], output=report.output, name=f"matfunnel {spec.name}")
+    return Flow([cands, relaxed, refs, hull, phon, dft, report], output=report.output, name=f"matfunnel {spec.name}")

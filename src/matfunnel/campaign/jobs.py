@@ -170,9 +170,12 @@ def hull_job(candidate_docs: list, references: dict, spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------- DFT gate
-def gate_decisions(candidate_docs: list, hull: dict, spec: CampaignSpec) -> dict[str, str]:
+def gate_decisions(candidate_docs: list, hull: dict, spec: CampaignSpec, phonons: dict | None = None) -> dict[str, str]:
     """Why each candidate does or does not go to DFT."""
+    from matfunnel.phonons.gate import unstable_ids
+
     opts = spec.dft
+    unstable = unstable_ids(phonons)
     decisions: dict[str, str] = {}
     rows = {r["entry_id"]: r for r in hull["rows"]}
     eligible = []
@@ -187,6 +190,8 @@ def gate_decisions(candidate_docs: list, hull: dict, spec: CampaignSpec) -> dict
             decisions[cid] = "skipped: MLIP relaxation not converged"
         elif row["e_above_hull"] > opts.threshold:
             decisions[cid] = f"above threshold ({row['e_above_hull']:.3f} > {opts.threshold} eV/atom)"
+        elif cid in unstable:
+            decisions[cid] = f"skipped: dynamically unstable ({unstable[cid]})"
         elif opts.engine == "none":
             decisions[cid] = "near hull; DFT disabled"
         elif opts.max_sites is not None and len(_structure(d["final_structure"])) > opts.max_sites:
@@ -221,10 +226,11 @@ def _competing_for(row: dict, hull: dict, elements: list[str]) -> list[str]:
 
 
 @job(name="dft gate")
-def dft_gate_job(candidate_docs: list, hull: dict, spec: dict):
-    """Send only the candidates near the hull to DFT (a dynamic jobflow Response)."""
+def dft_gate_job(candidate_docs: list, hull: dict, spec: dict, phonons: dict | None = None):
+    """Send only the candidates near the hull (and dynamically stable, when the phonon gate is
+    on) to DFT: a dynamic jobflow Response."""
     sp = CampaignSpec.from_dict(spec)
-    decisions = gate_decisions(candidate_docs, hull, sp)
+    decisions = gate_decisions(candidate_docs, hull, sp, phonons)
     chosen = [cid for cid, dec in decisions.items() if dec == "to DFT"]
     if not chosen:
         return {"engine": sp.dft.engine, "decisions": decisions, "results": []}
@@ -332,10 +338,10 @@ def _computed_entry(d: dict):
 # --------------------------------------------------------------------------------- report
 @job(name="report")
 def report_job(candidates: dict, candidate_docs: list, hull: dict, dft: dict, spec: dict,
-               out_dir: str | None = None) -> dict:
+               out_dir: str | None = None, phonons: dict | None = None) -> dict:
     """The campaign table (CSV + JSON) and a hull plot, written into ``out_dir``."""
     from matfunnel.campaign.report import build_report, write_report
 
-    report = build_report(candidates, candidate_docs, hull, dft, CampaignSpec.from_dict(spec))
+    report = build_report(candidates, candidate_docs, hull, dft, CampaignSpec.from_dict(spec), phonons)
     write_report(report, hull, Path(out_dir or os.getcwd()))
     return report

@@ -13,7 +13,7 @@ from matfunnel.campaign.spec import CampaignSpec
 
 COLUMNS = [
     "id", "formula", "spacegroup", "n_sites", "source", "mlip_e_per_atom", "e_form_per_atom",
-    "e_above_hull", "hull_distance", "reference", "gate", "dft_e_above_hull", "dft_e_form_per_atom",
+    "e_above_hull", "hull_distance", "reference", "phonons", "omega_max_thz", "gate", "dft_e_above_hull", "dft_e_form_per_atom",
     "status", "error",
 ]
 
@@ -37,8 +37,12 @@ def _round(x, n=4):
     return None if x is None else round(float(x), n)
 
 
-def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, spec: CampaignSpec) -> dict:
+def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, spec: CampaignSpec,
+                 phonons: dict | None = None) -> dict:
     hull_rows = {r["entry_id"]: r for r in hull["rows"]}
+    phonons = phonons or {}
+    ph_decisions = phonons.get("decisions", {})
+    ph_docs = {r.get("label"): r for r in phonons.get("results", [])}
     dft_rows = {r.get("id"): r for r in (dft or {}).get("results", [])}
     decisions = (dft or {}).get("decisions", {})
     provenance = {p.get("candidate_id"): p for p in candidates.get("provenance", [])}
@@ -68,6 +72,8 @@ def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, 
             "e_above_hull": _round(h.get("e_above_hull")),
             "hull_distance": _round(h.get("hull_distance")),
             "reference": hull.get("reference_label"),
+            "phonons": ph_decisions.get(cid) if phonons.get("enabled") else None,
+            "omega_max_thz": _round(ph_docs.get(cid, {}).get("omega_max_thz"), 3),
             "gate": decisions.get(cid, "n/a"),
             "dft_e_above_hull": _round(x.get("dft_e_above_hull")),
             "dft_e_form_per_atom": _round(x.get("dft_e_form_per_atom")),

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from matfunnel.phonons.gate import PhononGateOptions
+
 
 class SpecError(ValueError):
     """A campaign spec is invalid."""
@@ -65,6 +67,7 @@ class CampaignSpec:
     potential: PotentialOptions = field(default_factory=PotentialOptions)
     relax: RelaxOptions = field(default_factory=RelaxOptions)
     hull: HullOptions = field(default_factory=HullOptions)
+    phonons: PhononGateOptions = field(default_factory=PhononGateOptions)  # optional gate before DFT
     dft: DftOptions = field(default_factory=DftOptions)
     base_dir: str = "."  # folder of the spec file: relative paths resolve against it
 
@@ -75,7 +78,7 @@ class CampaignSpec:
     def from_dict(cls, d: dict[str, Any], base_dir: str | Path = ".") -> "CampaignSpec":
         d = dict(d)
         sections = {"candidates": CandidateOptions, "potential": PotentialOptions, "relax": RelaxOptions,
-                    "hull": HullOptions, "dft": DftOptions}
+                    "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

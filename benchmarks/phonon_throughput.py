@@ -1,0 +1,104 @@
+"""Phonon force evaluation: all displacements in one batched ``predict`` vs one at a time.
+
+For each structure, phonopy's displaced supercells are evaluated (a) through matfunnel's batched
+path (:func:`matfunnel.phonons.produce_force_constants`, one ``potential.predict`` call) and (b)
+the classic way, one displacement at a time through the same potential's ASE calculator; both in
+the same run, on the same supercells. Prints supercells/s for each, their ratio, and the largest
+force-constant difference between the two.
+
+Structures: unit cells of the shared DFT references (``--refs``), in supercells at least
+``--min-length`` Å wide (``--own-supercells``: the references' own 360-1176 atom supercells).
+
+    .venv/bin/python benchmarks/phonon_throughput.py [--potential chgnet-0.3.0] [--device cuda]
+        [--refs mp-2646,mp-1883,mp-753] [--min-length 10] [--own-supercells] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MATFUNNEL_SHARED", REPO.parent / "shared"))
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def one_at_a_time(phonon, potential):
+    """Classic phonopy loop: every displaced supercell through the ASE calculator."""
+    from ase import Atoms
+
+    calc = potential.calculator()
+    forces = []
+    for sc in phonon.supercells_with_displacements:
+        atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        atoms.calc = calc
+        forces.append(atoms.get_forces().copy())
+    phonon.forces = np.array(forces)
+    phonon.produce_force_constants(show_drift=False)
+    phonon.symmetrize_force_constants(show_drift=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--potential", default=None, help="default: matfunnel's default potential")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--refs", default="mp-1883,mp-2646,mp-753", help="reference ids (unit cells)")
+    ap.add_argument("--min-length", type=float, default=10.0, help="supercell width, Angstrom")
+    ap.add_argument("--own-supercells", action="store_true", help="use the references' own supercells")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N (the first run pays one-off costs)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    from matfunnel.phonons import build_phonopy, load_reference, produce_force_constants
+    from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
+
+    pot = load_potential(args.potential or DEFAULT_POTENTIAL, args.device)
+    pot.predict([load_reference(SHARED / "data/phonons/pbe-reference/mp-1883").structure])  # warm-up
+    print(f"potential {pot.name} on {args.device}")
+    print(f"{'ref':>10} {'formula':>10} {'atoms':>6} {'disp':>5} {'batched s':>10} {'1-by-1 s':>9} {'ratio':>6} {'max dFC':>9}")
+    tot_b = tot_s = 0.0
+    for mid in args.refs.split(","):
+        ref = load_reference(SHARED / "data/phonons/pbe-reference" / mid)
+        kw = dict(primitive_matrix=ref.primitive_matrix, displacement=ref.displacement)
+        scm = ref.supercell_matrix if args.own_supercells else None
+        tb, ts = [], []
+        for _ in range(args.repeat):
+            a = build_phonopy(ref.structure, scm, min_length=args.min_length, **kw)
+            _sync(args.device)
+            t = time.perf_counter()
+            produce_force_constants(a, pot, remove_drift=False)
+            _sync(args.device)
+            tb.append(time.perf_counter() - t)
+            b = build_phonopy(ref.structure, scm, min_length=args.min_length, **kw)
+            t = time.perf_counter()
+            one_at_a_time(b, pot)
+            _sync(args.device)
+            ts.append(time.perf_counter() - t)
+        dfc = float(np.abs(a.force_constants - b.force_constants).max())
+        n = len(a.supercells_with_displacements)
+        bt, st = min(tb), min(ts)
+        tot_b, tot_s = tot_b + bt, tot_s + st
+        print(f"{mid:>10} {ref.formula:>10} {len(a.supercell):>6} {n:>5} {bt:>10.2f} {st:>9.2f} {st / bt:>6.2f} {dfc:>9.1e}",
+              flush=True)
+    print(f"total: batched {tot_b:.2f} s, one at a time {tot_s:.2f} s, speed-up {tot_s / tot_b:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

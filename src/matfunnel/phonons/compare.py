@@ -1,0 +1,175 @@
+"""Our phonons against DFT references (``matfunnel phonons compare``).
+
+For every reference folder: take the reference's own unit cell, supercell and primitive matrices
+and displacement distance (optionally relax the cell with our potential first, symmetry fixed),
+compute our force constants, then evaluate both on the *same* q-points: the reference's
+irreducible mesh (weighted frequency MAE, thermal properties, ω_max) and the same standard band
+path (band frequency MAE). Without ``relax`` the perfect supercell's forces are subtracted, since
+the DFT-relaxed cell is not exactly a minimum of the potential.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from matfunnel.phonons.calculate import build_phonopy, produce_force_constants
+from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES, harmonic_summary, primitive_structure
+from matfunnel.phonons.reference import PhononReferenceError, find_references, load_reference
+from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric
+from matfunnel.phonons.stability import IMAGINARY_TOL
+from matfunnel.phonons.bandpath import band_path
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "material_id", "formula", "n_primitive", "n_supercell", "n_displacements", "relaxed", "relax_converged",
+    "volume_change_pct",
+    "omega_max_thz_ours", "omega_max_thz_ref", "omega_max_k_ours", "omega_max_k_ref",
+    "entropy_300k_ours", "entropy_300k_ref", "free_energy_300k_ours", "free_energy_300k_ref",
+    "heat_capacity_300k_ours", "heat_capacity_300k_ref",
+    "mesh_mae_thz", "band_mae_thz", "min_frequency_thz_ours", "min_frequency_thz_ref",
+    "stable_ours", "stable_ref", "wall_time_s", "error",
+]
+
+
+def _mesh_mae(ours, ref_mesh: dict) -> float:
+    ours.run_qpoints(ref_mesh["qpoints"])
+    f_ours = np.asarray(ours.qpoints.frequencies)
+    w = np.asarray(ref_mesh["weights"], dtype=float)
+    err = np.abs(f_ours - ref_mesh["frequencies"]).mean(axis=1)
+    return float((err * w).sum() / w.sum())
+
+
+def compare_with_reference(ref, potential, *, relax: bool = False, relax_fmax: float = TIGHT_FMAX,
+                           mesh=DEFAULT_MESH, band_npoints: int = 31, temperatures=DEFAULT_TEMPERATURES,
+                           imaginary_tol: float = IMAGINARY_TOL) -> tuple[dict, dict]:
+    """One comparison row, plus ``{"ours": summary, "ref": summary}`` (band/DOS data for plots)."""
+    t0 = time.perf_counter()
+    structure = ref.structure
+    row = {"material_id": ref.material_id, "formula": ref.formula, "n_primitive": len(ref.phonopy.primitive),
+           "n_supercell": ref.n_supercell_atoms, "n_displacements": ref.n_displacements, "relaxed": relax}
+    if relax:
+        r = relax_symmetric(structure, potential, fmax=relax_fmax)
+        row["relax_converged"] = r.converged
+        row["volume_change_pct"] = 100.0 * (r.structure.volume / structure.volume - 1.0)
+        structure = r.structure
+    ours = build_phonopy(structure, ref.supercell_matrix, primitive_matrix=ref.primitive_matrix,
+                         displacement=ref.displacement)
+    produce_force_constants(ours, potential, subtract_residual=not relax, label=ref.material_id)
+    path = band_path(primitive_structure(ref.phonopy))
+    h_ref = harmonic_summary(ref.phonopy, mesh=mesh, temperatures=temperatures, band_npoints=band_npoints,
+                             imaginary_tol=imaginary_tol, path=path)
+    h_ours = harmonic_summary(ours, mesh=h_ref["mesh"]["mesh"], temperatures=temperatures,
+                              band_npoints=band_npoints, imaginary_tol=imaginary_tol, path=path)
+    band_ref = np.concatenate(h_ref["band"]["frequencies"])
+    band_ours = np.concatenate(h_ours["band"]["frequencies"])
+    for key in ("omega_max_thz", "omega_max_k", "entropy_300k", "free_energy_300k", "heat_capacity_300k"):
+        row[f"{key}_ours"], row[f"{key}_ref"] = h_ours[key], h_ref[key]
+    row.update(
+        mesh_mae_thz=_mesh_mae(ours, h_ref["mesh"]),
+        band_mae_thz=float(np.abs(band_ours - band_ref).mean()),
+        min_frequency_thz_ours=h_ours["stability"].min_frequency,
+        min_frequency_thz_ref=h_ref["stability"].min_frequency,
+        stable_ours=h_ours["stability"].stable,
+        stable_ref=h_ref["stability"].stable,
+        wall_time_s=time.perf_counter() - t0,
+        error=None,
+    )
+    return row, {"ours": h_ours, "ref": h_ref}
+
+
+def _mae(rows, key):
+    vals = [abs(r[f"{key}_ours"] - r[f"{key}_ref"]) for r in rows]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """MAEs over the materials that worked and the stability-classification accuracy."""
+    ok = [r for r in rows if not r.get("error")]
+    s = {"n_references": len(rows), "n_compared": len(ok), "n_failed": len(rows) - len(ok),
+         "errors": {r["material_id"]: r["error"] for r in rows if r.get("error")}}
+    for key in ("omega_max_thz", "entropy_300k", "free_energy_300k", "heat_capacity_300k"):
+        s[f"mae_{key}"] = _mae(ok, key)
+    s["mape_omega_max_pct"] = float(np.mean([100 * abs(r["omega_max_thz_ours"] / r["omega_max_thz_ref"] - 1)
+                                             for r in ok])) if ok else None
+    s["mean_mesh_mae_thz"] = float(np.mean([r["mesh_mae_thz"] for r in ok])) if ok else None
+    s["mean_band_mae_thz"] = float(np.mean([r["band_mae_thz"] for r in ok])) if ok else None
+    agree = [r["stable_ours"] == r["stable_ref"] for r in ok]
+    s["stability_accuracy"] = float(np.mean(agree)) if ok else None
+    s["stability_confusion"] = {
+        "stable_both": sum(r["stable_ours"] and r["stable_ref"] for r in ok),
+        "unstable_both": sum(not r["stable_ours"] and not r["stable_ref"] for r in ok),
+        "false_stable": sum(r["stable_ours"] and not r["stable_ref"] for r in ok),
+        "false_unstable": sum(not r["stable_ours"] and r["stable_ref"] for r in ok),
+    }
+    return s
+
+
+def cheapest_references(root, n: int | None = None) -> list[str]:
+    """Ids of the references in ``root/index.csv`` ordered by cost (supercell atoms x displacements)."""
+    index = Path(root) / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{str(index)!r} not found (needed to order references by cost)")
+    with open(index) as fh:
+        rows = list(csv.DictReader(fh))
+    rows.sort(key=lambda r: (int(r["n_supercell"]) * int(r["n_displacements"]), int(r["n_supercell"]), r["material_id"]))
+    ids = [r["material_id"] for r in rows]
+    return ids[:n] if n else ids
+
+
+def write_csv(rows: list[dict], path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
+
+
+def compare_references(root, potential, out=None, *, ids=None, limit: int | None = None, cheapest: bool = False,
+                       relax: bool = False, mesh=DEFAULT_MESH, band_npoints: int = 31,
+                       imaginary_tol: float = IMAGINARY_TOL, progress=None) -> tuple[list[dict], dict]:
+    """Compare every reference folder under ``root`` (or ``ids``; the first ``limit``).
+
+    A bad folder becomes a row with ``error`` set (the message names the folder); the others go on.
+    With ``out`` the rows go to that CSV and the summary to ``<out stem>.summary.json``.
+    ``progress(i, n, material_id)`` is called before each material.
+    """
+    if cheapest and not ids:
+        ids = cheapest_references(root)
+    folders = find_references(root, ids)
+    if limit:
+        folders = folders[:limit]
+    rows = []
+    for i, folder in enumerate(folders):
+        if progress:
+            progress(i, len(folders), folder.name)
+        t0 = time.perf_counter()
+        try:
+            ref = load_reference(folder)
+            row, _ = compare_with_reference(ref, potential, relax=relax, mesh=mesh, band_npoints=band_npoints,
+                                            imaginary_tol=imaginary_tol)
+        except PhononReferenceError as exc:
+            row = {"material_id": folder.name, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one material must not stop the comparison
+            row = {"material_id": folder.name,
+                   "error": f"phonon reference {str(folder)!r}: {type(exc).__name__}: {exc}"}
+        row.setdefault("wall_time_s", time.perf_counter() - t0)
+        if row.get("error"):
+            log.warning("%s", row["error"])
+        rows.append(row)
+    summary = summarize(rows)
+    summary["potential"] = getattr(potential, "name", str(potential))
+    summary["relax"] = relax
+    if out:
+        write_csv(rows, out)
+        Path(out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    return rows, summary
