@@ -108,6 +108,8 @@ def cmd_benchmark_score(args) -> int:
 
 
 def _add_benchmark(sub) -> None:
+    from matfunnel.potential import DEFAULT_POTENTIAL
+
     b = sub.add_parser("benchmark", help="external benchmarks (Matbench Discovery)")
     bsub = b.add_subparsers(dest="benchmark", required=True)
 
@@ -118,7 +120,8 @@ def _add_benchmark(sub) -> None:
         p.add_argument("--no-md5-check", action="store_true", help="accept data files with other md5 sums")
 
     m = bsub.add_parser("matbench-discovery", help="IS2RE on the WBM test set: relax, E_form, hull distance, score")
-    m.add_argument("--model", default="chgnet-reference", help="potential name (matfunnel.potential.REGISTRY)")
+    m.add_argument("--model", default=DEFAULT_POTENTIAL,
+                   help=f"potential name (matfunnel.potential.REGISTRY; default {DEFAULT_POTENTIAL})")
     m.add_argument("--device", default="cpu")
     m.add_argument("--subset", type=int, default=None, metavar="N", help="only N materials (first N, or --sample)")
     m.add_argument("--sample", action="store_true", help="with --subset: a random sample (see --seed)")
