@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import b32_lial, fcc
+from builders import b32_lial, fcc
 from matfunnel.campaign.jobs import gate_decisions
 from matfunnel.campaign.spec import CampaignSpec, SpecError, load_spec
 

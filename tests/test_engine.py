@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from jobflow import run_locally
 
-from conftest import fcc
+from builders import fcc
 from matfunnel.makers import RelaxMaker, StaticMaker
 
 

@@ -7,7 +7,7 @@ import pytest
 from ase import units
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from conftest import fcc
+from builders import fcc
 from matfunnel.potential import StructureError, load_potential
 
 

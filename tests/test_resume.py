@@ -16,7 +16,7 @@ from matfunnel.cache import ResultCache, content_key
 
 
 def test_content_key_is_stable_and_input_sensitive():
-    from conftest import fcc
+    from builders import fcc
 
     a = fcc("Al", 4.05)
     key = content_key("x", [a.lattice.matrix.tolist()], {"fmax": 0.05})
