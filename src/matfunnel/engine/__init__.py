@@ -1,9 +1,20 @@
 """Relaxation and dynamics over many structures.
 
-``relax_structures`` drives ASE's FIRE + FrechetCellFilter one structure at a time with failure
-isolation; the batched torch engine replaces it behind the same result documents.
+* :func:`relax_batched` - FIRE + Frechet cell filter (ASE semantics) on whole batches on the
+  potential's device, with in-flight refill and per-structure failure isolation (the default engine);
+* :func:`relax_structures` - ASE's FIRE + FrechetCellFilter one structure at a time (the reference);
+* :func:`run_md` - batched NVE / NVT (Langevin) / NPT (stochastic cell rescaling) dynamics.
+
+Both relaxation engines return :class:`RelaxResult` documents. The functional building blocks live in
+:mod:`matfunnel.engine.state`, :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md`.
 """
 
 from matfunnel.engine.ase_relax import RelaxResult, relax_structure, relax_structures
+from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
+from matfunnel.engine.md import MDResult, MDState, run_md
+from matfunnel.engine.runner import AtomBudget, relax_batched
+from matfunnel.engine.state import SystemState, concat, evaluate, from_structures, select, to_structure
 
-__all__ = ["RelaxResult", "relax_structure", "relax_structures"]
+__all__ = ["AtomBudget", "FireConfig", "FireState", "MDResult", "MDState", "RelaxResult", "SystemState", "concat",
+           "evaluate", "fire_forces", "fire_init", "fire_update", "from_structures", "relax_batched",
+           "relax_structure", "relax_structures", "run_md", "select", "to_structure"]

@@ -10,7 +10,7 @@ from jobflow import Maker, job
 from pymatgen.core import Structure
 
 from matfunnel.cache import active_cache, content_key, structure_fingerprint
-from matfunnel.engine import relax_structures
+from matfunnel.engine import relax_batched, relax_structures
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 from matfunnel.potential.validate import structure_label
 
@@ -24,6 +24,10 @@ class RelaxMaker(Maker):
     """Relax a batch of structures with an MLIP (FIRE + Frechet cell filter).
 
     Returns one document per structure (see :class:`matfunnel.engine.RelaxResult`), in input order.
+    ``engine="batched"`` (default) relaxes all structures together on the potential's device with
+    in-flight refill (:func:`matfunnel.engine.relax_batched`); ``engine="ase"`` runs ASE's FIRE one
+    structure after another (the reference path). Both give the same results, so cached results are
+    shared between them. ``symmetry`` keeps each structure's space group during the relaxation.
     """
 
     name: str = "mlip relax"
@@ -33,6 +37,9 @@ class RelaxMaker(Maker):
     max_steps: int = 500
     relax_cell: bool = True
     progress: bool = True
+    engine: str = "batched"
+    symmetry: bool = False
+    max_atoms: int | None = None
 
     @job
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
@@ -41,6 +48,8 @@ class RelaxMaker(Maker):
         cache = active_cache()
         settings = {"potential": self.potential, "fmax": self.fmax, "max_steps": self.max_steps,
                     "relax_cell": self.relax_cell}
+        if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
+            settings["symmetry"] = True
         keys = [content_key("mlip-relax", structure_fingerprint(s), settings) for s in structures]
         docs: list[dict | None] = [None] * len(structures)
         if cache is not None:  # results identified by their inputs: finished work is reused
@@ -59,11 +68,17 @@ class RelaxMaker(Maker):
                 if cache is not None:
                     cache.put(keys[i], "mlip-relax", doc)
 
-            relax_structures(
-                [structures[i] for i in todo], pot, labels=[labels[i] for i in todo], fmax=self.fmax,
-                max_steps=self.max_steps, relax_cell=self.relax_cell, progress=self.progress,
-                on_result=finished,
-            )
+            kw = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
+                      relax_cell=self.relax_cell, progress=self.progress, on_result=finished)
+            if self.engine == "batched":
+                relax_batched([structures[i] for i in todo], pot, symmetry=self.symmetry,
+                              max_atoms=self.max_atoms, **kw)
+            elif self.engine == "ase":
+                if self.symmetry:
+                    raise ValueError("symmetry-constrained relaxation needs engine='batched'")
+                relax_structures([structures[i] for i in todo], pot, **kw)
+            else:
+                raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
         return docs
 
 

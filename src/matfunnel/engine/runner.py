@@ -1,0 +1,247 @@
+"""Batched relaxation with in-flight refill and per-structure failure isolation.
+
+:func:`relax_batched` keeps one :class:`~matfunnel.engine.fire.FireState` on the potential's device.
+Every iteration evaluates all structures in it with one ``potential.evaluate`` call, retires the ones
+that converged, ran out of steps or blew up (NaN, forces above 1e3 eV/A, atoms closer than 0.5 A,
+an error from the potential), moves the others one FIRE step, and fills the freed room with queued
+structures, so the device stays full until the queue is empty. How many atoms fit is decided by
+:class:`AtomBudget` (the potential's own ``plan_batches`` when it has one).
+
+Results are :class:`~matfunnel.engine.ase_relax.RelaxResult` documents, identical in format to the
+ASE path; ``on_result(index, result)`` fires as soon as a structure leaves the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from matfunnel.engine.ase_relax import MAX_FORCE, RelaxResult
+from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
+from matfunnel.engine.state import concat, evaluate, from_structures, min_distances, select, to_structure
+from matfunnel.engine.symmetry import Symmetrizer
+from matfunnel.potential import Potential, StructureError
+from matfunnel.potential.validate import MIN_DISTANCE, structure_label, to_structure as as_structure, \
+    validate_structure
+
+#: rough peak memory per atom of a GNN potential step with forces and stress (bytes), used only when
+#: the potential gives no budget of its own
+BYTES_PER_ATOM = 256 * 1024
+
+
+class AtomBudget:
+    """How many structures may share one evaluation.
+
+    Uses, in order: the potential's ``plan_batches(n_atoms, volumes)`` (a set fits when it plans a
+    single batch for it); an explicit ``max_atoms`` (or the potential's ``max_atoms``); otherwise an
+    atom count from free device memory (``BYTES_PER_ATOM`` per atom, at most 20k atoms on GPU and 4k
+    on CPU). A structure that alone exceeds the budget still runs, alone.
+    """
+
+    def __init__(self, potential: Potential, max_atoms: int | None = None):
+        self.plan = None if max_atoms is not None else getattr(potential, "plan_batches", None)
+        self.max_atoms = max_atoms or getattr(potential, "max_atoms", None) or self._from_memory(potential.device)
+
+    @staticmethod
+    def _from_memory(device) -> int:
+        dev = torch.device(device)
+        if dev.type == "cuda" and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(dev)
+            return int(max(64, min(20_000, 0.7 * free / BYTES_PER_ATOM)))
+        try:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        except ImportError:  # pragma: no cover
+            free = 8 * 1024**3
+        return int(max(64, min(4_000, 0.3 * free / BYTES_PER_ATOM)))
+
+    def fits(self, n_atoms: Sequence[int], volumes: Sequence[float]) -> bool:
+        if len(n_atoms) <= 1:
+            return True
+        if self.plan is not None:
+            return len(self.plan(list(n_atoms), list(volumes))) == 1
+        return sum(n_atoms) <= self.max_atoms
+
+
+def _structure_doc(res: RelaxResult, final: Structure, e: float, forces, stress, magmoms) -> None:
+    res.final_structure = final.as_dict()
+    res.energy = float(e)
+    res.e_per_atom = float(e) / len(final)
+    res.forces = np.asarray(forces, dtype=float).tolist()
+    res.stress = np.asarray(stress, dtype=float).tolist()
+    m = None if magmoms is None else np.asarray(magmoms, dtype=float)
+    res.magmoms = None if m is None or not np.all(np.isfinite(m)) else m.tolist()
+
+
+def relax_batched(
+    structures: Sequence[Structure],
+    potential: Potential,
+    *,
+    labels: Sequence[str] | None = None,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+    symmetry: bool = False,
+    symprec: float = 1e-3,
+    scalar_pressure: float = 0.0,
+    exp_cell_factor: float | None = None,
+    config: FireConfig = FireConfig(),
+    max_atoms: int | None = None,
+    check_distance_every: int = 1,
+    progress: bool = False,
+    on_result: Callable[[int, RelaxResult], None] | None = None,
+) -> list[RelaxResult]:
+    """Relax every structure (FIRE + Frechet cell filter, ASE semantics) in refilled batches.
+
+    Arguments mirror :func:`matfunnel.engine.relax_structures` plus: ``symmetry`` keeps each
+    structure's space group (spglib, ``symprec``); ``scalar_pressure`` GPa; ``max_atoms`` overrides
+    the batch budget; ``check_distance_every`` steps between minimum-distance checks. Returns one
+    :class:`RelaxResult` per input, in input order; ``wall_time`` is the time the structure spent in
+    the batch (shared with its batch mates).
+    """
+    n = len(structures)
+    labels = list(labels) if labels is not None else [None] * n
+    results: list[RelaxResult | None] = [None] * n
+    inputs: list[Structure | None] = [None] * n
+    entered: dict[int, float] = {}
+    dev = potential.device
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="relax", unit="struct")
+
+    def finish(i: int, res: RelaxResult) -> None:
+        res.wall_time = time.perf_counter() - entered.get(i, time.perf_counter())
+        results[i] = res
+        if on_result is not None:
+            on_result(i, res)
+        if bar is not None:
+            bar.update(1)
+
+    def blank(i: int, s) -> RelaxResult:
+        formula = s.composition.reduced_formula if isinstance(s, Structure) and len(s) else ""
+        init = s.as_dict() if isinstance(s, Structure) else {}
+        return RelaxResult(label=labels[i], formula=formula, initial_structure=init)
+
+    symmetrizer = Symmetrizer(symprec) if symmetry else None
+    queue: deque[int] = deque()
+    for i, obj in enumerate(structures):
+        t0 = time.perf_counter()
+        try:
+            s = as_structure(obj, labels[i])
+            labels[i] = labels[i] or structure_label(s, i)
+            validate_structure(s, labels[i], potential.supported_elements)
+            inputs[i] = s
+            if symmetrizer is not None:
+                symmetrizer.add(i, s)
+            queue.append(i)
+        except StructureError as exc:
+            labels[i] = labels[i] or f"structure#{i}"
+            entered[i] = t0
+            res = blank(i, obj)
+            res.error = str(exc)
+            finish(i, res)
+
+    budget = AtomBudget(potential, max_atoms)
+    sizes = {i: len(inputs[i]) for i in queue}
+    vols = {i: float(inputs[i].volume) for i in queue}
+    active: FireState | None = None
+    it = 0
+
+    def refill(active: FireState | None) -> FireState | None:
+        ids = [] if active is None else active.ids.tolist()
+        take = []
+        while queue and budget.fits([sizes[k] for k in ids + take] + [sizes[queue[0]]],
+                                    [vols[k] for k in ids + take] + [vols[queue[0]]]):
+            take.append(queue.popleft())
+        if not take and active is None and queue:  # one structure always fits
+            take.append(queue.popleft())
+        if not take:
+            return active
+        now = time.perf_counter()
+        for k in take:
+            entered[k] = now
+        new = fire_init(
+            from_structures([inputs[k] for k in take], dev, ids=take), fmax=fmax, max_steps=max_steps,
+            relax_cell=relax_cell, exp_cell_factor=exp_cell_factor, scalar_pressure=scalar_pressure,
+            config=config)
+        return new if active is None else concat([active, new])
+
+    active = refill(None)
+    while active is not None and active.n_systems > 0:
+        active = evaluate(active, potential)
+        if symmetrizer is not None:
+            active = symmetrizer(active)
+        nb = active.n_systems
+        reasons: list[str | None] = list(active.eval_error) if active.eval_error else [None] * nb
+        steps = active.n_steps.tolist()
+        finite = torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1)
+        bad_atoms = (~torch.isfinite(active.forces).all(1)).to(active.forces.dtype)
+        finite &= torch.zeros(nb, dtype=bad_atoms.dtype, device=active.device).index_add_(
+            0, active.batch, bad_atoms) == 0
+        fabs = torch.zeros(nb, dtype=active.forces.dtype, device=active.device).scatter_reduce_(
+            0, active.batch, torch.nan_to_num(active.forces, nan=0.0).abs().amax(1), "amax")
+        dmin = None
+        if check_distance_every and it % check_distance_every == 0 and it > 0:
+            dmin = min_distances(active.positions, active.cell, active.batch, nb)
+        finite_l, fabs_l = finite.tolist(), fabs.tolist()
+        dmin_l = dmin.tolist() if dmin is not None else [math.inf] * nb
+        for b in range(nb):
+            if reasons[b] is not None:
+                reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
+            elif not finite_l[b]:
+                reasons[b] = f"NaN energy/forces at step {steps[b]}"
+            elif fabs_l[b] > MAX_FORCE:
+                reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
+            elif dmin_l[b] < MIN_DISTANCE:
+                reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin_l[b]:.3f} A) "
+                              f"at step {steps[b]}")
+        ok = torch.tensor([r is None for r in reasons], device=active.device)
+        active = fire_forces(active)
+        residual = torch.where(ok, active.residual, torch.full_like(active.residual, math.inf))
+        converged = residual < active.fmax
+        exhausted = active.n_steps >= active.max_steps
+        done = converged | exhausted | ~ok
+        if bool(done.any()):
+            conv_l, done_l = converged.tolist(), done.tolist()
+            ids = active.ids.tolist()
+            counts = active.n_atoms.tolist()
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            e_l = active.energy.tolist()
+            res_l = active.residual.tolist()
+            for b in np.nonzero(done_l)[0].tolist():
+                i = ids[b]
+                res = blank(i, inputs[i])
+                res.n_steps = int(steps[b])
+                res.data = {"engine": "batched-fire", "final_fmax": float(res_l[b])}
+                if reasons[b] is not None:
+                    res.error = f"structure {labels[i]!r}: {reasons[b]}"
+                else:
+                    lo, hi = int(starts[b]), int(starts[b] + counts[b])
+                    final = to_structure(active, b, inputs[i])
+                    mag = None if active.magmoms is None else active.magmoms[lo:hi].cpu().numpy()
+                    _structure_doc(res, final, e_l[b], active.forces[lo:hi].cpu().numpy(),
+                                   active.stress[b].cpu().numpy(), mag)
+                    res.converged = bool(conv_l[b])
+                    if not res.converged:
+                        res.error = f"structure {labels[i]!r}: not converged to fmax={fmax} in {max_steps} steps"
+                finish(i, res)
+            active = select(active, ~done) if not bool(done.all()) else None
+        if active is not None:
+            active = fire_update(active, config)
+        active = refill(active)
+        it += 1
+    if bar is not None:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+__all__ = ["AtomBudget", "relax_batched"]

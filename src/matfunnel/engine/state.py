@@ -1,0 +1,230 @@
+"""A batch of periodic structures as concatenated torch tensors (the state every batched engine uses).
+
+Structures are stored back to back: per-atom tensors have ``N`` rows (all atoms of all structures),
+per-structure tensors have ``B`` rows, and ``batch`` (N,) says which structure each atom belongs to.
+Engines extend :class:`SystemState` with their own fields (velocities, FIRE counters, ...) and mark
+each field's scope with :func:`atom_field` / :func:`system_field`; :func:`select` and
+:func:`concat` then work on any such state, which is what lets finished structures leave a running
+batch and queued ones enter it.
+
+Geometry is float64 on the potential's device: positions Cartesian A, ``cell`` rows are lattice
+vectors (ASE and pymatgen convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+from torch import Tensor
+
+from matfunnel.potential.base import Evaluation
+
+#: eV/A^3 -> GPa
+EV_A3_TO_GPA = 160.21766208
+DTYPE = torch.float64
+
+S = TypeVar("S", bound="SystemState")
+
+
+def atom_field(**kw):
+    """A dataclass field with one row per atom."""
+    return field(metadata={"scope": "atom"}, **kw)
+
+
+def system_field(**kw):
+    """A dataclass field with one row per structure."""
+    return field(metadata={"scope": "system"}, **kw)
+
+
+@dataclass
+class SystemState:
+    """Positions, cells and species of ``B`` structures, plus the latest potential evaluation."""
+
+    positions: Tensor = atom_field()  # (N, 3) float64 Cartesian A
+    numbers: Tensor = atom_field()  # (N,) long atomic numbers
+    batch: Tensor = field(metadata={"scope": "batch"})  # (N,) long structure index of each atom
+    cell: Tensor = system_field()  # (B, 3, 3) float64, rows are lattice vectors
+    ids: Tensor = system_field()  # (B,) long: index of each structure in the caller's input list
+    # latest evaluation at ``positions``/``cell`` (None until evaluated)
+    energy: Tensor | None = system_field(default=None)  # (B,) eV
+    forces: Tensor | None = atom_field(default=None)  # (N, 3) eV/A
+    stress: Tensor | None = system_field(default=None)  # (B, 3, 3) GPa, positive = tensile
+    magmoms: Tensor | None = atom_field(default=None)  # (N,) mu_B
+    eval_error: list | None = None  # per structure: the potential's message or None
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    @property
+    def n_systems(self) -> int:
+        return int(self.cell.shape[0])
+
+    @property
+    def n_atoms(self) -> Tensor:
+        """(B,) atoms per structure."""
+        return torch.bincount(self.batch, minlength=self.n_systems)
+
+    def volumes(self) -> Tensor:
+        return torch.linalg.det(self.cell).abs()
+
+
+def _scope(f: dataclasses.Field) -> str | None:
+    return f.metadata.get("scope")
+
+
+def from_structures(structures: list[Structure], device: str | torch.device = "cpu",
+                    ids: list[int] | None = None) -> SystemState:
+    """A :class:`SystemState` of pymatgen structures (not yet evaluated)."""
+    ids = list(range(len(structures))) if ids is None else list(ids)
+    pos = np.concatenate([s.cart_coords for s in structures]).astype(np.float64)
+    z = np.concatenate([np.asarray(s.atomic_numbers, dtype=np.int64) for s in structures])
+    cell = np.stack([s.lattice.matrix for s in structures]).astype(np.float64)
+    counts = torch.tensor([len(s) for s in structures], dtype=torch.long, device=device)
+    return SystemState(positions=torch.from_numpy(pos).to(device), numbers=torch.from_numpy(z).to(device),
+                       batch=torch.repeat_interleave(torch.arange(len(structures), device=device), counts),
+                       cell=torch.from_numpy(cell).to(device),
+                       ids=torch.tensor(ids, dtype=torch.long, device=device))
+
+
+def to_structure(state: SystemState, b: int, template: Structure | None = None) -> Structure:
+    """Structure ``b`` of the batch as pymatgen (species and ``properties`` from ``template``)."""
+    mask = state.batch == b
+    pos = state.positions[mask].detach().cpu().numpy()
+    lat = state.cell[b].detach().cpu().numpy()
+    species = template.species if template is not None else state.numbers[mask].cpu().tolist()
+    s = Structure(Lattice(lat), species, pos, coords_are_cartesian=True)
+    if template is not None:
+        s.properties = dict(template.properties)
+    return s
+
+
+def upgrade(state: SystemState, cls: type[S], **fields) -> S:
+    """``state`` as a subclass ``cls`` with the extra ``fields`` filled in."""
+    base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SystemState)}
+    return cls(**base, **fields)
+
+
+def select(state: S, keep: Tensor) -> S:
+    """The structures where ``keep`` (B,) bool is true, in order."""
+    keep = keep.to(device=state.device, dtype=torch.bool)
+    idx = torch.nonzero(keep).squeeze(1)
+    atom_keep = keep[state.batch]
+    remap = torch.full((state.n_systems,), -1, dtype=torch.long, device=state.device)
+    remap[idx] = torch.arange(idx.shape[0], device=state.device)
+    kw = {}
+    for f in dataclasses.fields(state):
+        v = getattr(state, f.name)
+        if v is None:
+            kw[f.name] = None
+        elif _scope(f) == "batch":
+            kw[f.name] = remap[v[atom_keep]]
+        elif _scope(f) == "atom":
+            kw[f.name] = v[atom_keep]
+        elif _scope(f) == "system":
+            kw[f.name] = v[idx]
+        elif f.name == "eval_error":
+            kw[f.name] = [v[i] for i in idx.tolist()]
+        else:
+            kw[f.name] = v
+    return type(state)(**kw)
+
+
+def concat(states: list[S]) -> S:
+    """Structures of all ``states`` (same type) in one batch. Missing evaluations stay missing."""
+    states = [s for s in states if s is not None and s.n_systems > 0]
+    if not states:
+        raise ValueError("nothing to concatenate")
+    if len(states) == 1:
+        return states[0]
+    cls = type(states[0])
+    kw = {}
+    offsets = np.cumsum([0] + [s.n_systems for s in states[:-1]])
+    for f in dataclasses.fields(cls):
+        vals = [getattr(s, f.name) for s in states]
+        if _scope(f) == "batch":
+            kw[f.name] = torch.cat([v + int(o) for v, o in zip(vals, offsets)])
+        elif f.name == "eval_error":
+            kw[f.name] = None if all(v is None for v in vals) else sum(
+                (v if v is not None else [None] * s.n_systems for v, s in zip(vals, states)), [])
+        elif _scope(f) in ("atom", "system"):
+            kw[f.name] = None if any(v is None for v in vals) else torch.cat(vals)
+        else:
+            kw[f.name] = vals[0]
+    return cls(**kw)
+
+
+def evaluate(state: S, potential, *, compute_stress: bool = True) -> S:
+    """``state`` with energy/forces/stress/magmoms of its current geometry (float64)."""
+    ev: Evaluation = potential.evaluate(state.numbers, state.positions, state.cell, state.n_atoms,
+                                        compute_stress=compute_stress)
+    dev = state.device
+
+    def cast(t):
+        return None if t is None else t.to(device=dev, dtype=DTYPE)
+
+    return dataclasses.replace(state, energy=cast(ev.energy), forces=cast(ev.forces), stress=cast(ev.stress),
+                               magmoms=cast(ev.magmoms), eval_error=ev.errors)
+
+
+_PAIR_CACHE: dict = {}
+
+
+def _pair_chunks(counts: tuple[int, ...], device, max_pairs: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Index pairs ``i <= j`` inside each structure (global atom indices), in chunks of ~max_pairs."""
+    key = (counts, str(device), max_pairs)
+    hit = _PAIR_CACHE.get(key)
+    if hit is not None:
+        return hit
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    chunks, ii, jj, bb, total = [], [], [], [], 0
+    for g, n in enumerate(counts):
+        if n > 3000:  # too big to check all pairs every step: skipped (the input was validated)
+            continue
+        iu = np.triu_indices(n)
+        ii.append(iu[0] + starts[g])
+        jj.append(iu[1] + starts[g])
+        bb.append(np.full(iu[0].shape[0], g))
+        total += iu[0].shape[0]
+        if total >= max_pairs:
+            chunks.append((ii, jj, bb))
+            ii, jj, bb, total = [], [], [], 0
+    if ii:
+        chunks.append((ii, jj, bb))
+    out = [tuple(torch.as_tensor(np.concatenate(x), dtype=torch.long, device=device) for x in c) for c in chunks]
+    if len(_PAIR_CACHE) > 64:
+        _PAIR_CACHE.clear()
+    _PAIR_CACHE[key] = out
+    return out
+
+
+_SHIFTS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=DTYPE)
+
+
+def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int,
+                  max_pairs: int = 400_000) -> Tensor:
+    """(B,) smallest interatomic distance of each structure, periodic images included.
+
+    Every pair inside a structure (and every atom with its own images) is checked over the 27
+    images around the minimum-image fractional difference, in chunks of ``max_pairs`` pairs.
+    Structures of more than 3000 atoms are skipped (``inf``).
+    """
+    dev = positions.device
+    out = torch.full((n_systems,), float("inf"), dtype=DTYPE, device=dev)
+    counts = tuple(torch.bincount(batch, minlength=n_systems).tolist())
+    frac = torch.linalg.solve(cell.transpose(1, 2)[batch], positions.unsqueeze(2)).squeeze(2)  # r = L^T f
+    shifts = _SHIFTS.to(dev)
+    for i, j, bs in _pair_chunks(counts, dev, max_pairs):
+        d = frac[j] - frac[i]
+        d = d - torch.round(d)
+        cand = d.unsqueeze(1) + shifts.unsqueeze(0)  # (P, 27, 3)
+        dist = torch.bmm(cand, cell[bs]).norm(dim=-1)
+        dist = dist.masked_fill(dist < 1e-8, float("inf"))  # an atom with itself
+        out.scatter_reduce_(0, bs, dist.amin(dim=1), reduce="amin")
+    return out
