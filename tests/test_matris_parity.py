@@ -1,0 +1,177 @@
+"""matfunnel's MatRIS against the ``matris`` package (the reference), on fresh random inputs.
+
+Both models get the same random weights (the reference's, perturbed so that residual weights and
+norms are not all ones, then loaded into ours through the checkpoint mapping). Every run draws new
+structures; the seed is printed (``-s``) and put in failure messages so a failure can be replayed
+with ``MATFUNNEL_TEST_SEED=<seed>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from matfunnel.potential import load_potential
+from matfunnel.potential.matris import (
+    PUBLISHED,
+    MatrisCheckpointError,
+    MatrisCheckpointMissing,
+    model_from_dict,
+    release_url,
+)
+from matfunnel.potential.matris.graph import build_matris_graph
+
+warnings.filterwarnings("ignore")
+TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}  # eV/atom, eV/A, GPa, mu_B
+SEED = int(os.environ.get("MATFUNNEL_TEST_SEED", secrets.randbits(32)))
+
+#: configurations checked against the package. "10m-oam" is the published architecture (10 layers,
+#: 6 / 4.5 A cutoffs, OMat reference energies); "direct" exercises the non-conservative heads;
+#: "variants" the other basis / MLP / norm options at small width.
+CONFIGS = {
+    "10m-oam": PUBLISHED["10m-oam"].to_dict(),
+    "direct": dict(num_layers=2, is_conservation=False, reference_energy="mptrj"),
+    "variants": dict(
+        num_layers=2, node_feat_dim=32, edge_feat_dim=48, three_body_feat_dim=40, mlp_hidden_dims=64,
+        distance_expansion="Gaussian", three_body_expansion="Fourier", norm_type="layer", graph_conv_mlp="MLP",
+        use_bias=True, learnable_basis=False, use_smoothed_for_delta_edge=True, activation_type="gelu",
+        is_intensive=False, reference_energy="mpa",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def rng():
+    print(f"\nmatris parity seed: MATFUNNEL_TEST_SEED={SEED}")
+    return np.random.default_rng(SEED)
+
+
+def _matris():
+    return pytest.importorskip("matris.model", reason="the matris package (parity reference) is not installed")
+
+
+def reference_model(config: dict, seed: int):
+    mod = _matris()
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = mod.MatRIS(**config)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "res_weight" in name or "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+            elif "frequencies" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    return ref.eval()
+
+
+def random_structure(rng, n: int, a: float) -> Structure:
+    """A random triclinic cell with atoms at least 1 A apart."""
+    lat = Lattice(np.diag([a, a * rng.uniform(0.9, 1.15), a * rng.uniform(0.9, 1.15)]) + rng.normal(0, 0.3, (3, 3)))
+    frac = []
+    while len(frac) < n:
+        f = rng.random(3)
+        if all(np.linalg.norm(lat.get_cartesian_coords(((f - g + 0.5) % 1) - 0.5)) > 1.0 for g in frac):
+            frac.append(f)
+    return Structure(lat, rng.integers(1, 95, n).tolist(), np.array(frac))
+
+
+def structures(rng) -> list[Structure]:
+    # no bond under 4.5 A (two atoms: the package's direct stress head cannot take one-atom cells)
+    sparse = Structure(Lattice.cubic(5.5), rng.integers(1, 95, 2).tolist(), [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return [random_structure(rng, 5, 4.6), random_structure(rng, 3, 3.7), sparse, random_structure(rng, 7, 5.3)]
+
+
+def reference_predict(ref, structs):
+    """The package's numbers for each structure evaluated alone (as its calculator does).
+
+    (MatRIS batches are not independent: in a batch without any angle the atom-graph refinement
+    skips the attention's bond update, so a structure without angles depends on its batch mates.
+    Ours always gives the evaluated-alone numbers.)
+    """
+    preds = [ref([ref.graph_converter(s)], task="efsm") for s in structs]
+    p = {"e": torch.cat([q["e"] for q in preds]), **{k: [x for q in preds for x in q[k]] for k in "fsm"}}
+    n = np.array([len(s) for s in structs])
+    e = p["e"].detach().double().numpy()
+    return {
+        "energy": e if ref.config["is_intensive"] else e / n,
+        "forces": np.concatenate([f.detach().double().numpy() for f in p["f"]]),
+        "stress": np.stack([s.detach().double().numpy() for s in p["s"]]),
+        "magmoms": np.concatenate([m.detach().double().numpy().reshape(-1) for m in p["m"]]),
+    }
+
+
+def our_predict(model, structs):
+    frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
+    lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
+    z = torch.tensor(np.concatenate([s.atomic_numbers for s in structs]))
+    n = torch.tensor([len(s) for s in structs])
+    g = build_matris_graph(frac, lat, z, n, pairwise_cutoff=model.cfg.pairwise_cutoff,
+                           three_body_cutoff=model.cfg.three_body_cutoff)
+    o = model(g)
+    return {"energy": (o["energy"] / n).double().numpy(), "forces": o["forces"].double().numpy(),
+            "stress": o["stress"].double().numpy(), "magmoms": o["magmoms"].double().numpy()}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parity(name, rng):
+    seed = int(rng.integers(2**31))
+    ref = reference_model(CONFIGS[name], seed)
+    ours = model_from_dict({"config": ref.config, "state_dict": ref.state_dict()})
+    structs = structures(rng)
+    want = reference_predict(ref, structs)
+    got = our_predict(ours, structs)
+    diffs = {k: float(np.abs(got[k] - want[k]).max()) for k in TOL}
+    print(f"matris parity {name}: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    for k, tol in TOL.items():
+        assert diffs[k] < tol, f"{name}: {k} differs by {diffs[k]:.2e} (tol {tol}); MATFUNNEL_TEST_SEED={SEED}"
+
+
+def test_potential_interface_and_checkpoint_file(rng, tmp_path):
+    config = CONFIGS["direct"] | {"is_conservation": True}
+    ref = reference_model(config, 1)
+    path = tmp_path / "MatRIS_small.pth.tar"
+    torch.save({"config": ref.config, "state_dict": ref.state_dict()}, path)
+    pot = load_potential("matris-10m-oam", checkpoint=str(path))
+    structs = structures(rng)[:2]
+    res = pot.predict(structs)
+    want = reference_predict(ref, structs)
+    n = np.array([len(s) for s in structs])
+    e = np.array([r["energy"] for r in res]) / n
+    assert np.abs(e - want["energy"]).max() < TOL["energy"], f"MATFUNNEL_TEST_SEED={SEED}"
+    assert np.abs(np.concatenate([r["forces"] for r in res]) - want["forces"]).max() < TOL["forces"]
+    assert np.abs(np.stack([r["stress"] for r in res]) - want["stress"]).max() < TOL["stress"]
+
+
+def test_wrong_shape_checkpoint_refused():
+    ref = reference_model(CONFIGS["direct"], 2)
+    state = dict(ref.state_dict())
+    key = "interaction_block.1.attn_block_atom_graph.source_weight_linear.weight"
+    state[key] = state[key][:-1]
+    with pytest.raises(MatrisCheckpointError, match="source_weight_linear.*shape"):
+        model_from_dict({"config": ref.config, "state_dict": state})
+    # a config that does not match the weights (more layers than stored)
+    with pytest.raises(MatrisCheckpointError, match="missing 'interaction_block.2"):
+        model_from_dict({"config": ref.config | {"num_layers": 3}, "state_dict": ref.state_dict()})
+    # extra tensors are not silently dropped
+    with pytest.raises(MatrisCheckpointError, match="unused"):
+        model_from_dict({"config": ref.config, "state_dict": ref.state_dict() | {"extra.weight": torch.zeros(2)}})
+    with pytest.raises(MatrisCheckpointError, match="config"):
+        model_from_dict({"state_dict": ref.state_dict()})
+
+
+def test_missing_checkpoint_message(tmp_path):
+    missing = tmp_path / "nowhere" / "MatRIS_10M_OAM.pth.tar"
+    with pytest.raises(MatrisCheckpointMissing) as exc:
+        load_potential("matris-10m-oam", checkpoint=str(missing))
+    msg = str(exc.value)
+    assert release_url("10m-oam") in msg
+    assert "https://github.com/HPC-AI-Team/MatRIS/releases/download/v1.0.0/MatRIS_10M_OAM.pth.tar" in msg
+    assert str(missing) in msg and "checkpoint=" in msg and ".cache/matris" in msg
