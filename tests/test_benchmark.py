@@ -259,9 +259,10 @@ def test_gate_metrics():
 @pytest.mark.slow
 def test_is2re_run_on_synthetic_wbm(tmp_path, capsys):
     """The whole run path on a tiny WBM-format data set: shards, resume, outputs, score, report."""
-    from matfunnel.benchmark.run import BenchmarkConfig, run_benchmark
+    from matfunnel.benchmark.run import BenchmarkConfig, model_slug, run_benchmark
     from matfunnel.benchmark.synthetic import make_synthetic_wbm
     from matfunnel.cli import main
+    from matfunnel.potential import DEFAULT_POTENTIAL
 
     data_dir = tmp_path / "data"
     make_synthetic_wbm(data_dir)
@@ -272,15 +273,16 @@ def test_is2re_run_on_synthetic_wbm(tmp_path, capsys):
     assert res["n_relaxed"] == 3 and res["n_shards_run"] == 2 and res["n_failed"] == 0
     assert res["info"]["restricted_to_predictions"] and res["info"]["n_materials"] == 3
     preds = pd.read_csv(res["files"]["predictions"])
-    assert list(preds.columns[:2]) == ["material_id", "e_form_per_atom_chgnet_reference"]
+    slug = model_slug(DEFAULT_POTENTIAL)
+    assert list(preds.columns[:2]) == ["material_id", f"e_form_per_atom_{slug}"]
     assert preds["material_id"].tolist() == ["wbm-1-1", "wbm-1-2", "wbm-2-1"]
-    assert preds["e_form_per_atom_chgnet_reference"].between(-5, 1).all()
+    assert preds[f"e_form_per_atom_{slug}"].between(-5, 1).all()
     # NaCl and MgO get MP2020 anion corrections, LiAl none
     assert (preds["correction_per_atom"].to_numpy()[:2] < 0).all() and preds["correction_per_atom"][2] == 0
     summary = mbd.load_wbm_summary(data_dir / mbd.DATA_FILES["wbm_summary"].path)
     row = preds.iloc[0]
-    assert row["e_above_hull_chgnet_reference"] == pytest.approx(
-        summary.at["wbm-1-1", EACH_TRUE] + row["e_form_per_atom_chgnet_reference"] - summary.at["wbm-1-1", E_FORM_DFT])
+    assert row[f"e_above_hull_{slug}"] == pytest.approx(
+        summary.at["wbm-1-1", EACH_TRUE] + row[f"e_form_per_atom_{slug}"] - summary.at["wbm-1-1", E_FORM_DFT])
     assert res["geometry"]["n_structures"] == 3 and res["geometry"]["rmsd"] < 0.2
     assert Path(res["files"]["structures"]).exists()
 
@@ -308,5 +310,5 @@ def test_is2re_run_on_synthetic_wbm(tmp_path, capsys):
     spec.loader.exec_module(report)
     paths = report.make_report(out, tmp_path / "report")
     text = paths["markdown"].read_text()
-    assert "chgnet-reference (this run)" in text and "CHGNet 0.3.0 (published)" in text
+    assert f"{DEFAULT_POTENTIAL} (this run)" in text and "CHGNet 0.3.0 (published)" in text
     assert paths["parity"].stat().st_size > 1000 and paths["histogram"].stat().st_size > 1000
