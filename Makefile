@@ -13,4 +13,4 @@ quickstart: setup
 	.venv/bin/matfunnel quickstart
 
 test: setup-test
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=20

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matfunnel.potential.chgnet.graph import GraphBatch
+from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
+from matfunnel.potential.chgnet import triton_ops
+from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
 
 EV_A3_TO_GPA = 160.21766208
 
@@ -60,6 +62,27 @@ class _Gated(nn.Module):
     def cols(self, lo: int, hi: int) -> Tensor:
         return self.w1[:, lo:hi]
 
+    def message(self, pre: Tensor, w: Tensor | None = None, seg: Index | None = None) -> Tensor:
+        """``finish(pre) * w``, summed into the segments of the sorted index ``seg`` when given.
+
+        On CUDA this is one Triton kernel from the pre-norm ``[core | gate]`` (forward and backward).
+        """
+        if triton_ops.enabled(pre):
+            if self.hidden:
+                y = F.linear(F.silu(pre), torch.block_diag(self.w2_core, self.w2_gate),
+                             torch.cat([self.b2_core, self.b2_gate]))
+            else:
+                y = pre
+            ln = (self.ln_core.weight, self.ln_core.bias, self.ln_gate.weight, self.ln_gate.bias)
+            if seg is None:
+                return triton_ops.gated(y, w, ln, self.ln_core.eps)
+            assert seg.sorted
+            return triton_ops.gated(y, w, ln, self.ln_core.eps, seg.offsets, seg.idx)
+        out = self.finish(pre)
+        if w is not None:
+            out = out * w
+        return out if seg is None else scatter(out, seg)
+
     def finish(self, pre: Tensor) -> Tensor:
         """From the first layer's pre-activation (..., 2*first) to core * gate."""
         h = pre.shape[-1] // 2
@@ -83,28 +106,19 @@ class AtomConv(nn.Module):
         self.w_out = nn.Parameter(torch.zeros(a, a))
         self.a, self.b = a, b
 
-    def forward(self, h: Tensor, bond: tuple[Tensor, Tensor], bw: Tensor, src: Tensor, dst: Tensor,
-                chunk: int | None) -> Tensor:
+    def forward(self, h: Tensor, bond: tuple[Tensor, Tensor], plan: _Plan, bw_parts: list[Tensor]) -> Tensor:
         a, b = self.a, self.b
         # input layout of the checkpoint: [centre atom, bond, neighbour atom]
         pc = F.linear(h, self.mlp.cols(0, a))
         pn = F.linear(h, self.mlp.cols(a + b, 2 * a + b))
-        wb = self.mlp.cols(a, a + b)
-        q = torch.cat([F.linear(bond[0], wb, self.mlp.b1), F.linear(bond[1], wb, self.mlp.b1)])
-        n_atoms, n_edges = h.shape[0], src.shape[0]
+        q = F.linear(torch.cat(bond), self.mlp.cols(a, a + b), self.mlp.b1)
 
-        def messages(lo: int, hi: int, pc=pc, pn=pn, q=q, bw=bw) -> Tensor:
-            sl = _slicer(lo, hi, n_edges)
-            s, d = sl(src), sl(dst)
-            pre = torch.stack([pc.index_select(0, s) + pn.index_select(0, d),
-                               pc.index_select(0, d) + pn.index_select(0, s)]) + sl(q)  # both directions
-            m_fwd, m_rev = (self.mlp.finish(pre) * sl(bw)).unbind(0)
-            out = h.new_zeros(n_atoms, m_fwd.shape[-1])
-            out.index_add_(0, s, m_fwd)
-            out.index_add_(0, d, m_rev)
-            return out
+        def messages(part: _EdgePart, bw: Tensor, pc=pc, pn=pn, q=q) -> Tensor:
+            # directed edges sorted by centre: the sum over neighbours is a segment sum
+            pre = gather_sum([(pc, part.center), (pn, part.nbr), (q, part.bond)])
+            return self.mlp.message(pre, bw, part.center)
 
-        agg = _run_chunked(messages, n_edges, chunk)
+        agg = _run_parts(messages, plan.edge_parts, bw_parts)
         return F.linear(agg, self.w_out) + h
 
 
@@ -125,32 +139,75 @@ class AngleUpdate(nn.Module):
         self.a, self.b, self.g = a, b, g
 
 
-def _slicer(lo: int, hi: int, n: int):
-    """Slice [lo, hi) of a tensor, or the tensor itself when that is all of it (no slice backward)."""
-    if lo == 0 and hi == n:
-        return lambda t: t
-    return lambda t: t[lo:hi]
+class _EdgePart:
+    """Directed edges [lo, hi) of the centre-sorted list (both directions of every edge)."""
+
+    def __init__(self, center: Index, nbr: Index, bond: Index):
+        self.center, self.nbr, self.bond = center, nbr, bond
 
 
-def _run_chunked(fn, n: int, chunk: int | None) -> Tensor:
-    """Sum fn(lo, hi) over chunks; with chunking, activations are recomputed in backward."""
+class _AnglePart:
+    """Angles [lo, hi): first bond as a position in the directed short list, second as a short bond."""
+
+    def __init__(self, lo: int, hi: int, e1: Index, b2: Index):
+        self.lo, self.hi, self.e1, self.b2 = lo, hi, e1, b2
+
+
+def _bounds(n: int, chunk: int | None) -> list[tuple[int, int]]:
     if chunk is None or n <= chunk:
-        return fn(0, n)
+        return [(0, n)]
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
+class _Plan:
+    """Every index of a forward pass, with the sort orders their backward passes need."""
+
+    def __init__(self, g: GraphBatch, chunk: int | None):
+        n, u, ns = g.atomic_numbers.shape[0], g.n_edges, g.n_short
+        src, dst = g.src, g.dst
+        self.atom_struct = Index(g.batch, g.n_structures, is_sorted=True)
+        self.edge_struct = Index(g.batch.index_select(0, src), g.n_structures)
+        self.src, self.dst = Index(src, n), Index(dst, n)
+        # every directed edge, sorted by centre atom (stable: canonical directions first)
+        centre = torch.cat([src, dst])
+        order = argsort_stable(centre)
+        center = Index(centre.index_select(0, order), n, is_sorted=True)
+        nbr = Index(torch.cat([dst, src]).index_select(0, order), n)
+        bond = Index(order % max(u, 1), u)
+        self.edge_parts = [_EdgePart(center.part(lo, hi), nbr.part(lo, hi), bond.part(lo, hi))
+                           for lo, hi in _bounds(2 * u, chunk)]
+        # directed short edges sorted by centre (the bond graph's nodes) and the angles over them
+        so = g.short_order
+        self.s_center = Index(torch.cat([src[:ns], dst[:ns]]).index_select(0, so), n, is_sorted=True)
+        self.s_bond = Index(so % max(ns, 1), ns)
+        self.s_orient = 1.0 - 2.0 * (so >= ns).to(torch.float64)
+        e1 = Index(g.angle_e1, 2 * ns, is_sorted=True)
+        b2 = Index(g.angle_b2, ns)
+        self.a_e2 = Index(g.angle_e2, 2 * ns)
+        self.a_e1 = e1
+        self.angle_parts = [_AnglePart(lo, hi, e1.part(lo, hi), b2.part(lo, hi))
+                            for lo, hi in _bounds(g.n_angles, chunk)]
+
+
+def _run_parts(fn, parts: list, per_part: list) -> Tensor:
+    """Sum of fn(part, x) over parts; with several parts, activations are recomputed in backward."""
+    if len(parts) == 1:
+        return fn(parts[0], per_part[0])
     from torch.utils.checkpoint import checkpoint
 
     total = None
-    for lo in range(0, n, chunk):
-        part = checkpoint(fn, lo, min(lo + chunk, n), use_reentrant=False)
-        total = part if total is None else total + part
+    for part, x in zip(parts, per_part):
+        out = checkpoint(fn, part, x, use_reentrant=False)
+        total = out if total is None else total + out
     return total
 
 
-def _run_chunked_cat(fn, n: int, chunk: int | None) -> Tensor:
-    if chunk is None or n <= chunk:
-        return fn(0, n)
+def _run_parts_cat(fn, parts: list, per_part: list) -> Tensor:
+    if len(parts) == 1:
+        return fn(parts[0], per_part[0])
     from torch.utils.checkpoint import checkpoint
 
-    return torch.cat([checkpoint(fn, lo, min(lo + chunk, n), use_reentrant=False) for lo in range(0, n, chunk)])
+    return torch.cat([checkpoint(fn, p, x, use_reentrant=False) for p, x in zip(parts, per_part)])
 
 
 class CHGNetModel(nn.Module):
@@ -213,19 +270,18 @@ class CHGNetModel(nn.Module):
             # geometry (positions, distances, angles, bases) in float64: acos near collinear bonds
             # amplifies float32 rounding; features are then cast to the model dtype
             gdt = torch.float64
+            plan = _Plan(g, chunk)
             lattice = g.lattice.to(gdt)
             strain = torch.zeros(n_struct, 3, 3, dtype=gdt, device=lattice.device)
             if need_grad:
                 strain.requires_grad_(True)
             eye = torch.eye(3, dtype=gdt, device=lattice.device)
             lat = lattice @ (eye + strain)
-            pos = torch.bmm(g.frac.to(gdt).unsqueeze(1), lat.index_select(0, g.batch)).squeeze(1)
+            pos = torch.bmm(g.frac.to(gdt).unsqueeze(1), gather(lat, plan.atom_struct)).squeeze(1)
             if compute_forces and not pos.requires_grad:
                 pos.requires_grad_(True)
-            src, dst = g.src, g.dst
-            eb = g.batch.index_select(0, src)
-            shift = torch.bmm(g.image.to(gdt).unsqueeze(1), lat.index_select(0, eb)).squeeze(1)
-            vec = pos.index_select(0, src) - pos.index_select(0, dst) - shift  # centre - neighbour
+            shift = torch.bmm(g.image.to(gdt).unsqueeze(1), gather(lat, plan.edge_struct)).squeeze(1)
+            vec = gather(pos, plan.src) - gather(pos, plan.dst) - shift  # centre - neighbour
             dist = vec.norm(dim=1)
             ns = g.n_short
             rbf_ag = self._radial(dist, self.rbf_freq_ag.to(gdt), cfg.atom_graph_cutoff).to(dtype)
@@ -233,28 +289,32 @@ class CHGNetModel(nn.Module):
             bond_s, bond_l = F.linear(rbf_ag, self.bond_embedding).split([ns, rbf_ag.shape[0] - ns])
             bw_ag = F.linear(rbf_ag, self.bond_weights_ag)
             bw_bg = F.linear(rbf_bg, self.bond_weights_bg)
+            # edge weights of the directed edges, gathered once for all blocks
+            bw_edge = [gather(bw_ag, p.bond) for p in plan.edge_parts]
             has_angles = g.n_angles > 0
             if has_angles:
                 unit = vec[:ns] / dist[:ns, None]
-                b1, b2, ac = g.angle_b1, g.angle_b2, g.angle_center
-                cos = (unit.index_select(0, b1) * unit.index_select(0, b2)).sum(1) * g.angle_sign.to(gdt)
+                u_dir = gather(unit, plan.s_bond) * plan.s_orient[:, None]  # centre -> neighbour direction
+                cos = (gather(u_dir, plan.a_e1) * gather(u_dir, plan.a_e2)).sum(1)
                 angle = F.linear(self._angular(cos, self.angle_freq.to(gdt)).to(dtype), self.angle_embedding)
+                bw_dir = gather(bw_bg, plan.s_bond)
+                bw_angle = [gather(bw_dir, p.e1) * gather(bw_bg, p.b2) for p in plan.angle_parts]
             h = self.atom_embedding.index_select(0, g.atomic_numbers - 1)
             magmom = None
             n_blocks = cfg.n_conv - 1
             for k in range(n_blocks):
-                h = self.atom_convs[k](h, (bond_s, bond_l), bw_ag, src, dst, chunk)
+                h = self.atom_convs[k](h, (bond_s, bond_l), plan, bw_edge)
                 if has_angles:
                     last = k == n_blocks - 1
-                    bond_s, angle = self._bond_angle(k, h, bond_s, bw_bg, angle, b1, b2, ac, chunk, last)
+                    bond_s, angle = self._bond_angle(k, h, bond_s, angle, plan, bw_angle, last)
                 if k == n_blocks - 1:
                     magmom = self.site_wise(h).abs().squeeze(1)
-            h = self.atom_convs[-1](h, (bond_s, bond_l), bw_ag, src, dst, chunk)
+            h = self.atom_convs[-1](h, (bond_s, bond_l), plan, bw_edge)
             h = self.readout_norm(h)
             for layer in self.readout[:-1]:
                 h = F.silu(layer(h))
             site = self.readout[-1](h).squeeze(1) + self.atom_ref[g.atomic_numbers - 1]
-            energy = torch.zeros(n_struct, dtype=dtype, device=site.device).index_add_(0, g.batch, site)
+            energy = scatter(site, plan.atom_struct)
             out = {"energy": energy.detach(), "magmoms": magmom.detach()}
             if need_grad:
                 inputs = [t for t, want in ((pos, compute_forces), (strain, compute_stress)) if want]
@@ -267,44 +327,41 @@ class CHGNetModel(nn.Module):
                     out["stress"] = (grads.pop(0) * (EV_A3_TO_GPA / vol)[:, None, None]).to(dtype)
         return out
 
-    def _bond_angle(self, k, h, bond_s, bw_bg, angle, b1, b2, ac, chunk, last):
+    def _bond_angle(self, k, h, bond_s, angle, plan: _Plan, bw_angle, last):
         bc, au = self.bond_convs[k], self.angle_updates[k]
         a, b, gdim = bc.a, bc.b, bc.g
         # checkpoint input layout: [bond_i, bond_j, angle, centre atom]
         if last:
-            wa = bc.mlp.cols(2 * b, 2 * b + gdim)
             wc = bc.mlp.cols(2 * b + gdim, 2 * b + gdim + a)
         else:
-            wa = torch.cat([bc.mlp.cols(2 * b, 2 * b + gdim), au.mlp.cols(2 * b, 2 * b + gdim)])
             wc = torch.cat([bc.mlp.cols(2 * b + gdim, 2 * b + gdim + a), au.mlp.cols(2 * b + gdim, 2 * b + gdim + a)])
         w_bc = bc.mlp.w1.shape[0]
         pc = F.linear(h, wc)
+        pc_b, pc_a = pc.split(w_bc, -1) if not last else (pc, None)
+        parts = plan.angle_parts
+        angles = [angle] if len(parts) == 1 else list(angle.split([p.hi - p.lo for p in parts]))
+        # first bond and centre atom are both per directed short edge: add them there, then expand
         qi = F.linear(bond_s, bc.mlp.cols(0, b), bc.mlp.b1)
         qj = F.linear(bond_s, bc.mlp.cols(b, 2 * b))
-        n_short, n_ang = bond_s.shape[0], b1.shape[0]
+        x_dir = gather_sum([(qi, plan.s_bond), (pc_b, plan.s_center)])
+        wa_b = bc.mlp.cols(2 * b, 2 * b + gdim)
 
-        pc_b, pc_a = pc.split(w_bc, -1) if not last else (pc, None)
-        wa_b, wa_a = wa.split(w_bc, 0) if not last else (wa, None)
+        def bond_msgs(part: _AnglePart, ang_bw, x_dir=x_dir, qj=qj):
+            ang, bw = ang_bw
+            pre = gather_sum([(x_dir, part.e1), (qj, part.b2)], F.linear(ang, wa_b))
+            return bc.mlp.message(pre, bw, part.e1)  # angles are sorted by their first bond
 
-        def bond_msgs(lo, hi, angle=angle, pc_b=pc_b, qi=qi, qj=qj, bw_bg=bw_bg):
-            sl = _slicer(lo, hi, n_ang)
-            i1, i2 = sl(b1), sl(b2)
-            pre = qi.index_select(0, i1) + qj.index_select(0, i2) + F.linear(sl(angle), wa_b) + pc_b.index_select(0, sl(ac))
-            upd = bc.mlp.finish(pre) * (bw_bg.index_select(0, i1) * bw_bg.index_select(0, i2))
-            return upd.new_zeros(n_short, upd.shape[1]).index_add_(0, i1, upd)
-
-        agg = _run_chunked(bond_msgs, n_ang, chunk)
+        agg = scatter(_run_parts(bond_msgs, parts, list(zip(angles, bw_angle))), plan.s_bond)
         new_bond = F.linear(agg, bc.w_out) + bond_s
         if last:
             return new_bond, angle
         ri = F.linear(new_bond, au.mlp.cols(0, b), au.mlp.b1)
         rj = F.linear(new_bond, au.mlp.cols(b, 2 * b))
+        y_dir = gather_sum([(ri, plan.s_bond), (pc_a, plan.s_center)])
+        wa_a = au.mlp.cols(2 * b, 2 * b + gdim)
 
-        def angle_new(lo, hi, angle=angle, pc_a=pc_a, ri=ri, rj=rj):
-            sl = _slicer(lo, hi, n_ang)
-            ang = sl(angle)
-            pre = ri.index_select(0, sl(b1)) + rj.index_select(0, sl(b2)) + F.linear(ang, wa_a) + pc_a.index_select(0, sl(ac))
-            return ang + au.mlp.finish(pre)
+        def angle_new(part: _AnglePart, ang, y_dir=y_dir, rj=rj):
+            pre = gather_sum([(y_dir, part.e1), (rj, part.b2)], F.linear(ang, wa_a))
+            return ang + au.mlp.message(pre)
 
-        new_angle = _run_chunked_cat(angle_new, n_ang, chunk)
-        return new_bond, new_angle
+        return new_bond, _run_parts_cat(angle_new, parts, angles)

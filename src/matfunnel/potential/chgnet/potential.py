@@ -2,23 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from matfunnel.potential.base import Potential
+from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
+
+#: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
+#: edge or an angle), float32; see benchmarks/NOTES.md ("Memory")
+BYTES_PER_ITEM = 16_000
+#: what stays allocated per item when the edge/angle work is chunked (features, weights, indices, grads)
+BYTES_PER_ITEM_CHUNKED = 7_000
+MIN_CHUNK = 10_000
+MAX_CHUNKS = 8
+
+
+def _default_budget(device: str) -> int:
+    """Bytes one batch may use: half the free GPU memory, or 1/8 of the available RAM (1-4 GiB) on CPU."""
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * 0.5)
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:  # noqa: BLE001
+        avail = 16 << 30
+    return int(min(max(avail // 8, 1 << 30), 4 << 30))
+
+
+def auto_threads(max_threads: int | None = None) -> int:
+    """Intra-op threads for the CPU given the other load on the machine.
+
+    torch's OpenMP threads wait for each other at the end of every operation; when another process
+    holds a core, the thread that shares it stalls every operation (measured on 2 cores with one busy
+    neighbour: 4-7x slower with 2 threads than with 1). So only as many threads as there are idle cores
+    (1-minute load average, less this process) are used.
+    """
+    n = max_threads or torch.get_num_threads()
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:  # pragma: no cover - no load average on this platform
+        return n
+    free = (os.cpu_count() or n) - busy
+    return max(1, min(n, int(free + 0.5)))
 
 
 class ChgnetPotential(Potential):
     """Batched CHGNet; numbers match ``chgnet-reference`` (float32 default, float64 selectable).
 
-    Structures are packed into batches by an estimate of their atoms, directed edges and angles
-    (``max_atoms``, ``max_edges``, ``max_angles`` per batch). A structure too big for one batch
-    runs alone with the edge/angle work split into chunks of ``chunk`` items whose activations
-    are recomputed during the backward pass, so memory stays bounded for 10k-atom cells.
+    Structures are packed into batches by an estimate of their work items (directed edges + angles)
+    against a memory budget (``memory_budget`` bytes; ``BYTES_PER_ITEM`` each), or by explicit
+    ``max_atoms`` / ``max_edges`` (directed) / ``max_angles`` per batch. A structure too big for one batch
+    runs alone with the edge/angle work split into chunks of ``chunk`` items whose activations are
+    recomputed during the backward pass, so memory stays bounded for 10k-atom cells.
+
+    ``threads``: ``"auto"`` (default) picks the CPU thread count from the machine's load for every call
+    (see :func:`auto_threads`), an int fixes it, ``None`` leaves torch's setting alone.
     """
 
     name = "chgnet-0.3.0"
@@ -30,10 +76,12 @@ class ChgnetPotential(Potential):
         version: str = "0.3.0",
         dtype: torch.dtype | str = torch.float32,
         checkpoint: str | None = None,
+        memory_budget: int | None = None,
         max_atoms: int | None = None,
         max_edges: int | None = None,
         max_angles: int | None = None,
         chunk: int | None = None,
+        threads: int | str | None = "auto",
     ):
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -42,19 +90,29 @@ class ChgnetPotential(Potential):
         self.model = load_checkpoint(checkpoint, version=version).to(device=device, dtype=dtype)
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
         gpu = str(device).startswith("cuda")
+        self.memory_budget = int(memory_budget or _default_budget(device))
+        per_item = BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1)
+        self.max_items = max(MIN_CHUNK, self.memory_budget // per_item)
         self.max_atoms = max_atoms or (20_000 if gpu else 4_000)
-        self.max_edges = max_edges or (3_000_000 if gpu else 300_000)
-        self.max_angles = max_angles or (3_000_000 if gpu else 300_000)
-        self.chunk = chunk or (1_000_000 if gpu else 100_000)
+        self.max_edges = max_edges
+        self.max_angles = max_angles
+        self.chunk = chunk
+        self.threads = threads if not gpu else None
 
     # ---- batching --------------------------------------------------------------------------
+    def _too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
+        if n_atoms > self.max_atoms or edges + angles > self.max_items:
+            return True
+        return (self.max_edges is not None and edges > self.max_edges) or (
+            self.max_angles is not None and angles > self.max_angles)
+
     def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
-        """Greedy batches (lists of indices, input order) under the atom/edge/angle budgets."""
+        """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
         cfg = self.model.cfg
         est = estimate_sizes(n_atoms, volumes, cfg.atom_graph_cutoff, cfg.bond_graph_cutoff)
         batches, cur, ca, ce, cg = [], [], 0, 0.0, 0.0
         for k, (n, (e, a)) in enumerate(zip(n_atoms, est)):
-            if cur and (ca + n > self.max_atoms or ce + e > self.max_edges or cg + a > self.max_angles):
+            if cur and self._too_big(ca + n, ce + e, cg + a):
                 batches.append(cur)
                 cur, ca, ce, cg = [], 0, 0.0, 0.0
             cur.append(k)
@@ -63,13 +121,64 @@ class ChgnetPotential(Potential):
             batches.append(cur)
         return batches
 
+    def chunk_for(self, n_edges: int, n_angles: int) -> int | None:
+        """Chunk size (items) for a graph of ``n_edges`` directed edges and ``n_angles`` angles; None when it
+        fits unchunked.
+
+        Chunked, what stays allocated is about ``BYTES_PER_ITEM_CHUNKED`` per item and one chunk costs
+        ``BYTES_PER_ITEM`` per item; the chunk takes what is left of the budget (at least ``MIN_CHUNK``
+        items, and at most ``MAX_CHUNKS`` chunks: each chunk's backward also writes full-size gradients
+        of the per-atom and per-bond projections, so many small chunks cost time for little memory).
+        """
+        n_items = n_edges + n_angles
+        if self.chunk is not None:
+            return self.chunk if self._too_big(0, n_edges, n_angles) else None
+        if n_items <= self.max_items:
+            return None
+        scale = 2 if self.dtype == torch.float64 else 1
+        left = self.memory_budget - n_items * BYTES_PER_ITEM_CHUNKED * scale
+        # every chunk also costs a pass over the full per-atom / per-bond gradients: at most MAX_CHUNKS
+        return max(MIN_CHUNK, -(-n_items // MAX_CHUNKS), int(left // (BYTES_PER_ITEM * scale)))
+
+    @contextlib.contextmanager
+    def _thread_setting(self):
+        if self.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        want = auto_threads(before) if self.threads == "auto" else int(self.threads)
+        if want == before:
+            yield
+            return
+        torch.set_num_threads(want)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ---- structures ------------------------------------------------------------------------
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         n_atoms = [len(s) for s in structures]
-        lattices = [s.lattice.matrix for s in structures]
-        volumes = [abs(float(np.linalg.det(m))) for m in lattices]
+        volumes = [abs(float(np.linalg.det(s.lattice.matrix))) for s in structures]
         results: list[dict | None] = [None] * len(structures)
-        for idx in self.plan_batches(n_atoms, volumes):
-            self._run_batch([structures[k] for k in idx], [labels[k] for k in idx], idx, results, errors)
+        with self._thread_setting():
+            for idx in self.plan_batches(n_atoms, volumes):
+                structs = [structures[k] for k in idx]
+                frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
+                lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
+                z = torch.from_numpy(np.concatenate([np.asarray(s.atomic_numbers, dtype=np.int64) for s in structs]))
+                n = torch.tensor([len(s) for s in structs], dtype=torch.long)
+                outs = self._run(frac, lat, z, n, compute_stress=True)
+                offsets = np.concatenate([[0], np.cumsum(n.numpy())])
+                for k, (o, j) in enumerate(zip(outs, idx)):
+                    if isinstance(o, str):
+                        results[j] = self._fail(labels[j], o, errors)
+                        continue
+                    res = {q: (float(v) if q == "energy" else v.double().cpu().numpy()) for q, v in o.items()}
+                    if not (np.isfinite(res["energy"]) and np.all(np.isfinite(res["forces"]))
+                            and np.all(np.isfinite(res["stress"]))):
+                        res = self._fail(labels[j], "the potential returned NaN/inf", errors)
+                    results[j] = res
         return results  # type: ignore[return-value]
 
     def _arrays(self, structs: list[Structure]):
@@ -86,36 +195,118 @@ class ChgnetPotential(Potential):
             raise err
         return {"error": str(err)}
 
-    def _run_batch(self, structs, labels, idx, results, errors) -> None:
+    # ---- the engine ------------------------------------------------------------------------
+    def _run(self, frac, lat, z, n, *, compute_stress: bool) -> list[dict | str]:
+        """One batch (tensors, any device): per structure a dict of tensor outputs or an error message.
+
+        Structures with an atom that has no neighbour are reported and the rest are run again.
+        """
         cfg = self.model.cfg
-        graph = build_graph(*self._arrays(structs), cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
+        dev = self.device
+        frac, lat, z, n = frac.to(dev), lat.to(dev), z.to(dev), n.to(device=dev, dtype=torch.long)
+        counts = n.tolist()
+        graph = build_graph(frac, lat, z, n, cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
         deg = graph.degree()
-        isolated = torch.zeros(len(structs), dtype=torch.long, device=deg.device).index_add_(
+        isolated = torch.zeros(len(counts), dtype=torch.long, device=deg.device).index_add_(
             0, graph.batch, (deg == 0).long()).tolist()
         if any(isolated):
-            keep = []
-            for k, c in enumerate(isolated):
-                if c:
-                    results[idx[k]] = self._fail(
-                        labels[k], f"{c} atom(s) have no neighbour within {cfg.atom_graph_cutoff} A", errors)
-                else:
-                    keep.append(k)
+            keep = [k for k, c in enumerate(isolated) if not c]
+            outs: list = [f"{c} atom(s) have no neighbour within {cfg.atom_graph_cutoff} A" if c else None
+                          for c in isolated]
             if keep:
-                self._run_batch([structs[k] for k in keep], [labels[k] for k in keep], [idx[k] for k in keep],
-                                results, errors)
-            return
-        big = graph.n_edges * 2 > self.max_edges or graph.n_angles > self.max_angles
-        out = self.model(graph, chunk=self.chunk if big else None)
-        energy = out["energy"].double().cpu().numpy()
-        forces = out["forces"].double().cpu().numpy()
-        stress = out["stress"].double().cpu().numpy()
-        magmoms = out["magmoms"].double().cpu().numpy()
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in structs])])
-        for k in range(len(structs)):
-            lo, hi = offsets[k], offsets[k + 1]
-            res = {"energy": float(energy[k]), "forces": forces[lo:hi], "stress": stress[k],
-                   "magmoms": magmoms[lo:hi]}
-            if not (np.isfinite(res["energy"]) and np.all(np.isfinite(res["forces"]))
-                    and np.all(np.isfinite(res["stress"]))):
-                res = self._fail(labels[k], "the potential returned NaN/inf", errors)
-            results[idx[k]] = res
+                offsets = np.concatenate([[0], np.cumsum(counts)])
+                rows = torch.cat([torch.arange(offsets[k], offsets[k + 1], device=dev) for k in keep])
+                sub = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
+                for k, o in zip(keep, sub):
+                    outs[k] = o
+            return outs
+        chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
+        out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
+        forces = out["forces"].split(counts)
+        magmoms = out["magmoms"].split(counts)
+        res = []
+        for k in range(len(counts)):
+            r = {"energy": out["energy"][k], "forces": forces[k], "magmoms": magmoms[k]}
+            if compute_stress:
+                r["stress"] = out["stress"][k]
+            res.append(r)
+        return res
+
+    def evaluate(self, numbers, positions, cells, n_atoms, *, compute_stress: bool = True) -> Evaluation:
+        """Energy (B,) eV, forces (N, 3) eV/A, stress (B, 3, 3) GPa of a concatenated batch, from tensors.
+
+        Same batching, chunking and numbers as :meth:`predict`, without pymatgen objects. Outputs are
+        float64 on ``positions.device``; a structure that cannot be evaluated (NaN/inf coordinates, a
+        degenerate cell, an unsupported element, an isolated atom) has NaN outputs and its message in
+        ``errors``.
+        """
+        out_dev = positions.device
+        counts = [int(c) for c in n_atoms.tolist()]
+        n_struct, n_total = len(counts), int(sum(counts))
+        dev = self.device
+        pos = positions.detach().to(device=dev, dtype=torch.float64)
+        cell = cells.detach().to(device=dev, dtype=torch.float64).reshape(n_struct, 3, 3)
+        z = numbers.detach().to(device=dev, dtype=torch.long)
+        n = torch.as_tensor(counts, dtype=torch.long, device=dev)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        batch = torch.repeat_interleave(torch.arange(n_struct, device=dev), n)
+        energy = torch.full((n_struct,), float("nan"), dtype=torch.float64, device=dev)
+        forces = torch.full((n_total, 3), float("nan"), dtype=torch.float64, device=dev)
+        stress = torch.full((n_struct, 3, 3), float("nan"), dtype=torch.float64, device=dev)
+        magmoms = torch.full((n_total,), float("nan"), dtype=torch.float64, device=dev)
+        errors: list[str | None] = [None] * n_struct
+        if n_struct == 0:
+            return Evaluation(energy.to(out_dev), forces.to(out_dev), stress.to(out_dev) if compute_stress else None,
+                              magmoms.to(out_dev), None)
+
+        # checks (vectorised): finite input, non-degenerate cell, supported elements, no empty structure
+        vol = torch.linalg.det(cell).abs()
+        finite_atoms = torch.zeros(n_struct, dtype=torch.long, device=dev).index_add_(
+            0, batch, (~torch.isfinite(pos).all(1)).long())
+        bad_z = torch.zeros(n_struct, dtype=torch.long, device=dev).index_add_(
+            0, batch, ((z < 1) | (z > self.model.cfg.max_num_elements)).long())
+        checks = torch.stack([finite_atoms > 0, ~torch.isfinite(cell).flatten(1).all(1),
+                              ~(vol >= 1e-3), bad_z > 0, n == 0], 1).tolist()
+        messages = ["coordinates contain NaN/inf", "lattice contains NaN/inf", "the cell is degenerate",
+                    "element(s) not covered by the potential", "the structure has no atoms"]
+        good = []
+        for b, row in enumerate(checks):
+            bad = [m for m, flag in zip(messages, row) if flag]
+            if bad:
+                errors[b] = f"batch[{b}]: {'; '.join(bad)}"
+            else:
+                good.append(b)
+        safe_cell = torch.where(torch.isfinite(cell) & (vol >= 1e-3)[:, None, None], cell,
+                                torch.eye(3, dtype=cell.dtype, device=dev))
+        frac = torch.bmm(pos.unsqueeze(1), torch.linalg.inv(safe_cell).index_select(0, batch)).squeeze(1)
+
+        with self._thread_setting():
+            vols = vol.tolist()
+            for idx in self.plan_batches([counts[b] for b in good], [vols[b] for b in good]):
+                bs = [good[k] for k in idx]
+                rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=dev) for b in bs])
+                try:
+                    outs = self._run(frac[rows], cell[bs], z[rows], n[bs], compute_stress=compute_stress)
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report, keep going
+                    if len(bs) == 1:
+                        errors[bs[0]] = f"batch[{bs[0]}]: {type(exc).__name__}: {exc}"
+                        continue
+                    outs = []
+                    for b in bs:  # one by one to find the culprit
+                        r = torch.arange(offsets[b], offsets[b + 1], device=dev)
+                        try:
+                            outs.extend(self._run(frac[r], cell[[b]], z[r], n[[b]], compute_stress=compute_stress))
+                        except Exception as exc1:  # noqa: BLE001
+                            outs.append(f"{type(exc1).__name__}: {exc1}")
+                for b, o in zip(bs, outs):
+                    if isinstance(o, str):
+                        errors[b] = f"batch[{b}]: {o}"
+                        continue
+                    lo, hi = int(offsets[b]), int(offsets[b + 1])
+                    energy[b] = o["energy"].double()
+                    forces[lo:hi] = o["forces"].double()
+                    magmoms[lo:hi] = o["magmoms"].double()
+                    if compute_stress:
+                        stress[b] = o["stress"].double()
+        return Evaluation(energy.to(out_dev), forces.to(out_dev), stress.to(out_dev) if compute_stress else None,
+                          magmoms.to(out_dev), errors if any(errors) else None)
