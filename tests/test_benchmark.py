@@ -312,3 +312,43 @@ def test_is2re_run_on_synthetic_wbm(tmp_path, capsys):
     text = paths["markdown"].read_text()
     assert f"{DEFAULT_POTENTIAL} (this run)" in text and "CHGNet 0.3.0 (published)" in text
     assert paths["parity"].stat().st_size > 1000 and paths["histogram"].stat().st_size > 1000
+
+
+def test_published_chgnet_counts_give_published_f1_and_daf():
+    """CHGNet 0.3.0 on WBM unique prototypes (Matbench Discovery leaderboard): TP 25,313,
+    FP 23,955, TN 158,159, FN 8,061 -> F1 0.6126, DAF 3.361.
+
+    The DAF only comes out right with the official normalisation: the stable fraction of the
+    unique prototypes counted on *unrounded* DFT hull distances (32,942 of 215,488), while the
+    classification uses hull distances rounded to 3 decimals — so 432 materials 0 < E_hull <
+    0.0005 eV/atom count as stable (TP/FN) yet not in the prevalence. The summary below is built
+    to have exactly that structure, in a shuffled order, and scored through the whole file path."""
+    from matfunnel.benchmark.metrics import E_FORM_DFT, EACH_TRUE, UNIQ_PROTO, score_predictions
+
+    rng = np.random.default_rng()
+    n_raw_stable, n_rounding, n_total = 32_942, 432, 215_488
+    tp, fn, fp, tn = 25_313, 8_061, 23_955, 158_159
+    assert tp + fn == n_raw_stable + n_rounding and tp + fn + fp + tn == n_total
+    each_true = np.concatenate([
+        -rng.uniform(0.001, 0.5, n_raw_stable),        # stable
+        rng.uniform(1e-5, 4.9e-4, n_rounding),          # rounds to 0.000: stable when classified
+        rng.uniform(0.002, 0.8, n_total - n_raw_stable - n_rounding),  # unstable
+    ])
+    truly_stable = np.arange(n_total) < n_raw_stable + n_rounding
+    pred_stable = np.zeros(n_total, bool)
+    pred_stable[rng.choice(np.flatnonzero(truly_stable), tp, replace=False)] = True
+    pred_stable[rng.choice(np.flatnonzero(~truly_stable), fp, replace=False)] = True
+    e_form_dft = rng.uniform(-3, 0.5, n_total)
+    each_pred = np.where(pred_stable, -rng.uniform(0.002, 0.3, n_total), rng.uniform(0.002, 0.3, n_total))
+    ids = np.array([f"wbm-{i}" for i in range(n_total)])
+    order = rng.permutation(n_total)
+    summary = pd.DataFrame({E_FORM_DFT: e_form_dft[order], EACH_TRUE: each_true[order],
+                            UNIQ_PROTO: True}, index=ids[order])
+    # predicted formation energy that yields the wanted predicted hull distance after rounding
+    e_form_pred = pd.Series(np.round(e_form_dft, 3) + each_pred - np.round(each_true, 3), index=ids)
+    res = score_predictions(summary, e_form_pred)
+    m = res["metrics"]["unique_prototypes"]
+    assert (m["TP"], m["FP"], m["TN"], m["FN"]) == (tp, fp, tn, fn)
+    assert round(m["F1"], 4) == 0.6126
+    assert round(m["DAF"], 3) == 3.361
+    assert res["published"]["unique_prototypes"]["F1"] == 0.613
