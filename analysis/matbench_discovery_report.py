@@ -8,7 +8,9 @@ RUN_DIR is the output folder of ``matfunnel benchmark matbench-discovery`` (it r
 * ``report.md``            this run's metrics on the three subsets beside the published numbers
                            of a few models (analysis/matbench_discovery_published.json, with source)
 * ``hull-parity.png``      predicted vs DFT hull distance
-* ``hull-histogram.png``   histograms of predicted and DFT hull distances
+* ``hull-histogram.png``   histogram of the DFT hull distance coloured by TP/FP/TN/FN
+* ``cumulative-precision-recall.png``  precision/recall when screening most-stable-first
+* ``roc.png``              ROC curve (threshold swept on the predicted hull distance)
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def figures(scored, model: str, out: Path) -> dict[str, Path]:
 
     ok = scored.dropna(subset=["each_true", "each_pred"])
     t, p = ok["each_true"].to_numpy(float), ok["each_pred"].to_numpy(float)
-    paths = {"parity": out / "hull-parity.png", "histogram": out / "hull-histogram.png"}
+    paths = {"parity": out / "hull-parity.png", "histogram": out / "hull-histogram.png",
+             "cumulative": out / "cumulative-precision-recall.png", "roc": out / "roc.png"}
 
     fig, ax = plt.subplots(figsize=(5, 5))
     if len(t) > 5000:
@@ -99,15 +102,53 @@ def figures(scored, model: str, out: Path) -> dict[str, Path]:
     fig.savefig(paths["parity"], dpi=150, bbox_inches="tight")
     plt.close(fig)
 
+    # histogram of the DFT hull distance, stacked by classification outcome
+    stable_t, stable_p = t <= 0, p <= 0
+    classes = {"TP": stable_t & stable_p, "FN": stable_t & ~stable_p, "FP": ~stable_t & stable_p,
+               "TN": ~stable_t & ~stable_p}
+    colors = {"TP": "tab:green", "FN": "tab:orange", "FP": "tab:red", "TN": "tab:blue"}
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = max(lo, -1.0), min(hi, 1.0)
     bins = np.linspace(lo, hi, 80 if len(t) > 1000 else 20)
-    ax.hist(np.clip(t, lo, hi), bins=bins, alpha=0.6, label="DFT")
-    ax.hist(np.clip(p, lo, hi), bins=bins, alpha=0.6, label=model)
+    ax.hist([np.clip(t[m], lo, hi) for m in classes.values()], bins=bins, stacked=True,
+            color=list(colors.values()), label=[f"{k} {int(m.sum())}" for k, m in classes.items()])
     ax.axvline(0, color="k", lw=1)
-    ax.set(xlabel="hull distance (eV/atom)", ylabel="materials", title="Hull distance: predicted vs DFT")
+    ax.set(xlabel="DFT hull distance (eV/atom)", ylabel="materials",
+           title=f"{model}: classification by predicted hull distance")
     ax.legend()
     fig.savefig(paths["histogram"], dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+    # cumulative precision and recall when screening in order of predicted hull distance
+    order = np.argsort(p, kind="stable")
+    hits = np.cumsum(stable_t[order])
+    n = np.arange(1, len(order) + 1)
+    n_stable = max(int(stable_t.sum()), 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, hits / n, label="precision")
+    ax.plot(n, hits / n_stable, label="recall")
+    n_pred_stable = int(stable_p.sum())
+    if n_pred_stable:
+        ax.axvline(n_pred_stable, color="gray", ls=":", lw=1, label="predicted-stable cut")
+    ax.set(xlabel="materials screened (most stable predictions first)", ylabel="cumulative metric",
+           ylim=(0, 1.02), title=f"{model}: cumulative precision and recall")
+    ax.legend()
+    fig.savefig(paths["cumulative"], dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+    # ROC: sweep the stability threshold applied to the predicted hull distance
+    thresholds = np.unique(np.concatenate([[-np.inf], np.sort(p), [np.inf]]))
+    n_neg = max(int((~stable_t).sum()), 1)
+    tpr = np.array([(stable_t & (p <= th)).sum() / n_stable for th in thresholds])
+    fpr = np.array([(~stable_t & (p <= th)).sum() / n_neg for th in thresholds])
+    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{model}: ROC (threshold on predicted hull distance)")
+    ax.legend(loc="lower right")
+    fig.savefig(paths["roc"], dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 

@@ -311,7 +311,7 @@ def test_is2re_run_on_synthetic_wbm(tmp_path, capsys):
     paths = report.make_report(out, tmp_path / "report")
     text = paths["markdown"].read_text()
     assert f"{DEFAULT_POTENTIAL} (this run)" in text and "CHGNet 0.3.0 (published)" in text
-    assert paths["parity"].stat().st_size > 1000 and paths["histogram"].stat().st_size > 1000
+    assert all(paths[k].stat().st_size > 1000 for k in ("parity", "histogram", "cumulative", "roc"))
 
 
 def test_published_chgnet_counts_give_published_f1_and_daf():
