@@ -37,6 +37,11 @@ if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import matbench_
   "$VENV/bin/python" -m pip install -q --no-deps "matbench-discovery==1.3.1" || echo "[setup] matbench-discovery unavailable: parity test will skip"
 fi
 
+# triton, for the kernel tests under TRITON_INTERPRET=1 on the CPU (a CUDA torch brings its own)
+if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import triton" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q "triton==3.9.0" || echo "[setup] triton unavailable: Triton interpreter tests will skip"
+fi
+
 # the matris package, for the MatRIS parity tests only (pure Python; --no-deps keeps torch pinned)
 if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import matris" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q --no-deps "matris==0.1.0" || echo "[setup] matris unavailable: MatRIS parity tests will skip"

@@ -6,6 +6,14 @@ angle and then gathered, which is the same function with far fewer multiply-adds
 angle level (where the work is). Bond features of bonds longer than the bond cutoff never change,
 so they are projected once; the angle update of the last block (whose output nothing reads) is
 skipped.
+
+Every sum over neighbours is a segment sum over rows sorted by their target: directed edges are
+ordered by centre atom and angles by their first directed bond (see :mod:`.ops`), so aggregation
+never needs ``index_add_`` (whose CPU kernel was 40% of the time). Edge weights are gathered to
+directed edges and angles once per forward and shared by all blocks; the first-bond and centre-atom
+terms of an angle are added per directed bond and then expanded. On CUDA the gathers, segment sums
+and the gated tail (layer norms, activations, weighting, aggregation) run as Triton kernels
+(:mod:`.triton_ops`).
 """
 
 from __future__ import annotations

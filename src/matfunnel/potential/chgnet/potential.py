@@ -169,8 +169,7 @@ class ChgnetPotential(Potential):
                 z = torch.from_numpy(np.concatenate([np.asarray(s.atomic_numbers, dtype=np.int64) for s in structs]))
                 n = torch.tensor([len(s) for s in structs], dtype=torch.long)
                 outs = self._run(frac, lat, z, n, compute_stress=True)
-                offsets = np.concatenate([[0], np.cumsum(n.numpy())])
-                for k, (o, j) in enumerate(zip(outs, idx)):
+                for o, j in zip(outs, idx):
                     if isinstance(o, str):
                         results[j] = self._fail(labels[j], o, errors)
                         continue

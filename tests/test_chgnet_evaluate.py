@@ -1,0 +1,116 @@
+"""chgnet-0.3.0's tensor entry point (``evaluate``), memory-budget batching and the chunked path."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from matfunnel.potential.chgnet.potential import BYTES_PER_ITEM, ChgnetPotential
+from matfunnel.potential.chgnet.testing import random_structure, supercell
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def pot():
+    return ChgnetPotential()
+
+
+def _tensors(structs):
+    z = torch.tensor(np.concatenate([s.atomic_numbers for s in structs]), dtype=torch.long)
+    pos = torch.from_numpy(np.concatenate([s.cart_coords for s in structs]))
+    cells = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
+    n = torch.tensor([len(s) for s in structs], dtype=torch.long)
+    return z, pos, cells, n
+
+
+def test_evaluate_matches_predict(pot):
+    rng = np.random.default_rng(5)
+    structs = [random_structure(rng, 40, rattle=0.08) for _ in range(5)]
+    ref = pot.predict(structs)
+    ev = pot.evaluate(*_tensors(structs))
+    assert ev.errors is None
+    assert ev.energy.dtype == torch.float64 and ev.energy.shape == (5,)
+    assert ev.forces.shape == (sum(len(s) for s in structs), 3) and ev.stress.shape == (5, 3, 3)
+    offsets = np.cumsum([0] + [len(s) for s in structs])
+    for b, r in enumerate(ref):
+        assert abs(float(ev.energy[b]) - r["energy"]) < 1e-5
+        np.testing.assert_allclose(ev.forces[offsets[b]:offsets[b + 1]].numpy(), r["forces"], atol=2e-5)
+        np.testing.assert_allclose(ev.stress[b].numpy(), r["stress"], atol=1e-4)
+        np.testing.assert_allclose(ev.magmoms[offsets[b]:offsets[b + 1]].numpy(), r["magmoms"], atol=1e-5)
+    # positions outside the cell, no stress
+    z, pos, cells, n = _tensors(structs[:2])
+    shifted = pos.clone()
+    shifted[: int(n[0])] += cells[0, 0] * 3 - cells[0, 2]
+    ev2 = pot.evaluate(z, shifted, cells, n, compute_stress=False)
+    assert ev2.stress is None
+    torch.testing.assert_close(ev2.energy, ev.energy[:2], atol=2e-5, rtol=0)
+    torch.testing.assert_close(ev2.forces, ev.forces[: int(n.sum())], atol=5e-5, rtol=0)
+
+
+def test_evaluate_reports_bad_structures(pot):
+    rng = np.random.default_rng(6)
+    good = random_structure(rng, 8, rattle=0.05)
+    z, pos, cells, n = _tensors([good, good, good, good])
+    k = len(good)
+    pos = pos.clone()
+    pos[k] = float("nan")  # structure 1: NaN coordinates
+    z = z.clone()
+    z[2 * k] = 118  # structure 2: element beyond the model
+    cells = cells.clone()
+    cells[3] *= 6.0  # structure 3: isolated atoms (cell and positions blown up)
+    pos[3 * k:] *= 6.0
+    ev = pot.evaluate(z, pos, cells, n)
+    assert ev.errors[0] is None
+    assert "NaN" in ev.errors[1] and "element" in ev.errors[2] and "no neighbour" in ev.errors[3]
+    assert torch.isfinite(ev.energy[0]) and torch.isnan(ev.energy[1:]).all()
+    assert torch.isfinite(ev.forces[:k]).all() and torch.isnan(ev.forces[k:]).all()
+    assert abs(float(ev.energy[0]) - pot.predict(good)[0]["energy"]) < 1e-5
+
+
+def test_batches_follow_the_memory_budget():
+    small = ChgnetPotential(memory_budget=200 * BYTES_PER_ITEM * 100)  # 20,000 items per batch
+    assert small.max_items == 20_000
+    rng = np.random.default_rng(8)
+    structs = [random_structure(rng, 30) for _ in range(12)]
+    batches = small.plan_batches([len(s) for s in structs], [s.volume for s in structs])
+    assert sorted(sum(batches, [])) == list(range(12)) and len(batches) > 1
+    assert small.chunk_for(10_000, 5_000) is None
+    assert small.chunk_for(50_000, 20_000) == 10_000  # over budget: chunked, at least MIN_CHUNK
+    assert small.chunk_for(500_000, 300_000) == 100_000  # at most MAX_CHUNKS chunks
+
+
+def test_chunked_matches_unchunked(pot):
+    rng = np.random.default_rng(9)
+    s = supercell(rng, 128, proto="rocksalt", bond=2.7)
+    whole = pot.predict(s)[0]
+    chunked = ChgnetPotential(memory_budget=BYTES_PER_ITEM * 10_000, chunk=1500)
+    g_items = chunked.chunk_for(10**6, 10**6)
+    assert g_items == 1500
+    part = chunked.predict(s)[0]
+    assert abs(part["energy"] - whole["energy"]) < 1e-4
+    np.testing.assert_allclose(part["forces"], whole["forces"], atol=2e-5)
+    np.testing.assert_allclose(part["stress"], whole["stress"], atol=1e-4)
+
+
+def test_large_structure_runs_chunked():
+    """A >3000-atom cell through the chunked path with a small memory budget (finite, symmetric forces)."""
+    rng = np.random.default_rng(10)
+    s = Structure(Lattice.cubic(3.2), ["Cu"], [[0, 0, 0]]) * (15, 15, 15)  # ~28 neighbours within 6 A
+    s = Structure(s.lattice, s.species, s.cart_coords + rng.normal(0, 0.05, (len(s), 3)), coords_are_cartesian=True)
+    assert len(s) >= 3000
+    pot = ChgnetPotential(memory_budget=400 << 20)
+    assert 20 * len(s) > pot.max_items  # at least 20 directed edges per atom: chunked
+    t0 = time.perf_counter()
+    ev = pot.evaluate(*_tensors([s]))
+    took = time.perf_counter() - t0
+    assert ev.errors is None
+    assert torch.isfinite(ev.forces).all() and torch.isfinite(ev.stress).all()
+    # periodic cell: forces sum to ~zero
+    assert float(ev.forces.sum(0).abs().max()) < 1e-2
+    print(f"{len(s)} atoms chunked in {took:.1f} s")
