@@ -10,6 +10,7 @@ import torch
 from pymatgen.core import Structure
 
 from matfunnel.potential.base import Evaluation, Potential
+from matfunnel.potential.batching import pack_greedy
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
@@ -110,16 +111,7 @@ class ChgnetPotential(Potential):
         """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
         cfg = self.model.cfg
         est = estimate_sizes(n_atoms, volumes, cfg.atom_graph_cutoff, cfg.bond_graph_cutoff)
-        batches, cur, ca, ce, cg = [], [], 0, 0.0, 0.0
-        for k, (n, (e, a)) in enumerate(zip(n_atoms, est)):
-            if cur and self._too_big(ca + n, ce + e, cg + a):
-                batches.append(cur)
-                cur, ca, ce, cg = [], 0, 0.0, 0.0
-            cur.append(k)
-            ca, ce, cg = ca + n, ce + e, cg + a
-        if cur:
-            batches.append(cur)
-        return batches
+        return pack_greedy(n_atoms, est, self._too_big)
 
     def chunk_for(self, n_edges: int, n_angles: int) -> int | None:
         """Chunk size (items) for a graph of ``n_edges`` directed edges and ``n_angles`` angles; None when it

@@ -7,6 +7,7 @@ import torch
 from pymatgen.core import Structure
 
 from matfunnel.potential.base import Potential
+from matfunnel.potential.batching import pack_greedy
 from matfunnel.potential.errors import StructureError
 from matfunnel.potential.matris.graph import build_matris_graph, estimate_sizes
 from matfunnel.potential.matris.model import MatrisModel
@@ -46,16 +47,8 @@ class MatrisPotential(Potential):
     def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
         cfg = self.model.cfg
         est = estimate_sizes(n_atoms, volumes, cfg.pairwise_cutoff, cfg.three_body_cutoff)
-        batches, cur, ca, ce, cg = [], [], 0, 0.0, 0.0
-        for k, (n, (e, a)) in enumerate(zip(n_atoms, est)):
-            if cur and (ca + n > self.max_atoms or ce + e > self.max_edges or cg + a > self.max_angles):
-                batches.append(cur)
-                cur, ca, ce, cg = [], 0, 0.0, 0.0
-            cur.append(k)
-            ca, ce, cg = ca + n, ce + e, cg + a
-        if cur:
-            batches.append(cur)
-        return batches
+        return pack_greedy(n_atoms, est, lambda n, e, a: n > self.max_atoms or e > self.max_edges
+                           or a > self.max_angles)
 
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         n_atoms = [len(s) for s in structures]
