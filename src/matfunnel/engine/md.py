@@ -15,7 +15,6 @@ Functional pieces: :func:`md_init` (velocities), :func:`nve_step`, :func:`langev
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,12 +26,11 @@ from ase.data import atomic_masses
 from pymatgen.core import Structure
 from torch import Tensor
 
-from matfunnel.engine.ase_relax import MAX_FORCE
 from matfunnel.engine.runner import AtomBudget
 from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
-    from_structures, min_distances, select, system_field, to_structure, upgrade
+    failure_reasons, from_structures, select, system_field, to_structure, upgrade
 from matfunnel.potential import Potential, StructureError
-from matfunnel.potential.validate import MIN_DISTANCE, structure_label, to_structure as as_structure, \
+from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
 
 ENSEMBLES = ("nve", "nvt", "npt")
@@ -384,28 +382,9 @@ def run_md(
 
 
 def _check(state: MDState, it: int, every: int) -> list[str | None]:
-    nb = state.n_systems
-    reasons: list[str | None] = list(state.eval_error) if state.eval_error else [None] * nb
-    steps = state.n_steps.tolist()
-    finite = torch.isfinite(state.energy)
-    bad = (~(torch.isfinite(state.forces).all(1) & torch.isfinite(state.velocities).all(1))).to(DTYPE)
-    finite &= _seg_sum(bad, state.batch, nb) == 0
-    fabs = torch.zeros(nb, dtype=DTYPE, device=state.device).scatter_reduce_(
-        0, state.batch, torch.nan_to_num(state.forces, nan=0.0).abs().amax(1), "amax")
-    dmin = [math.inf] * nb
-    if every and it % every == 0 and it > 0:
-        dmin = min_distances(state.positions, state.cell, state.batch, nb).tolist()
-    fin, fab = finite.tolist(), fabs.tolist()
-    for b in range(nb):
-        if reasons[b] is not None:
-            reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
-        elif not fin[b]:
-            reasons[b] = f"NaN energy/forces at step {steps[b]}"
-        elif fab[b] > MAX_FORCE:
-            reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
-        elif dmin[b] < MIN_DISTANCE:
-            reasons[b] = f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin[b]:.3f} A) at step {steps[b]}"
-    return reasons
+    return failure_reasons(state, torch.isfinite(state.energy),
+                           torch.isfinite(state.forces).all(1) & torch.isfinite(state.velocities).all(1),
+                           bool(every) and it % every == 0 and it > 0)
 
 
 def _record(state: MDState, recorders, ids, steps_l, reasons) -> None:

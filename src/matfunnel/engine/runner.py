@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from matfunnel.engine.ase_relax import MAX_FORCE, RelaxResult
+from matfunnel.engine.ase_relax import RelaxResult
 from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
-from matfunnel.engine.state import concat, evaluate, from_structures, min_distances, select, to_structure
+from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select, to_structure
 from matfunnel.engine.symmetry import Symmetrizer
 from matfunnel.potential import Potential, StructureError
-from matfunnel.potential.validate import MIN_DISTANCE, structure_label, to_structure as as_structure, \
+from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
 
 #: rough peak memory per atom of a GNN potential step with forces and stress (bytes), used only when
@@ -180,30 +180,11 @@ def relax_batched(
         active = evaluate(active, potential)
         if symmetrizer is not None:
             active = symmetrizer(active)
-        nb = active.n_systems
-        reasons: list[str | None] = list(active.eval_error) if active.eval_error else [None] * nb
+        reasons = failure_reasons(
+            active, torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1),
+            torch.isfinite(active.forces).all(1),
+            bool(check_distance_every) and it % check_distance_every == 0 and it > 0)
         steps = active.n_steps.tolist()
-        finite = torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1)
-        bad_atoms = (~torch.isfinite(active.forces).all(1)).to(active.forces.dtype)
-        finite &= torch.zeros(nb, dtype=bad_atoms.dtype, device=active.device).index_add_(
-            0, active.batch, bad_atoms) == 0
-        fabs = torch.zeros(nb, dtype=active.forces.dtype, device=active.device).scatter_reduce_(
-            0, active.batch, torch.nan_to_num(active.forces, nan=0.0).abs().amax(1), "amax")
-        dmin = None
-        if check_distance_every and it % check_distance_every == 0 and it > 0:
-            dmin = min_distances(active.positions, active.cell, active.batch, nb)
-        finite_l, fabs_l = finite.tolist(), fabs.tolist()
-        dmin_l = dmin.tolist() if dmin is not None else [math.inf] * nb
-        for b in range(nb):
-            if reasons[b] is not None:
-                reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
-            elif not finite_l[b]:
-                reasons[b] = f"NaN energy/forces at step {steps[b]}"
-            elif fabs_l[b] > MAX_FORCE:
-                reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
-            elif dmin_l[b] < MIN_DISTANCE:
-                reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin_l[b]:.3f} A) "
-                              f"at step {steps[b]}")
         ok = torch.tensor([r is None for r in reasons], device=active.device)
         active = fire_forces(active)
         residual = torch.where(ok, active.residual, torch.full_like(active.residual, math.inf))

@@ -228,3 +228,40 @@ def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int
         dist = dist.masked_fill(dist < 1e-8, float("inf"))  # an atom with itself
         out.scatter_reduce_(0, bs, dist.amin(dim=1), reduce="amin")
     return out
+
+
+def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_distance: bool) -> list[str | None]:
+    """Why each structure of ``state`` must stop now (None: it may go on).
+
+    ``finite_systems`` [B] and ``finite_atoms`` [N] are the caller's finiteness masks (energy/stress,
+    forces/velocities); a structure also stops when the potential reported an error for it, when a
+    force exceeds ``MAX_FORCE`` or, if ``check_distance``, when two atoms come closer than
+    ``MIN_DISTANCE``. Shared by relaxation and MD so both report failures the same way.
+    """
+    import math
+
+    from matfunnel.engine.ase_relax import MAX_FORCE
+    from matfunnel.potential.validate import MIN_DISTANCE
+
+    nb = state.n_systems
+    reasons: list[str | None] = list(state.eval_error) if state.eval_error else [None] * nb
+    steps = state.n_steps.tolist()
+    bad_atoms = (~finite_atoms).to(state.forces.dtype)
+    finite = finite_systems & (torch.zeros(nb, dtype=bad_atoms.dtype, device=state.device).index_add_(
+        0, state.batch, bad_atoms) == 0)
+    fabs = torch.zeros(nb, dtype=state.forces.dtype, device=state.device).scatter_reduce_(
+        0, state.batch, torch.nan_to_num(state.forces, nan=0.0).abs().amax(1), "amax")
+    dmin = (min_distances(state.positions, state.cell, state.batch, nb).tolist() if check_distance
+            else [math.inf] * nb)
+    finite_l, fabs_l = finite.tolist(), fabs.tolist()
+    for b in range(nb):
+        if reasons[b] is not None:
+            reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
+        elif not finite_l[b]:
+            reasons[b] = f"NaN energy/forces at step {steps[b]}"
+        elif fabs_l[b] > MAX_FORCE:
+            reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
+        elif dmin[b] < MIN_DISTANCE:
+            reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin[b]:.3f} A) "
+                          f"at step {steps[b]}")
+    return reasons
