@@ -23,42 +23,12 @@ environment seen by ``triton.jit`` is the one at that time.
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-_FORCE = False
-
-
-@lru_cache(maxsize=1)
-def available() -> bool:
-    """Whether triton imports (checked once)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import problem means no triton
-        return False
-    return True
-
-
-def force(on: bool) -> None:
-    """Use the kernels on CPU tensors too (only meaningful under ``TRITON_INTERPRET=1``; for tests)."""
-    global _FORCE
-    _FORCE = bool(on)
-
-
-def enabled(x: Tensor) -> bool:
-    if x.dtype != torch.float32:
-        return False
-    if x.is_cuda:
-        return os.environ.get("MATFUNNEL_TRITON", "1") != "0" and available()
-    return _FORCE and os.environ.get("TRITON_INTERPRET") == "1" and available()
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
+from matfunnel.potential.triton_select import available, enabled, force  # noqa: F401 (re-exported)
+from matfunnel.potential.triton_select import pow2 as _pow2
 
 
 def _k(name: str):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from matfunnel.potential.matris import triton_ops
 from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.graph import MatrisGraph
 
@@ -139,7 +140,12 @@ def softmax_aggregate(logits: Tensor, values: Tensor, index: Tensor, n: int) -> 
     Computed as a ratio of two segment sums (numerator and normaliser) so the normaliser is never
     gathered back onto the edges. The per-segment maximum is only a shift for stability; it is held
     constant for autograd (the softmax does not depend on it).
+
+    On float32 CUDA tensors (with triton) this is the fused kernel of
+    :mod:`~matfunnel.potential.matris.triton_ops` instead (one pass, online softmax).
     """
+    if triton_ops.enabled(logits) and values.dtype == logits.dtype and values.device == logits.device:
+        return triton_ops.softmax_aggregate(logits, values, index, n)
     d = logits.shape[1]
     with torch.no_grad():
         mx = logits.new_full((n, d), -math.inf).scatter_reduce_(
