@@ -143,9 +143,11 @@ def _plot(hull: dict, path: Path, report: dict) -> None:
 
 def format_table(report: dict, max_rows: int | None = None) -> str:
     """A fixed-width text table of the report for the terminal."""
-    cols = ["id", "formula", "spacegroup", "mlip_e_per_atom", "e_form_per_atom", "e_above_hull", "gate",
-            "dft_e_above_hull", "status"]
     rows = report["rows"][:max_rows] if max_rows else report["rows"]
+    cols = ["id", "formula", "spacegroup", "mlip_e_per_atom", "e_form_per_atom", "e_above_hull"]
+    if any(r.get("phonons") for r in rows):  # the phonon gate ran
+        cols += ["phonons", "omega_max_thz"]
+    cols += ["gate", "dft_e_above_hull", "status"]
 
     def fmt(v):
         if v is None:
