@@ -211,3 +211,18 @@ def test_competing_phases_ionic_are_charge_neutral():
     ox_formulas = {s.composition.reduced_formula for s in phases if "O" in s.composition}
     assert "LiO" not in ox_formulas and "Li2O" in ox_formulas
     assert {"MnO", "MnO2", "Mn2O3"} <= ox_formulas
+
+
+def test_mixed_valence_spinel_is_kept():
+    """Spinel LiMn2O4 needs Mn3+/Mn4+: no one-state-per-site map is neutral, yet it must not be
+    filtered out; its recorded oxidation states balance (Mn 3.5)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    cands = generate_candidates("Li-Mn-O", max_candidates=60, max_sites=14)
+    spinels = [s for s in cands if s.composition.reduced_formula == "LiMn2O4"]
+    assert spinels
+    assert any(SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol() == "Fd-3m" for s in spinels)
+    for s in spinels:
+        oxi = s.properties["oxidation_states"]
+        assert abs(oxi["Mn"] - 3.5) < 1e-6
+        assert abs(sum(oxi[el.symbol] * n for el, n in s.composition.items())) < 1e-6

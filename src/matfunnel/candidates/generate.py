@@ -14,7 +14,8 @@ Pipeline (all pure pymatgen, no potential involved):
    :mod:`matfunnel.candidates.substitution`.
 3. **Filters**: the candidate must contain every element of the system (``all_elements=True``;
    with False any sub-system with >= 2 elements); in ionic systems with ``charge_neutral`` the
-   oxidation states must sum to zero.
+   oxidation states must sum to zero; a composition whose one-state-per-site map is not neutral is
+   still kept when pymatgen finds a mixed-valence balance for it (spinel LiMn2O4: Mn3+/Mn4+).
 4. **Structure**: species replaced, volume rescaled by reference lattice scaling (the RLS rule of
    pymatgen's ``RLSVolumePredictor``: lengths scale with ``sum r n^(1/3)``, ionic radii when every
    species has one, atomic radii otherwise), then validated (overlap < 0.5 A etc.): invalid ones are
@@ -28,7 +29,7 @@ Output structures carry plain elements (no oxidation states) and ``properties``:
 ``label`` (= candidate id), ``role="candidate"``, ``chemsys``, ``formula``, ``source`` (``aflow`` or
 ``user``), ``source_id``, ``prototype`` (AFLOW tags, or None), ``substitution`` (source species ->
 target species, identities included), ``score``, ``rank`` and ``oxidation_states`` (per element,
-averaged; None for intermetallics).
+averaged, charge-balanced, fractional for mixed valence; None for intermetallics).
 """
 
 from __future__ import annotations
@@ -177,6 +178,37 @@ def _guess_oxidation(formula: str) -> dict[str, int] | None:
         if all(float(v).is_integer() and v != 0 for v in g.values()):
             return {el: int(v) for el, v in g.items()}
     return None
+
+
+def _merged(counts, skeys, assign, target_el) -> dict[str, float]:
+    """Element amounts of a substituted source (several sites may map to one element)."""
+    out: dict[str, float] = {}
+    for s_, t in zip(skeys, assign):
+        out[target_el[t]] = out.get(target_el[t], 0.0) + counts[s_]
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _mixed_valence_balanced(formula: str) -> bool:
+    """Whether pymatgen finds a charge-balanced assignment allowing mixed valence (e.g. LiMn2O4 as
+    Mn3.5+): substitution maps one oxidation state per site, which alone would reject such phases."""
+    comp = Composition(formula)
+    if len(comp.elements) < 2:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(comp.oxi_state_guesses(max_sites=-50))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _balanced_oxidation(formula: str) -> dict[str, float]:
+    """Average per-element oxidation states of pymatgen's first charge-balanced guess."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (guess, *_) = Composition(formula).oxi_state_guesses(max_sites=-50)
+    return {el: round(float(v), 6) for el, v in sorted(guess.items())}
 
 
 def _site_keys(struct: Structure, ionic: bool) -> list[str]:
@@ -328,8 +360,10 @@ def generate_candidates(
             if ionic and charge_neutral:
                 q = net_charge((counts[s], t) for s, t in zip(skeys, assign))
                 if q is None or abs(q) > 1e-6:
-                    stats["rejected_charge"] += 1
-                    return False
+                    formula = Composition(_merged(counts, skeys, assign, target_el)).reduced_formula
+                    if not _mixed_valence_balanced(formula):
+                        stats["rejected_charge"] += 1
+                        return False
             return True
 
         for assign, score in enumerate_maps(
@@ -363,6 +397,8 @@ def generate_candidates(
                 tot[target_el[t]] += n * Species.from_str(t).oxi_state
                 num[target_el[t]] += n
             oxi = {el: round(tot[el] / num[el], 6) for el in sorted(num)}
+            if charge_neutral and abs(sum(oxi[el] * num[el] for el in num)) > 1e-6:
+                oxi = _balanced_oxidation(s.composition.reduced_formula)  # mixed valence (see filter)
         else:
             oxi = None
         s.properties = {
