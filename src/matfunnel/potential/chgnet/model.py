@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
-from matfunnel.potential.chgnet import triton_ops
+from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
 
 EV_A3_TO_GPA = 160.21766208
@@ -91,6 +91,22 @@ class _Gated(nn.Module):
             out = out * w
         return out if seg is None else scatter(out, seg)
 
+    def fused(self, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
+              seg: Index | None = None, *, reduce: bool = True, residual: bool = False) -> Tensor:
+        """The message of first-layer input ``sum(t[ix] for t, ix in pairs) + x @ wd.T``: weighted by ``w`` and
+        segment-summed into ``seg`` (``reduce``), or per row plus ``x`` (``residual``).
+
+        On the CPU (float32) this is one fused kernel per pass (:mod:`.cpu_ops`); elsewhere the gathers,
+        the message and the sum run as separate ops.
+        """
+        if cpu_ops.supports(self, pairs, x):
+            return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual)
+        pre = gather_sum(pairs, None if x is None else F.linear(x, wd))
+        if reduce:
+            return self.message(pre, w, seg)
+        out = self.message(pre, w)
+        return x + out if residual else out
+
     def finish(self, pre: Tensor) -> Tensor:
         """From the first layer's pre-activation (..., 2*first) to core * gate."""
         h = pre.shape[-1] // 2
@@ -123,8 +139,7 @@ class AtomConv(nn.Module):
 
         def messages(part: _EdgePart, bw: Tensor, pc=pc, pn=pn, q=q) -> Tensor:
             # directed edges sorted by centre: the sum over neighbours is a segment sum
-            pre = gather_sum([(pc, part.center), (pn, part.nbr), (q, part.bond)])
-            return self.mlp.message(pre, bw, part.center)
+            return self.mlp.fused([(pc, part.center), (pn, part.nbr), (q, part.bond)], w=bw, seg=part.center)
 
         agg = _run_parts(messages, plan.edge_parts, bw_parts)
         return F.linear(agg, self.w_out) + h
@@ -356,8 +371,8 @@ class CHGNetModel(nn.Module):
 
         def bond_msgs(part: _AnglePart, ang_bw, x_dir=x_dir, qj=qj):
             ang, bw = ang_bw
-            pre = gather_sum([(x_dir, part.e1), (qj, part.b2)], F.linear(ang, wa_b))
-            return bc.mlp.message(pre, bw, part.e1)  # angles are sorted by their first bond
+            # angles are sorted by their first bond: the sum over angles is a segment sum
+            return bc.mlp.fused([(x_dir, part.e1), (qj, part.b2)], ang, wa_b, bw, part.e1)
 
         agg = scatter(_run_parts(bond_msgs, parts, list(zip(angles, bw_angle))), plan.s_bond)
         new_bond = F.linear(agg, bc.w_out) + bond_s
@@ -369,7 +384,7 @@ class CHGNetModel(nn.Module):
         wa_a = au.mlp.cols(2 * b, 2 * b + gdim)
 
         def angle_new(part: _AnglePart, ang, y_dir=y_dir, rj=rj):
-            pre = gather_sum([(y_dir, part.e1), (rj, part.b2)], F.linear(ang, wa_a))
-            return ang + au.mlp.message(pre)
+            return au.mlp.fused([(y_dir, part.e1), (rj, part.b2)], ang, wa_a, seg=part.e1, reduce=False,
+                                residual=True)
 
         return new_bond, _run_parts_cat(angle_new, parts, angles)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from matfunnel.potential.chgnet import triton_ops
+from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import argsort_stable
 
 
@@ -60,6 +60,8 @@ def _segsum(x: Tensor, ix: Index) -> Tensor:
     """Rows of ``x`` (ordered like ``ix.idx``) summed into ``ix.n`` rows, no autograd."""
     if triton_ops.enabled(x):
         return triton_ops.segment_sum_raw(x, ix.offsets, ix.perm)
+    if cpu_ops.enabled(x) and x.shape[0]:
+        return cpu_ops.segsum_raw(x, ix.offsets, ix.perm)
     if ix.perm is not None:
         x = x.index_select(0, ix.perm)
     if x.shape[0] == 0:

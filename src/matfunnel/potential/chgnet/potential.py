@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.batching import pack_greedy
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
@@ -64,6 +65,9 @@ class ChgnetPotential(Potential):
     runs alone with the edge/angle work split into chunks of ``chunk`` items whose activations are
     recomputed during the backward pass, so memory stays bounded for 10k-atom cells.
 
+    ``keep_memory`` (default: on the CPU) keeps freed memory mapped in the process so that the next batch does
+    not page-fault it back in (:mod:`matfunnel.potential.allocator`; process-wide).
+
     ``threads``: ``"auto"`` (default) picks the CPU thread count from the machine's load for every call
     (see :func:`auto_threads`), an int fixes it, ``None`` leaves torch's setting alone.
     """
@@ -83,6 +87,7 @@ class ChgnetPotential(Potential):
         max_angles: int | None = None,
         chunk: int | None = None,
         threads: int | str | None = "auto",
+        keep_memory: bool | None = None,
     ):
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -99,6 +104,8 @@ class ChgnetPotential(Potential):
         self.max_angles = max_angles
         self.chunk = chunk
         self.threads = threads if not gpu else None
+        if keep_memory if keep_memory is not None else not gpu:
+            keep_freed_memory()
 
     # ---- batching --------------------------------------------------------------------------
     def _too_big(self, n_atoms: int, edges: float, angles: float) -> bool:

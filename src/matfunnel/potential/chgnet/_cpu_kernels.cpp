@@ -1,0 +1,386 @@
+// Fused CPU kernels for matfunnel's CHGNet (float32), compiled on first use by cpu_ops.py.
+//
+// gated_fwd / gated_bwd: one pass over the rows (directed edges or angles) of a CHGNet gated MLP:
+//   pre  = sum_t table_t[idx_t[r]] (+ X[r] @ Wd^T)          first layer, as gathered projections
+//   y    = [silu(pre_c) @ W2c^T + b2c, silu(pre_g) @ W2g^T + b2g]   (hidden layer; or y = pre)
+//   m    = silu(LN_c(y_c)) * sigmoid(LN_g(y_g)) (* w[r])
+//   out  = segment sum of m over the sorted segment ids seg[r], or per row (+ X[r] as a residual)
+// and its backward (gradients of the tables' rows, X and w; the weights are frozen). Rows are
+// processed four at a time in registers; nothing of width 128 is written per row except what the
+// backward needs (pre and y, when the caller asks to save them) and the row gradients.
+// segsum: rows (optionally through a permutation) summed into sorted segments.
+//
+// Threads: OpenMP, from the libgomp torch already loaded (same soname, so one thread pool).
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+static inline v16 ld(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
+static inline void st(float* p, v16 v) { std::memcpy(p, &v, 64); }
+static inline v16 splat(float a) { return (v16){} + a; }
+static inline float hsum(v16 v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float s = 0.f;
+    for (int i = 0; i < 16; ++i) s += v[i];
+    return s;
+#endif
+}
+// 1 / x to about 1 ulp: the 14-bit estimate and one Newton step (or a division)
+static inline v16 recip(v16 x) {
+#if defined(__AVX512F__)
+    v16 r = (v16)_mm512_rcp14_ps((__m512)x);
+    return r * (2.0f - x * r);
+#else
+    return 1.0f / x;
+#endif
+}
+
+// exp with Cephes' expf polynomial (about 1 ulp), vectorised
+static inline v16 vexp(v16 x) {
+    const v16 hi = splat(88.3762626647949f), lo = splat(-87.3365447504019f);
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: round to nearest
+    v16 t = x * 1.44269504088896341f + magic;
+    v16 n = t - magic;
+    vi16 ni = (vi16)t - (vi16)magic;
+    v16 r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    v16 p = splat(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    vi16 bits = (vi16)p + (ni << 23);
+    return (v16)bits;
+}
+static inline v16 vsigmoid(v16 x) { return recip(1.0f + vexp(-x)); }
+
+// acc[i][j] (+)= sum_k A[i*lda + k] * B[k*ldb + 16j .. 16j+15], j < 4 (64 outputs), i < NB
+template <int NB>
+static inline void mm64(const float* __restrict A, int64_t lda, int K, const float* __restrict B, int64_t ldb,
+                        v16 (*acc)[4]) {
+    // accumulators in registers (acc may alias A as far as the compiler knows)
+    v16 c[NB][4];
+    for (int i = 0; i < NB; ++i)
+        for (int j = 0; j < 4; ++j) c[i][j] = acc[i][j];
+    for (int k = 0; k < K; ++k) {
+        const float* b = B + k * ldb;
+        v16 b0 = ld(b), b1 = ld(b + 16), b2 = ld(b + 32), b3 = ld(b + 48);
+#pragma GCC unroll 4
+        for (int i = 0; i < NB; ++i) {
+            float a = A[i * lda + k];
+            c[i][0] += a * b0;
+            c[i][1] += a * b1;
+            c[i][2] += a * b2;
+            c[i][3] += a * b3;
+        }
+    }
+    for (int i = 0; i < NB; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = c[i][j];
+}
+static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, int64_t ldb, v16 (*acc)[4]) {
+    switch (nb) {
+        case 4: mm64<4>(A, lda, K, B, ldb, acc); break;
+        case 3: mm64<3>(A, lda, K, B, ldb, acc); break;
+        case 2: mm64<2>(A, lda, K, B, ldb, acc); break;
+        default: mm64<1>(A, lda, K, B, ldb, acc); break;
+    }
+}
+
+// argument slots (mirrored in cpu_ops.py)
+enum {
+    P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
+    P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_COUNT
+};
+enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_COUNT };
+
+struct Args {
+    const float* tab[3];
+    const int64_t* idx[3];
+    const float *X, *WdT, *Wd, *W2T, *W2, *b2, *ln, *w;
+    const int64_t* seg;
+    float* out;
+    float *save_pre, *save_y;
+    const float* gout;
+    float *gpre, *gX, *gw, *gtab0;
+    int64_t R, nseg;
+    int nt, dx, hidden, mode, residual, threads, saved;
+};
+
+static Args unpack(void** p, const int64_t* iv) {
+    Args a;
+    for (int t = 0; t < 3; ++t) {
+        a.tab[t] = (const float*)p[P_TAB0 + t];
+        a.idx[t] = (const int64_t*)p[P_IDX0 + t];
+    }
+    a.X = (const float*)p[P_X];
+    a.WdT = (const float*)p[P_WDT];
+    a.Wd = (const float*)p[P_WD];
+    a.W2T = (const float*)p[P_W2T];
+    a.W2 = (const float*)p[P_W2];
+    a.b2 = (const float*)p[P_B2];
+    a.ln = (const float*)p[P_LN];
+    a.w = (const float*)p[P_W];
+    a.seg = (const int64_t*)p[P_SEG];
+    a.out = (float*)p[P_OUT];
+    a.save_pre = (float*)p[P_SAVE_PRE];
+    a.save_y = (float*)p[P_SAVE_Y];
+    a.gout = (const float*)p[P_GOUT];
+    a.gpre = (float*)p[P_GPRE];
+    a.gX = (float*)p[P_GX];
+    a.gw = (float*)p[P_GW];
+    a.gtab0 = (float*)p[P_GTAB0];
+    a.R = iv[I_R];
+    a.nt = (int)iv[I_NT];
+    a.dx = (int)iv[I_DX];
+    a.hidden = (int)iv[I_HIDDEN];
+    a.mode = (int)iv[I_MODE];
+    a.residual = (int)iv[I_RESIDUAL];
+    a.nseg = iv[I_NSEG];
+    a.threads = (int)iv[I_THREADS];
+    a.saved = (int)iv[I_SAVED];
+    return a;
+}
+
+// rows [lo, hi) of thread t of n, moved so that no segment of the sorted ids seg is split
+static void thread_rows(const int64_t* seg, int64_t R, int t, int n, int64_t* lo, int64_t* hi) {
+    auto cut = [&](int k) -> int64_t {
+        int64_t r = R * k / n;
+        if (seg) {
+            while (r > 0 && r < R && seg[r] == seg[r - 1]) ++r;
+        }
+        return r;
+    };
+    *lo = cut(t);
+    *hi = cut(t + 1);
+}
+
+// pre and y (NB x 128) of rows r0.. r0+nb
+static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128]) {
+    for (int i = 0; i < nb; ++i) {
+        int64_t r = r0 + i;
+        v16 acc[8];
+        const float* t0 = a.tab[0] + a.idx[0][r] * 128;
+        for (int j = 0; j < 8; ++j) acc[j] = ld(t0 + 16 * j);
+        for (int t = 1; t < a.nt; ++t) {
+            const float* tt = a.tab[t] + a.idx[t][r] * 128;
+            for (int j = 0; j < 8; ++j) acc[j] += ld(tt + 16 * j);
+        }
+        for (int j = 0; j < 8; ++j) st(pre[i] + 16 * j, acc[j]);
+    }
+    if (a.dx) {
+        for (int h = 0; h < 2; ++h) {
+            v16 acc[4][4];
+            for (int i = 0; i < nb; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = ld(pre[i] + 64 * h + 16 * j);
+            mm64n(nb, a.X + r0 * a.dx, a.dx, a.dx, a.WdT + 64 * h, 128, acc);
+            for (int i = 0; i < nb; ++i)
+                for (int j = 0; j < 4; ++j) st(pre[i] + 64 * h + 16 * j, acc[i][j]);
+        }
+    }
+    if (!a.hidden) {
+        for (int i = 0; i < nb; ++i) std::memcpy(y[i], pre[i], 128 * sizeof(float));
+        return;
+    }
+    float s[4][128] __attribute__((aligned(64)));
+    for (int i = 0; i < nb; ++i)
+        for (int j = 0; j < 8; ++j) {
+            v16 x = ld(pre[i] + 16 * j);
+            st(s[i] + 16 * j, x * vsigmoid(x));
+        }
+    for (int h = 0; h < 2; ++h) {
+        v16 acc[4][4];
+        for (int i = 0; i < nb; ++i)
+            for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.b2 + 64 * h + 16 * j);
+        mm64n(nb, s[0] + 64 * h, 128, 64, a.W2T + 4096 * h, 64, acc);
+        for (int i = 0; i < nb; ++i)
+            for (int j = 0; j < 4; ++j) st(y[i] + 64 * h + 16 * j, acc[i][j]);
+    }
+}
+
+struct LnOut {
+    v16 z[4];
+    float rstd;
+};
+
+static inline LnOut layer_norm(const float* y, float eps) {
+    LnOut o;
+    v16 v[4];
+    for (int j = 0; j < 4; ++j) v[j] = ld(y + 16 * j);
+    float mean = hsum(v[0] + v[1] + v[2] + v[3]) * (1.0f / 64);
+    v16 sq = {};
+    for (int j = 0; j < 4; ++j) {
+        v[j] -= mean;
+        sq += v[j] * v[j];
+    }
+    float var = hsum(sq) * (1.0f / 64);
+    o.rstd = 1.0f / std::sqrt(var + eps);
+    for (int j = 0; j < 4; ++j) o.z[j] = v[j] * o.rstd;
+    return o;
+}
+
+extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
+    Args a = unpack(p, iv);
+    const float *gc = a.ln, *bc = a.ln + 64, *gg = a.ln + 128, *bg = a.ln + 192;
+    if (a.mode == 0) std::memset(a.out, 0, sizeof(float) * a.nseg * 64);
+#pragma omp parallel num_threads(a.threads)
+    {
+        int nthr = omp_get_num_threads(), t = omp_get_thread_num();
+        int64_t lo, hi;
+        thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
+        float pre[4][128] __attribute__((aligned(64)));
+        float y[4][128] __attribute__((aligned(64)));
+        for (int64_t r0 = lo; r0 < hi; r0 += 4) {
+            int nb = (int)(hi - r0 < 4 ? hi - r0 : 4);
+            first_layers(a, r0, nb, pre, y);
+            for (int i = 0; i < nb; ++i) {
+                int64_t r = r0 + i;
+                if (a.save_y) std::memcpy(a.save_y + r * 128, y[i], 512);
+                if (a.save_pre) std::memcpy(a.save_pre + r * 128, pre[i], 512);
+                LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
+                float* o = a.mode == 0 ? a.out + a.seg[r] * 64 : a.out + r * 64;
+                for (int j = 0; j < 4; ++j) {
+                    v16 lc = c.z[j] * ld(gc + 16 * j) + ld(bc + 16 * j);
+                    v16 lg = g.z[j] * ld(gg + 16 * j) + ld(bg + 16 * j);
+                    v16 m = lc * vsigmoid(lc) * vsigmoid(lg);
+                    if (a.w) m *= ld(a.w + r * 64 + 16 * j);
+                    if (a.mode == 0) {
+                        st(o + 16 * j, ld(o + 16 * j) + m);
+                    } else {
+                        if (a.residual) m += ld(a.X + r * 64 + 16 * j);
+                        st(o + 16 * j, m);
+                    }
+                }
+            }
+        }
+    }
+}
+
+extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
+    Args a = unpack(p, iv);
+    const float *gc = a.ln, *bc = a.ln + 64, *gg = a.ln + 128, *bg = a.ln + 192;
+    if (a.gtab0) std::memset(a.gtab0, 0, sizeof(float) * a.nseg * 128);
+#pragma omp parallel num_threads(a.threads)
+    {
+        int nthr = omp_get_num_threads(), t = omp_get_thread_num();
+        int64_t lo, hi;
+        thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
+        float pre[4][128] __attribute__((aligned(64)));
+        float y[4][128] __attribute__((aligned(64)));
+        float gy[4][128] __attribute__((aligned(64)));
+        float gp[4][128] __attribute__((aligned(64)));
+        for (int64_t r0 = lo; r0 < hi; r0 += 4) {
+            int nb = (int)(hi - r0 < 4 ? hi - r0 : 4);
+            if (a.saved) {
+                for (int i = 0; i < nb; ++i) {
+                    std::memcpy(y[i], a.save_y + (r0 + i) * 128, 512);
+                    if (a.hidden) std::memcpy(pre[i], a.save_pre + (r0 + i) * 128, 512);
+                }
+            } else {
+                first_layers(a, r0, nb, pre, y);
+            }
+            for (int i = 0; i < nb; ++i) {
+                int64_t r = r0 + i;
+                const float* go = a.mode == 0 ? a.gout + a.seg[r] * 64 : a.gout + r * 64;
+                LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
+                v16 glc[4], glg[4];
+                for (int j = 0; j < 4; ++j) {
+                    v16 lc = c.z[j] * ld(gc + 16 * j) + ld(bc + 16 * j);
+                    v16 lg = g.z[j] * ld(gg + 16 * j) + ld(bg + 16 * j);
+                    v16 sc = vsigmoid(lc), gate = vsigmoid(lg);
+                    v16 core = lc * sc;
+                    v16 gm = ld(go + 16 * j);
+                    if (a.w) {
+                        v16 wv = ld(a.w + r * 64 + 16 * j);
+                        if (a.gw) st(a.gw + r * 64 + 16 * j, gm * core * gate);
+                        gm *= wv;
+                    }
+                    glc[j] = gm * gate * (sc * (1.0f + lc * (1.0f - sc))) * ld(gc + 16 * j);
+                    glg[j] = gm * core * gate * (1.0f - gate) * ld(gg + 16 * j);
+                }
+                // layer-norm backward: rstd * (gz - mean(gz) - z * mean(gz * z))
+                v16 s1 = {}, s2 = {}, u1 = {}, u2 = {};
+                for (int j = 0; j < 4; ++j) {
+                    s1 += glc[j];
+                    s2 += glc[j] * c.z[j];
+                    u1 += glg[j];
+                    u2 += glg[j] * g.z[j];
+                }
+                float m1 = hsum(s1) / 64, m2 = hsum(s2) / 64, n1 = hsum(u1) / 64, n2 = hsum(u2) / 64;
+                for (int j = 0; j < 4; ++j) {
+                    st(gy[i] + 16 * j, (glc[j] - m1 - c.z[j] * m2) * c.rstd);
+                    st(gy[i] + 64 + 16 * j, (glg[j] - n1 - g.z[j] * n2) * g.rstd);
+                }
+            }
+            if (a.hidden) {
+                for (int h = 0; h < 2; ++h) {
+                    v16 acc[4][4] = {};
+                    mm64n(nb, gy[0] + 64 * h, 128, 64, a.W2 + 4096 * h, 64, acc);
+                    for (int i = 0; i < nb; ++i)
+                        for (int j = 0; j < 4; ++j) {
+                            v16 x = ld(pre[i] + 64 * h + 16 * j);
+                            v16 sg = vsigmoid(x);
+                            st(gp[i] + 64 * h + 16 * j, acc[i][j] * (sg * (1.0f + x * (1.0f - sg))));
+                        }
+                }
+            } else {
+                for (int i = 0; i < nb; ++i) std::memcpy(gp[i], gy[i], 512);
+            }
+            for (int i = 0; i < nb; ++i) {
+                int64_t r = r0 + i;
+                if (a.gpre) std::memcpy(a.gpre + r * 128, gp[i], 512);
+                if (a.gtab0) {
+                    float* gt = a.gtab0 + a.seg[r] * 128;
+                    for (int j = 0; j < 8; ++j) st(gt + 16 * j, ld(gt + 16 * j) + ld(gp[i] + 16 * j));
+                }
+            }
+            if (a.gX) {
+                v16 acc[4][4] = {};
+                if (a.residual)
+                    for (int i = 0; i < nb; ++i)
+                        for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.gout + (r0 + i) * 64 + 16 * j);
+                mm64n(nb, gp[0], 128, 128, a.Wd, 64, acc);
+                for (int i = 0; i < nb; ++i)
+                    for (int j = 0; j < 4; ++j) st(a.gX + (r0 + i) * 64 + 16 * j, acc[i][j]);
+            }
+        }
+    }
+}
+
+// out[s] = sum of x[perm[r]] (or x[r]) for r in [off[s], off[s+1]); D floats per row
+extern "C" void segsum(const float* x, const int64_t* perm, const int64_t* off, int64_t nseg, int64_t D,
+                       float* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 256)
+    for (int64_t s = 0; s < nseg; ++s) {
+        float* o = out + s * D;
+        int64_t b = off[s], e = off[s + 1];
+        if (D % 16 == 0 && D <= 256) {
+            v16 acc[16] = {};
+            int nv = (int)(D / 16);
+            for (int64_t r = b; r < e; ++r) {
+                const float* row = x + (perm ? perm[r] : r) * D;
+                for (int j = 0; j < nv; ++j) acc[j] += ld(row + 16 * j);
+            }
+            for (int j = 0; j < nv; ++j) st(o + 16 * j, acc[j]);
+        } else {
+            for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+            for (int64_t r = b; r < e; ++r) {
+                const float* row = x + (perm ? perm[r] : r) * D;
+                for (int64_t d = 0; d < D; ++d) o[d] += row[d];
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+"""Fused CPU kernels (``_cpu_kernels.cpp``) for the edge and angle work of CHGNet, float32.
+
+On the CPU the model's time went to memory-bound elementwise passes (gathers, SiLU, layer norms,
+gates, segment sums and their backwards; each reads and writes rows of 64-128 floats) rather than to
+its matrix products. :func:`gated` does a whole gated MLP per row in registers: the gathered first
+layer, the hidden layer, both layer norms and activations, the edge weight and the segment sum, and
+its backward in a second pass that reads back only the saved pre-activations. :func:`segsum` is a
+multi-threaded segment sum through a permutation.
+
+The kernels are C++ compiled on first use with the system's ``g++`` (``-O3 -march=native -fopenmp``)
+into a cache folder (``MATFUNNEL_EXT_DIR``, default ``~/.cache/matfunnel/ext``) keyed by the source, the
+compiler and the CPU, and loaded with ctypes; they run on the OpenMP thread pool torch already uses.
+Without a compiler, or with ``MATFUNNEL_CPU_KERNELS=0``, everything runs on the pure-torch path, which
+gives the same numbers (tested in ``tests/test_chgnet_cpu_ops.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SRC = Path(__file__).with_name("_cpu_kernels.cpp")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+_lib = None
+_failed = False
+SAVE = os.environ.get('MATFUNNEL_SAVE', '1') == '1'
+_lock = threading.Lock()
+
+# argument slots, mirrored from the enums in _cpu_kernels.cpp
+(P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
+ P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_COUNT) = range(24)
+(I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_COUNT) = range(10)
+
+
+def _cpu_key() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "model name")):
+                flags += line
+                if line.startswith("flags"):
+                    break
+    except OSError:
+        flags = platform.processor()
+    return flags
+
+
+def _build() -> Path:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler (g++) on PATH")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256((_SRC.read_text() + " ".join(_FLAGS) + version + _cpu_key()).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("MATFUNNEL_EXT_DIR") or Path.home() / ".cache" / "matfunnel" / "ext")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"chgnet_cpu_{key}.so"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / target.name
+        proc = subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"compiling {_SRC.name} failed:\n{proc.stderr[-2000:]}")
+        os.replace(out, target)  # atomic: concurrent builders each write a complete file
+    return target
+
+
+def library():
+    """The loaded kernel library, or None when disabled or unavailable (warns once)."""
+    global _lib, _failed
+    if _lib is not None or _failed:
+        return _lib
+    if os.environ.get("MATFUNNEL_CPU_KERNELS", "1") == "0":
+        return None
+    with _lock:
+        if _lib is None and not _failed:
+            try:
+                lib = ctypes.CDLL(str(_build()))
+                lib.gated_fwd.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64),
+                                          ctypes.c_float]
+                lib.gated_bwd.argtypes = lib.gated_fwd.argtypes
+                lib.segsum.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                       ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+                _lib = lib
+            except Exception as exc:  # noqa: BLE001 - fall back to the torch path
+                _failed = True
+                warnings.warn(f"matfunnel: fused CPU kernels unavailable ({exc}); using the torch path",
+                              stacklevel=2)
+    return _lib
+
+
+def enabled(x: Tensor) -> bool:
+    """True when the fused CPU kernels apply to tensors like ``x`` (float32 on the CPU)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def segsum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
+    """Rows of ``x`` (through ``perm`` when given) summed into the ``len(offsets) - 1`` sorted segments."""
+    x = x.contiguous()
+    n = offsets.shape[0] - 1
+    out = x.new_empty((n, *x.shape[1:]))
+    d = 1
+    for s in x.shape[1:]:
+        d *= s
+    library().segsum(x.data_ptr(), _ptr(perm), offsets.data_ptr(), n, d, out.data_ptr(),
+                     torch.get_num_threads())
+    return out
+
+
+class GatedSpec:
+    """What a fused gated MLP needs besides its differentiable inputs (weights are frozen)."""
+
+    def __init__(self, mlp, ixs, seg, wd: Tensor | None, reduce: bool, residual: bool):
+        self.ixs, self.seg, self.reduce, self.residual = ixs, seg, reduce, residual
+        self.hidden = bool(mlp.hidden)
+        self.eps = float(mlp.ln_core.eps)
+        self.ln = torch.cat([mlp.ln_core.weight, mlp.ln_core.bias, mlp.ln_gate.weight, mlp.ln_gate.bias]).contiguous()
+        if self.hidden:
+            self.w2 = torch.stack([mlp.w2_core, mlp.w2_gate]).contiguous()  # (2, 64 out, 64 in)
+            self.w2t = self.w2.transpose(1, 2).contiguous()
+            self.b2 = torch.cat([mlp.b2_core, mlp.b2_gate]).contiguous()
+        else:
+            self.w2 = self.w2t = self.b2 = None
+        self.wd = None if wd is None else wd.contiguous()  # (128, dx)
+        self.wdt = None if wd is None else wd.t().contiguous()
+
+    def call(self, fn, tabs, x, w, **buffers):
+        p = (ctypes.c_void_p * P_COUNT)()
+        for k, t in enumerate(tabs):
+            p[P_TAB0 + k] = t.data_ptr()
+            p[P_IDX0 + k] = self.ixs[k].idx.data_ptr()
+        named = {P_X: x, P_WDT: self.wdt, P_WD: self.wd, P_W2T: self.w2t, P_W2: self.w2, P_B2: self.b2,
+                 P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx}
+        slots = {"out": P_OUT, "save_pre": P_SAVE_PRE, "save_y": P_SAVE_Y, "gout": P_GOUT, "gpre": P_GPRE,
+                 "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0}
+        named.update({slots[k]: v for k, v in buffers.items()})
+        for slot, t in named.items():
+            p[slot] = _ptr(t)
+        iv = (ctypes.c_int64 * I_COUNT)()
+        iv[I_R] = len(self.ixs[0])
+        iv[I_NT] = len(tabs)
+        iv[I_DX] = 0 if x is None else x.shape[1]
+        iv[I_HIDDEN] = int(self.hidden)
+        iv[I_MODE] = 0 if self.reduce else 1
+        iv[I_RESIDUAL] = int(self.residual)
+        iv[I_NSEG] = 0 if self.seg is None else self.seg.n
+        iv[I_THREADS] = torch.get_num_threads()
+        iv[I_SAVED] = int(buffers.get("save_y") is not None)
+        fn(p, iv, ctypes.c_float(self.eps))
+
+
+class _GatedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: GatedSpec, x, w, *tabs):
+        r = len(spec.ixs[0])
+        rows_out = spec.seg.n if spec.reduce else r
+        out = tabs[0].new_empty((rows_out, 64))
+        need = any(ctx.needs_input_grad[1:]) and SAVE
+        save_y = tabs[0].new_empty((r, 128)) if need else None
+        save_pre = tabs[0].new_empty((r, 128)) if need and spec.hidden else None
+        spec.call(library().gated_fwd, tabs, x, w, out=out, save_pre=save_pre, save_y=save_y)
+        ctx.spec = spec
+        ctx.save_for_backward(x, w, save_pre, save_y, *tabs)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        spec: GatedSpec = ctx.spec
+        x, w, save_pre, save_y, *tabs = ctx.saved_tensors
+        r = len(spec.ixs[0])
+        needs = ctx.needs_input_grad
+        need_tab = list(needs[3:])
+        # table 0 is indexed by the sorted segment ids: its gradient is summed inside the kernel
+        tab0_in_kernel = need_tab[0] and spec.seg is spec.ixs[0]
+        need_gpre = any(need_tab[1:]) or (need_tab[0] and not tab0_in_kernel)
+        gpre = gout.new_empty((r, 128)) if need_gpre else None
+        gtab0 = gout.new_empty((spec.seg.n, 128)) if tab0_in_kernel else None
+        gx = gout.new_empty((r, x.shape[1])) if x is not None and needs[1] else None
+        gw = gout.new_empty((r, 64)) if w is not None and needs[2] else None
+        spec.call(library().gated_bwd, tabs, x, w, gout=gout.contiguous(), save_pre=save_pre, save_y=save_y,
+                  gpre=gpre, gx=gx, gw=gw, gtab0=gtab0)
+        gtabs = []
+        for k, (ix, want) in enumerate(zip(spec.ixs, need_tab)):
+            if not want:
+                gtabs.append(None)
+            elif k == 0 and tab0_in_kernel:
+                gtabs.append(gtab0)
+            else:
+                gtabs.append(segsum_raw(gpre, ix.offsets, ix.perm))
+        return (None, gx, gw, *gtabs)
+
+
+def supports(mlp, pairs, x: Tensor | None) -> bool:
+    """Shapes the kernel handles: 64-wide outputs and hidden layer, 128-wide first layer, X 64 wide."""
+    if len(pairs) not in (1, 2, 3) or not enabled(pairs[0][0]):
+        return False
+    if any(t.shape[1] != 128 or not t.is_contiguous() for t, _ in pairs):
+        return False
+    if any(ix.idx.dtype != torch.int64 or not ix.idx.is_contiguous() for _, ix in pairs):
+        return False
+    if mlp.ln_core.weight.shape[0] != 64 or (mlp.hidden and mlp.hidden != 64):
+        return False
+    if any(p.requires_grad for p in mlp.parameters()):
+        return False  # training: weight gradients are not implemented in the kernel
+    return x is None or (x.shape[1] == 64 and x.dtype == torch.float32)
+
+
+def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
+          seg=None, *, reduce: bool = True, residual: bool = False) -> Tensor:
+    """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed into ``seg``
+    (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted :class:`~.ops.Index`; when it
+    is also the first pair's index, that table's gradient is summed inside the kernel."""
+    spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual)
+    xs = None if x is None else x.contiguous()
+    ws = None if w is None else w.contiguous()
+    return _GatedFn.apply(spec, xs, ws, *[t for t, _ in pairs])
