@@ -47,6 +47,22 @@ static inline v16 recip(v16 x) {
 
 // exp with Cephes' expf polynomial (about 1 ulp), vectorised
 static inline v16 vexp(v16 x) {
+#if defined(__AVX512F__)
+    __m512 v = _mm512_min_ps(_mm512_max_ps((__m512)x, _mm512_set1_ps(-87.3365447504019f)),
+                             _mm512_set1_ps(88.3762626647949f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return (v16)_mm512_scalef_ps(p, n);
+#else
     const v16 hi = splat(88.3762626647949f), lo = splat(-87.3365447504019f);
     x = x > hi ? hi : x;
     x = x < lo ? lo : x;
@@ -65,6 +81,7 @@ static inline v16 vexp(v16 x) {
     p = p * r * r + r + 1.0f;
     vi16 bits = (vi16)p + (ni << 23);
     return (v16)bits;
+#endif
 }
 static inline v16 vsigmoid(v16 x) { return recip(1.0f + vexp(-x)); }
 
@@ -383,4 +400,113 @@ extern "C" void segsum(const float* x, const int64_t* perm, const int64_t* off, 
             }
         }
     }
+}
+
+// Canonical neighbour pairs within `cutoff` of a batch of periodic structures (cell lists, every image).
+// frac (N, 3) and lattice (B, 3, 3) float64; counts (B,). A pair is kept once: i < j, or i == j with a
+// lexicographically positive image. Writes up to `cap` pairs (i, j, image relative to the unwrapped
+// input coordinates, distance) and returns how many there are (call again with more room if > cap).
+extern "C" int64_t neighbor_pairs(const double* frac, const double* lattice, const int64_t* counts, int64_t B,
+                                  double cutoff, double self_tol, int64_t cap, int64_t* oi, int64_t* oj,
+                                  double* oimg, double* od) {
+    int64_t total = 0, base = 0;
+    const double r2 = cutoff * cutoff, tol2 = self_tol * self_tol;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t n = counts[b];
+        const double* L = lattice + 9 * b;
+        const double* a0 = L;
+        const double* a1 = L + 3;
+        const double* a2 = L + 6;
+        auto cross = [](const double* u, const double* v, double* w) {
+            w[0] = u[1] * v[2] - u[2] * v[1];
+            w[1] = u[2] * v[0] - u[0] * v[2];
+            w[2] = u[0] * v[1] - u[1] * v[0];
+        };
+        double c12[3], c20[3], c01[3];
+        cross(a1, a2, c12);
+        cross(a2, a0, c20);
+        cross(a0, a1, c01);
+        double vol = std::fabs(a0[0] * c12[0] + a0[1] * c12[1] + a0[2] * c12[2]);
+        double area[3] = {std::sqrt(c12[0] * c12[0] + c12[1] * c12[1] + c12[2] * c12[2]),
+                          std::sqrt(c20[0] * c20[0] + c20[1] * c20[1] + c20[2] * c20[2]),
+                          std::sqrt(c01[0] * c01[0] + c01[1] * c01[1] + c01[2] * c01[2])};
+        int64_t nb[3], reach[3];
+        for (int k = 0; k < 3; ++k) {
+            double spacing = vol / area[k];
+            double f = std::floor(spacing / cutoff);
+            nb[k] = (int64_t)(f < 1 ? 1 : (f > 64 ? 64 : f));
+            double width = spacing / nb[k];
+            reach[k] = (int64_t)std::ceil(cutoff / width * (1 + 1e-9));
+        }
+        const int64_t nbins = nb[0] * nb[1] * nb[2];
+        // wrapped coordinates, bins, atoms sorted by bin (counting sort)
+        double* fw = new double[3 * n];
+        double* sh = new double[3 * n];
+        int64_t* bin = new int64_t[n];
+        int64_t* start = new int64_t[nbins + 1]();
+        int64_t* sorted = new int64_t[n];
+        for (int64_t a = 0; a < n; ++a) {
+            int64_t c[3];
+            for (int k = 0; k < 3; ++k) {
+                double f = frac[3 * (base + a) + k];
+                double s = std::floor(f);
+                sh[3 * a + k] = s;
+                fw[3 * a + k] = f - s;
+                int64_t ck = (int64_t)(fw[3 * a + k] * nb[k]);
+                c[k] = ck < 0 ? 0 : (ck > nb[k] - 1 ? nb[k] - 1 : ck);
+            }
+            bin[a] = (c[0] * nb[1] + c[1]) * nb[2] + c[2];
+            start[bin[a] + 1]++;
+        }
+        for (int64_t k = 0; k < nbins; ++k) start[k + 1] += start[k];
+        {
+            int64_t* fill = new int64_t[nbins];
+            for (int64_t k = 0; k < nbins; ++k) fill[k] = start[k];
+            for (int64_t a = 0; a < n; ++a) sorted[fill[bin[a]]++] = a;
+            delete[] fill;
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            int64_t ci[3] = {bin[i] / (nb[1] * nb[2]), (bin[i] / nb[2]) % nb[1], bin[i] % nb[2]};
+            for (int64_t d0 = -reach[0]; d0 <= reach[0]; ++d0)
+                for (int64_t d1 = -reach[1]; d1 <= reach[1]; ++d1)
+                    for (int64_t d2 = -reach[2]; d2 <= reach[2]; ++d2) {
+                        int64_t c[3] = {ci[0] + d0, ci[1] + d1, ci[2] + d2}, img[3], t[3];
+                        for (int k = 0; k < 3; ++k) {
+                            img[k] = (c[k] >= 0 ? c[k] / nb[k] : -((-c[k] + nb[k] - 1) / nb[k]));
+                            t[k] = c[k] - img[k] * nb[k];
+                        }
+                        int64_t tb = (t[0] * nb[1] + t[1]) * nb[2] + t[2];
+                        for (int64_t q = start[tb]; q < start[tb + 1]; ++q) {
+                            int64_t j = sorted[q];
+                            double image[3];
+                            for (int k = 0; k < 3; ++k) image[k] = (double)img[k] + sh[3 * i + k] - sh[3 * j + k];
+                            if (j < i) continue;
+                            if (j == i) {
+                                bool pos = image[0] > 0 || (image[0] == 0 && (image[1] > 0 || (image[1] == 0 && image[2] > 0)));
+                                if (!pos) continue;
+                            }
+                            double df[3];
+                            for (int k = 0; k < 3; ++k) df[k] = fw[3 * j + k] + (double)img[k] - fw[3 * i + k];
+                            double v[3];
+                            for (int k = 0; k < 3; ++k) v[k] = df[0] * a0[k] + df[1] * a1[k] + df[2] * a2[k];
+                            double dd = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+                            if (dd > r2 || dd <= tol2) continue;
+                            if (total < cap) {
+                                oi[total] = base + i;
+                                oj[total] = base + j;
+                                for (int k = 0; k < 3; ++k) oimg[3 * total + k] = image[k];
+                                od[total] = std::sqrt(dd);
+                            }
+                            ++total;
+                        }
+                    }
+        }
+        delete[] fw;
+        delete[] sh;
+        delete[] bin;
+        delete[] start;
+        delete[] sorted;
+        base += n;
+    }
+    return total;
 }

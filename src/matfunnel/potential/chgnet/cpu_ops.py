@@ -16,6 +16,7 @@ gives the same numbers (tested in ``tests/test_chgnet_cpu_ops.py``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -34,7 +35,6 @@ _SRC = Path(__file__).with_name("_cpu_kernels.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _lib = None
 _failed = False
-SAVE = os.environ.get('MATFUNNEL_SAVE', '1') == '1'
 _lock = threading.Lock()
 
 # argument slots, mirrored from the enums in _cpu_kernels.cpp
@@ -92,6 +92,10 @@ def library():
                 lib.gated_bwd.argtypes = lib.gated_fwd.argtypes
                 lib.segsum.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+                lib.neighbor_pairs.restype = ctypes.c_int64
+                lib.neighbor_pairs.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                               ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_void_p,
+                                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
                 _lib = lib
             except Exception as exc:  # noqa: BLE001 - fall back to the torch path
                 _failed = True
@@ -100,9 +104,28 @@ def library():
     return _lib
 
 
+_switch = [True]
+
+
+@contextlib.contextmanager
+def use(flag: bool):
+    """Within the block, use the fused CPU kernels (True, where they apply) or the pure-torch path (False)."""
+    before = _switch[0]
+    _switch[0] = flag
+    try:
+        yield
+    finally:
+        _switch[0] = before
+
+
+def use_native() -> bool:
+    """Whether the C++ kernels are switched on (see :func:`use`); they also need to build."""
+    return _switch[0]
+
+
 def enabled(x: Tensor) -> bool:
     """True when the fused CPU kernels apply to tensors like ``x`` (float32 on the CPU)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+    return _switch[0] and x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -120,6 +143,29 @@ def segsum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
     library().segsum(x.data_ptr(), _ptr(perm), offsets.data_ptr(), n, d, out.data_ptr(),
                      torch.get_num_threads())
     return out
+
+
+def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float, self_tol: float):
+    """Canonical pairs within ``cutoff`` (see ``graph.neighbor_pairs``), on the CPU in C++: (i, j, image, d)."""
+    frac = frac.detach().to(torch.float64).contiguous()
+    lattice = lattice.detach().to(torch.float64).contiguous()
+    counts = n_atoms.detach().to(torch.int64).contiguous()
+    n = frac.shape[0]
+    vol = torch.linalg.det(lattice).abs().clamp(min=1e-9)
+    dens = (counts.to(torch.float64) / vol * counts.to(torch.float64)).sum().item()
+    cap = int(dens * 2.2 * 3.1416 / 3 * cutoff**3) + 16 * n + 1024  # about 1.1x the expected pair count
+    for _ in range(2):
+        oi = torch.empty(cap, dtype=torch.int64)
+        oj = torch.empty(cap, dtype=torch.int64)
+        oimg = torch.empty(cap, 3, dtype=torch.float64)
+        od = torch.empty(cap, dtype=torch.float64)
+        total = library().neighbor_pairs(frac.data_ptr(), lattice.data_ptr(), counts.data_ptr(), counts.shape[0],
+                                         float(cutoff), float(self_tol), cap, oi.data_ptr(), oj.data_ptr(),
+                                         oimg.data_ptr(), od.data_ptr())
+        if total <= cap:
+            return oi[:total], oj[:total], oimg[:total], od[:total]
+        cap = int(total)
+    raise RuntimeError("neighbor_pairs: pair count changed between calls")
 
 
 class GatedSpec:
@@ -170,7 +216,7 @@ class _GatedFn(torch.autograd.Function):
         r = len(spec.ixs[0])
         rows_out = spec.seg.n if spec.reduce else r
         out = tabs[0].new_empty((rows_out, 64))
-        need = any(ctx.needs_input_grad[1:]) and SAVE
+        need = any(ctx.needs_input_grad[1:])
         save_y = tabs[0].new_empty((r, 128)) if need else None
         save_pre = tabs[0].new_empty((r, 128)) if need and spec.hidden else None
         spec.call(library().gated_fwd, tabs, x, w, out=out, save_pre=save_pre, save_y=save_y)

@@ -250,7 +250,12 @@ def build_graph(
         batch = torch.repeat_interleave(torch.arange(n_atoms.shape[0], device=dev), n_atoms)
         frac = frac.to(torch.float64)
         lattice = lattice.to(device=dev, dtype=torch.float64)
-        i, j, image, dist = neighbor_pairs(frac, lattice, batch, cutoff, max_candidates)
+        from matfunnel.potential.chgnet import cpu_ops
+
+        if frac.device.type == "cpu" and cpu_ops.use_native() and cpu_ops.library() is not None:
+            i, j, image, dist = cpu_ops.neighbor_pairs(frac, lattice, n_atoms, cutoff, SELF_TOL)
+        else:
+            i, j, image, dist = neighbor_pairs(frac, lattice, batch, cutoff, max_candidates)
         short = dist < bond_cutoff
         # short bonds first, each group ordered by centre atom
         key = (~short).long() * (batch.shape[0] + 1) + i

@@ -99,7 +99,7 @@ class _Gated(nn.Module):
         On the CPU (float32) this is one fused kernel per pass (:mod:`.cpu_ops`); elsewhere the gathers,
         the message and the sum run as separate ops.
         """
-        if cpu_ops.supports(self, pairs, x):
+        if not triton_ops.enabled(pairs[0][0]) and cpu_ops.supports(self, pairs, x):
             return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual)
         pre = gather_sum(pairs, None if x is None else F.linear(x, wd))
         if reduce:

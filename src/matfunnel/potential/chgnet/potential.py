@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import numpy as np
 import torch
@@ -39,20 +40,62 @@ def _default_budget(device: str) -> int:
     return int(min(max(avail // 8, 1 << 30), 4 << 30))
 
 
+class _OtherLoad:
+    """CPU cores used by other processes, from /proc/stat less this process's own CPU time.
+
+    Measured over the time since the previous reading (at least ``min_window`` seconds; the first reading
+    waits ``min_window``). The 1-minute load average is no good here: it counts this process's own recent
+    threads (e.g. a reference model run just before) as somebody else's.
+    """
+
+    def __init__(self, min_window: float = 0.05):
+        self.min_window = min_window
+        self.last: tuple[float, float, float] | None = None
+        self.value = 0.0
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        busy = (sum(fields[:8]) - idle) / tick
+        t = os.times()
+        return time.monotonic(), busy, t.user + t.system
+
+    def cores(self) -> float:
+        try:
+            now = self._sample()
+            if self.last is None:
+                self.last = now
+                time.sleep(self.min_window)
+                now = self._sample()
+            dt = now[0] - self.last[0]
+            if dt >= self.min_window:
+                others = (now[1] - self.last[1]) - (now[2] - self.last[2])
+                self.value = max(0.0, others / dt)
+                self.last = now
+        except (OSError, ValueError, IndexError):  # no /proc: fall back to the load average
+            try:
+                return max(0.0, os.getloadavg()[0] - 1.0)
+            except OSError:
+                return 0.0
+        return self.value
+
+
+_OTHER_LOAD = _OtherLoad()
+
+
 def auto_threads(max_threads: int | None = None) -> int:
     """Intra-op threads for the CPU given the other load on the machine.
 
     torch's OpenMP threads wait for each other at the end of every operation; when another process
     holds a core, the thread that shares it stalls every operation (measured on 2 cores with one busy
-    neighbour: 4-7x slower with 2 threads than with 1). So only as many threads as there are idle cores
-    (1-minute load average, less this process) are used.
+    neighbour: 4-7x slower with 2 threads than with 1). So only as many threads as there are cores not
+    used by other processes (:class:`_OtherLoad`) are used.
     """
     n = max_threads or torch.get_num_threads()
-    try:
-        busy = max(0.0, os.getloadavg()[0] - 1.0)
-    except OSError:  # pragma: no cover - no load average on this platform
-        return n
-    free = (os.cpu_count() or n) - busy
+    free = (os.cpu_count() or n) - _OTHER_LOAD.cores()
     return max(1, min(n, int(free + 0.5)))
 
 

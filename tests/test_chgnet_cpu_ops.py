@@ -1,0 +1,152 @@
+"""The fused C++ CPU kernels of chgnet-0.3.0 against the pure-torch path: values and gradients.
+
+Fresh random inputs every run: random gated-MLP weights, tables, sorted and unsorted indices with empty
+segments, with and without the dense input, edge weights and residual, on one and two threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from matfunnel.potential.chgnet import cpu_ops
+from matfunnel.potential.chgnet.graph import build_graph
+from matfunnel.potential.chgnet.model import _Gated
+from matfunnel.potential.chgnet.ops import Index, scatter
+from matfunnel.potential.chgnet.testing import random_structures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    lib = cpu_ops.library()
+    assert lib is not None, "the fused CPU kernels did not build (g++ with OpenMP is part of the set-up)"
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _index(rng, n_rows, n_targets, *, sort):
+    # every third target receives nothing (empty segments)
+    allowed = np.array([t for t in range(n_targets) if t % 3]) if n_targets > 2 else np.arange(n_targets)
+    idx = rng.choice(allowed, size=n_rows) if n_rows else np.zeros(0, dtype=np.int64)
+    if sort:
+        idx = np.sort(idx)
+    return Index(torch.as_tensor(idx, dtype=torch.long), n_targets, is_sorted=sort)
+
+
+def _mlp(rng, hidden):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    mlp = _Gated(192, 64, hidden)
+    for p in mlp.parameters():
+        p.data.normal_(0.0, 0.3)
+    for p in mlp.parameters():
+        p.requires_grad_(False)
+    return mlp
+
+
+CASES = [  # rows, n_seg, hidden, n_tables, dense x, weight w, reduce (else residual rows)
+    (0, 4, 64, 3, False, True, True),
+    (1, 1, 64, 3, False, True, True),
+    (37, 9, 64, 3, False, True, True),   # atom conv
+    (503, 40, 64, 2, True, True, True),  # bond conv
+    (211, 30, 0, 2, True, False, False),  # angle update
+    (64, 200, 64, 1, False, False, True),
+    (129, 17, 0, 3, True, True, True),
+]
+
+
+@pytest.mark.parametrize("rows,n_seg,hidden,n_tab,dense,weight,reduce", CASES)
+def test_gated_matches_torch(rows, n_seg, hidden, n_tab, dense, weight, reduce, threads):
+    rng = np.random.default_rng()
+    mlp = _mlp(rng, hidden)
+    seg = _index(rng, rows, n_seg, sort=True)
+    ixs = [seg] + [_index(rng, rows, int(rng.integers(1, 50)), sort=False) for _ in range(n_tab - 1)]
+    tabs = [torch.randn(ix.n, 128, dtype=torch.float32, requires_grad=True) for ix in ixs]
+    x = torch.randn(rows, 64, requires_grad=True) if dense else None
+    wd = torch.randn(128, 64) * 0.2 if dense else None
+    w = torch.randn(rows, 64, requires_grad=True) if weight else None
+    inputs = [t for t in (*tabs, x, w) if t is not None]
+    gout_shape = (n_seg, 64) if reduce else (rows, 64)
+    gout = torch.randn(gout_shape)
+
+    def run():
+        out = mlp.fused(list(zip(tabs, ixs)), x, wd, w, seg, reduce=reduce, residual=not reduce)
+        grads = torch.autograd.grad(out, inputs, gout, allow_unused=True)
+        return out.detach(), grads
+
+    with cpu_ops.use(True):
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), x)
+        out_k, g_k = run()
+    with cpu_ops.use(False):
+        out_t, g_t = run()
+    assert out_k.shape == out_t.shape
+    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
+    for a, b in zip(g_k, g_t):
+        b = torch.zeros_like(a) if b is None else b
+        s = float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+
+
+@pytest.mark.parametrize("rows,n_seg,width,sort", [(0, 3, 64, True), (1000, 37, 64, False), (517, 600, 128, True),
+                                                   (99, 10, 3, False)])
+def test_segsum_matches_torch(rows, n_seg, width, sort, threads):
+    rng = np.random.default_rng()
+    ix = _index(rng, rows, n_seg, sort=sort)
+    x = torch.randn(rows, width, requires_grad=True)
+    with cpu_ops.use(True):
+        out_k = scatter(x, ix)
+    ref = torch.zeros(n_seg, width).index_add_(0, ix.idx, x.detach())
+    torch.testing.assert_close(out_k.detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_model_matches_torch_path():
+    from matfunnel.potential.chgnet.weights import load_checkpoint
+
+    rng = np.random.default_rng()
+    structs = [s for s in random_structures(rng, 12) if len(s) >= 2]
+    frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
+    lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
+    z = torch.from_numpy(np.concatenate([np.asarray(s.atomic_numbers) for s in structs]))
+    n = torch.tensor([len(s) for s in structs])
+    g = build_graph(frac, lat, z, n, cutoff=6.0, bond_cutoff=3.0)
+    model = load_checkpoint(None)
+    with cpu_ops.use(True):
+        a = model(g)
+    with cpu_ops.use(False):
+        b = model(g)
+    assert g.n_angles > 0
+    torch.testing.assert_close(a["energy"] / n, b["energy"] / n, rtol=0, atol=2e-6)
+    torch.testing.assert_close(a["forces"], b["forces"], rtol=0, atol=5e-5)
+    torch.testing.assert_close(a["stress"], b["stress"], rtol=0, atol=5e-4)
+    torch.testing.assert_close(a["magmoms"], b["magmoms"], rtol=0, atol=1e-5)
+
+
+def test_neighbor_pairs_match_torch_cell_lists():
+    from matfunnel.potential.chgnet import graph
+    from matfunnel.potential.chgnet.testing import supercell
+
+    rng = np.random.default_rng()
+    structs = random_structures(rng, 40) + [supercell(rng, 300, proto="fcc", bond=2.6)]
+    frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
+    frac[:5] += torch.from_numpy(rng.integers(-2, 3, (5, 3))).double()  # unwrapped coordinates too
+    lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
+    n = torch.tensor([len(s) for s in structs])
+    batch = torch.repeat_interleave(torch.arange(len(n)), n)
+
+    def pairs(out):
+        i, j, img, d = out
+        return {(a, b, tuple(m)): dist for a, b, m, dist in
+                zip(i.tolist(), j.tolist(), img.round().long().tolist(), d.tolist())}
+
+    ref = pairs(graph.neighbor_pairs(frac, lat, batch, 6.0))
+    ours = pairs(cpu_ops.neighbor_pairs(frac, lat, n, 6.0, graph.SELF_TOL))
+    assert len(ref) > 1000
+    assert ours.keys() == ref.keys()
+    assert max(abs(ours[k] - ref[k]) for k in ref) < 1e-12
