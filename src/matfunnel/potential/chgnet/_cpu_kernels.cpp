@@ -185,8 +185,9 @@ static void thread_rows(const int64_t* seg, int64_t R, int t, int n, int64_t* lo
     *hi = cut(t + 1);
 }
 
-// pre and y (NB x 128) of rows r0.. r0+nb
-static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128]) {
+// pre and y (NB x 128) of rows r0.. r0+nb, and silu'(pre) into ds when given (hidden layer only)
+static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128],
+                         float (*ds)[128]) {
     for (int i = 0; i < nb; ++i) {
         int64_t r = r0 + i;
         v16 acc[8];
@@ -216,7 +217,9 @@ static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], f
     for (int i = 0; i < nb; ++i)
         for (int j = 0; j < 8; ++j) {
             v16 x = ld(pre[i] + 16 * j);
-            st(s[i] + 16 * j, x * vsigmoid(x));
+            v16 sg = vsigmoid(x);
+            st(s[i] + 16 * j, x * sg);
+            if (ds) st(ds[i] + 16 * j, sg * (1.0f + x * (1.0f - sg)));
         }
     for (int h = 0; h < 2; ++h) {
         v16 acc[4][4];
@@ -260,13 +263,14 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
         float pre[4][128] __attribute__((aligned(64)));
         float y[4][128] __attribute__((aligned(64)));
+        float ds[4][128] __attribute__((aligned(64)));
         for (int64_t r0 = lo; r0 < hi; r0 += 4) {
             int nb = (int)(hi - r0 < 4 ? hi - r0 : 4);
-            first_layers(a, r0, nb, pre, y);
+            first_layers(a, r0, nb, pre, y, a.save_pre ? ds : nullptr);
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
                 if (a.save_y) std::memcpy(a.save_y + r * 128, y[i], 512);
-                if (a.save_pre) std::memcpy(a.save_pre + r * 128, pre[i], 512);
+                if (a.save_pre) std::memcpy(a.save_pre + r * 128, ds[i], 512);  // silu'(pre)
                 LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
                 float* o = a.mode == 0 ? a.out + a.seg[r] * 64 : a.out + r * 64;
                 for (int j = 0; j < 4; ++j) {
@@ -295,7 +299,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
         int nthr = omp_get_num_threads(), t = omp_get_thread_num();
         int64_t lo, hi;
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
-        float pre[4][128] __attribute__((aligned(64)));
+        float pre[4][128] __attribute__((aligned(64)));  // silu'(pre) in the backward
         float y[4][128] __attribute__((aligned(64)));
         float gy[4][128] __attribute__((aligned(64)));
         float gp[4][128] __attribute__((aligned(64)));
@@ -307,7 +311,8 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                     if (a.hidden) std::memcpy(pre[i], a.save_pre + (r0 + i) * 128, 512);
                 }
             } else {
-                first_layers(a, r0, nb, pre, y);
+                float y2[4][128] __attribute__((aligned(64)));
+                first_layers(a, r0, nb, y2, y, pre);  // pre <- silu'(pre)
             }
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
@@ -347,11 +352,8 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                     v16 acc[4][4] = {};
                     mm64n(nb, gy[0] + 64 * h, 128, 64, a.W2 + 4096 * h, 64, acc);
                     for (int i = 0; i < nb; ++i)
-                        for (int j = 0; j < 4; ++j) {
-                            v16 x = ld(pre[i] + 64 * h + 16 * j);
-                            v16 sg = vsigmoid(x);
-                            st(gp[i] + 64 * h + 16 * j, acc[i][j] * (sg * (1.0f + x * (1.0f - sg))));
-                        }
+                        for (int j = 0; j < 4; ++j)  // pre holds silu'(pre) here
+                            st(gp[i] + 64 * h + 16 * j, acc[i][j] * ld(pre[i] + 64 * h + 16 * j));
                 }
             } else {
                 for (int i = 0; i < nb; ++i) std::memcpy(gp[i], gy[i], 512);
