@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 
@@ -38,6 +39,17 @@ def _default_budget(device: str) -> int:
     except Exception:  # noqa: BLE001
         avail = 16 << 30
     return int(min(max(avail // 8, 1 << 30), 4 << 30))
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _OtherLoad:
@@ -262,7 +274,8 @@ class ChgnetPotential(Potential):
                     outs[k] = o
             return outs
         chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
-        out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
+        with _gc_paused():  # the autograd graph's many small objects otherwise trigger collections mid-pass
+            out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
         forces = out["forces"].split(counts)
         magmoms = out["magmoms"].split(counts)
         res = []
