@@ -35,6 +35,29 @@ static inline float hsum(v16 v) {
     return s;
 #endif
 }
+// store a row of n floats that will not be read again soon (bypasses the cache when 64-byte aligned)
+static inline void stream_row(float* dst, const float* src, int n) {
+#if defined(__AVX512F__)
+    if (((uintptr_t)dst & 63) == 0) {
+        for (int j = 0; j < n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+        return;
+    }
+#endif
+    std::memcpy(dst, src, sizeof(float) * n);
+}
+static inline void stream_v16(float* dst, v16 v) {
+#if defined(__AVX512F__)
+    if (((uintptr_t)dst & 63) == 0) {
+        _mm512_stream_ps(dst, (__m512)v);
+        return;
+    }
+#endif
+    st(dst, v);
+}
+static inline void prefetch_row(const float* p) {
+    for (int k = 0; k < 512; k += 64) __builtin_prefetch((const char*)p + k, 0, 1);
+}
+
 // 1 / x to about 1 ulp: the 14-bit estimate and one Newton step (or a division)
 static inline v16 recip(v16 x) {
 #if defined(__AVX512F__)
@@ -188,6 +211,9 @@ static void thread_rows(const int64_t* seg, int64_t R, int t, int n, int64_t* lo
 // pre and y (NB x 128) of rows r0.. r0+nb, and silu'(pre) into ds when given (hidden layer only)
 static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128],
                          float (*ds)[128]) {
+    const int64_t ahead = r0 + 8 + nb;
+    if (ahead < a.R)
+        for (int t = 1; t < a.nt; ++t) prefetch_row(a.tab[t] + a.idx[t][ahead] * 128);
     for (int i = 0; i < nb; ++i) {
         int64_t r = r0 + i;
         v16 acc[8];
@@ -252,6 +278,12 @@ static inline LnOut layer_norm(const float* y, float eps) {
     return o;
 }
 
+static inline void store_fence() {
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
+}
+
 extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
     Args a = unpack(p, iv);
     const float *gc = a.ln, *bc = a.ln + 64, *gg = a.ln + 128, *bg = a.ln + 192;
@@ -269,8 +301,8 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
             first_layers(a, r0, nb, pre, y, a.save_pre ? ds : nullptr);
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
-                if (a.save_y) std::memcpy(a.save_y + r * 128, y[i], 512);
-                if (a.save_pre) std::memcpy(a.save_pre + r * 128, ds[i], 512);  // silu'(pre)
+                if (a.save_y) stream_row(a.save_y + r * 128, y[i], 128);
+                if (a.save_pre) stream_row(a.save_pre + r * 128, ds[i], 128);  // silu'(pre)
                 LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
                 float* o = a.mode == 0 ? a.out + a.seg[r] * 64 : a.out + r * 64;
                 for (int j = 0; j < 4; ++j) {
@@ -282,11 +314,12 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
                         st(o + 16 * j, ld(o + 16 * j) + m);
                     } else {
                         if (a.residual) m += ld(a.X + r * 64 + 16 * j);
-                        st(o + 16 * j, m);
+                        stream_v16(o + 16 * j, m);
                     }
                 }
             }
         }
+        store_fence();
     }
 }
 
@@ -327,7 +360,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                     v16 gm = ld(go + 16 * j);
                     if (a.w) {
                         v16 wv = ld(a.w + r * 64 + 16 * j);
-                        if (a.gw) st(a.gw + r * 64 + 16 * j, gm * core * gate);
+                        if (a.gw) stream_v16(a.gw + r * 64 + 16 * j, gm * core * gate);
                         gm *= wv;
                     }
                     glc[j] = gm * gate * (sc * (1.0f + lc * (1.0f - sc))) * ld(gc + 16 * j);
@@ -360,7 +393,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
             }
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
-                if (a.gpre) std::memcpy(a.gpre + r * 128, gp[i], 512);
+                if (a.gpre) stream_row(a.gpre + r * 128, gp[i], 128);
                 if (a.gtab0) {
                     float* gt = a.gtab0 + a.seg[r] * 128;
                     for (int j = 0; j < 8; ++j) st(gt + 16 * j, ld(gt + 16 * j) + ld(gp[i] + 16 * j));
@@ -373,9 +406,10 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                         for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.gout + (r0 + i) * 64 + 16 * j);
                 mm64n(nb, gp[0], 128, 128, a.Wd, 64, acc);
                 for (int i = 0; i < nb; ++i)
-                    for (int j = 0; j < 4; ++j) st(a.gX + (r0 + i) * 64 + 16 * j, acc[i][j]);
+                    for (int j = 0; j < 4; ++j) stream_v16(a.gX + (r0 + i) * 64 + 16 * j, acc[i][j]);
             }
         }
+        store_fence();
     }
 }
 
