@@ -34,6 +34,16 @@ def _agree(ref_preds, ours, structs):
     return e, f, st, m
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
 def _sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -51,6 +61,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternate ref/ours this many times, keep the best")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="small run (n=40, no supercells, scan to 2000)")
+    ap.add_argument("--torch-path", action="store_true",
+                    help="also time ours on the pure-torch path (fused C++ CPU kernels off)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.supercells, args.scaling = 40, "", "8,64,512,2000"
@@ -67,6 +79,10 @@ def main() -> None:
     # rocksalt with 2.75 A bonds: chgnet itself needs >10 GB for a dense ~900-atom cell
     structs += [supercell(rng, int(n), proto="rocksalt", bond=2.75) for n in args.supercells.split(",") if n]
     n_atoms = sum(len(s) for s in structs)
+    from matfunnel.potential.chgnet import cpu_ops
+
+    fused = str(args.device) == "cpu" and cpu_ops.library() is not None
+    print(f"fused C++ CPU kernels: {'on' if fused else 'off'}; cpu: {_cpu_name()}")
     print(f"device={args.device} threads={torch.get_num_threads()} structures={len(structs)} atoms={n_atoms} "
           f"(largest {max(len(s) for s in structs)})")
 
@@ -89,11 +105,22 @@ def main() -> None:
         our_preds = ours.predict(structs)
         _sync(args.device)
         t_ours, c_ours = min(t_ours, time.perf_counter() - t0), min(c_ours, time.process_time() - c0)
+    t_tp = c_tp = float("inf")
+    if args.torch_path:
+        from matfunnel.potential.chgnet import cpu_ops
+
+        with cpu_ops.use(False):
+            for _ in range(args.repeats):
+                c0, t0 = time.process_time(), time.perf_counter()
+                ours.predict(structs)
+                t_tp, c_tp = min(t_tp, time.perf_counter() - t0), min(c_tp, time.process_time() - c0)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     e, f, s, m = _agree(ref_preds, our_preds, structs)
     print(f"{'model':<28}{'time s':>10}{'atoms/s':>12}{'cpu s':>10}")
     print(f"{'chgnet CHGNet (reference)':<28}{t_ref:>10.2f}{n_atoms / t_ref:>12.1f}{c_ref:>10.2f}")
     print(f"{'matfunnel chgnet-0.3.0':<28}{t_ours:>10.2f}{n_atoms / t_ours:>12.1f}{c_ours:>10.2f}")
+    if args.torch_path:
+        print(f"{'  same, pure-torch path':<28}{t_tp:>10.2f}{n_atoms / t_tp:>12.1f}{c_tp:>10.2f}")
     print(f"speed-up: {t_ref / t_ours:.1f}x wall, {c_ref / c_ours:.1f}x cpu time (best of {args.repeats})")
     print(f"max |diff| over {len(structs)} structures: energy/atom {e:.2e} eV, forces {f:.2e} eV/A, "
           f"stress {s:.2e} GPa, magmoms {m:.2e} muB")

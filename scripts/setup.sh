@@ -7,12 +7,12 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3.11}
 VENV=.venv
-APT_PKGS="libxc-dev libfftw3-dev libopenblas-dev libscalapack-openmpi-dev libopenmpi-dev libblas-dev liblapack-dev"
+APT_PKGS="g++ libxc-dev libfftw3-dev libopenblas-dev libscalapack-openmpi-dev libopenmpi-dev libblas-dev liblapack-dev"
 
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
-  echo "[setup] installing system libraries for GPAW:$missing"
+  echo "[setup] installing system libraries (GPAW; g++ for the fused CPU kernels):$missing"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
