@@ -131,11 +131,13 @@ class AtomConv(nn.Module):
         self.a, self.b = a, b
 
     def forward(self, h: Tensor, bond: tuple[Tensor, Tensor], plan: _Plan, bw_parts: list[Tensor]) -> Tensor:
+        """``bond``: features of the short bonds and the first-layer projection (bias included) of the long ones."""
         a, b = self.a, self.b
         # input layout of the checkpoint: [centre atom, bond, neighbour atom]
         pc = F.linear(h, self.mlp.cols(0, a))
         pn = F.linear(h, self.mlp.cols(a + b, 2 * a + b))
-        q = F.linear(torch.cat(bond), self.mlp.cols(a, a + b), self.mlp.b1)
+        bond_s, q_long = bond
+        q = torch.cat([F.linear(bond_s, self.mlp.cols(a, a + b), self.mlp.b1), q_long])
 
         def messages(part: _EdgePart, bw: Tensor, pc=pc, pn=pn, q=q) -> Tensor:
             # directed edges sorted by centre: the sum over neighbours is a segment sum
@@ -309,7 +311,14 @@ class CHGNetModel(nn.Module):
             ns = g.n_short
             rbf_ag = self._radial(dist, self.rbf_freq_ag.to(gdt), cfg.atom_graph_cutoff).to(dtype)
             rbf_bg = self._radial(dist[:ns], self.rbf_freq_bg.to(gdt), cfg.bond_graph_cutoff).to(dtype)
-            bond_s, bond_l = F.linear(rbf_ag, self.bond_embedding).split([ns, rbf_ag.shape[0] - ns])
+            bond_s = F.linear(rbf_ag[:ns], self.bond_embedding)
+            # long bonds keep their embedding (no bond-graph update reaches them), so each atom conv's
+            # projection of it is one linear map of the radial basis: all blocks' in one product
+            a_dim = cfg.atom_fea_dim
+            w_long = torch.cat([conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding
+                                for conv in self.atom_convs])
+            b_long = torch.cat([conv.mlp.b1 for conv in self.atom_convs])
+            q_long = F.linear(rbf_ag[ns:], w_long, b_long).split(w_long.shape[0] // cfg.n_conv, dim=1)
             bw_ag = F.linear(rbf_ag, self.bond_weights_ag)
             bw_bg = F.linear(rbf_bg, self.bond_weights_bg)
             # edge weights of the directed edges, gathered once for all blocks
@@ -326,13 +335,13 @@ class CHGNetModel(nn.Module):
             magmom = None
             n_blocks = cfg.n_conv - 1
             for k in range(n_blocks):
-                h = self.atom_convs[k](h, (bond_s, bond_l), plan, bw_edge)
+                h = self.atom_convs[k](h, (bond_s, q_long[k]), plan, bw_edge)
                 if has_angles:
                     last = k == n_blocks - 1
                     bond_s, angle = self._bond_angle(k, h, bond_s, angle, plan, bw_angle, last)
                 if k == n_blocks - 1:
                     magmom = self.site_wise(h).abs().squeeze(1)
-            h = self.atom_convs[-1](h, (bond_s, bond_l), plan, bw_edge)
+            h = self.atom_convs[-1](h, (bond_s, q_long[-1]), plan, bw_edge)
             h = self.readout_norm(h)
             for layer in self.readout[:-1]:
                 h = F.silu(layer(h))
