@@ -43,6 +43,12 @@ def make_structures(n: int, seed: int, max_atoms: int = 64):
     return out
 
 
+def _volume(result) -> float:
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(result.final_structure).volume if result.final_structure else float("nan")
+
+
 def summarize(name: str, results, wall: float) -> dict:
     n = len(results)
     conv = sum(bool(getattr(r, "converged", False)) for r in results)
@@ -129,6 +135,10 @@ def main(argv=None) -> int:
             print(f"batched vs ase (both converged: {len(both)}): |dE| median {np.median(de):.4f}, "
                   f"max {de.max():.4f} meV/atom, {int((de > 1).sum())} above 1 meV/atom; "
                   f"identical step counts {same_steps}/{len(structs)}")
+        for (a, b), d in zip(both, de):
+            if d > 1:
+                print(f"    {b.label}: ase {a.e_per_atom:.5f} eV/atom in {a.n_steps} steps, batched "
+                      f"{b.e_per_atom:.5f} in {b.n_steps} (final volumes {_volume(a):.2f} / {_volume(b):.2f} A^3)")
         print(f"speed-up batched / ase: {rows['ase']['wall'] / rows['batched']['wall']:.2f}x")
 
     if not args.no_chgnet:  # (a) the reference: chgnet's own StructOptimizer, one structure at a time
