@@ -10,7 +10,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from matfunnel.potential.chgnet.potential import BYTES_PER_ITEM, ChgnetPotential
+from matfunnel.potential.chgnet.potential import BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED, ChgnetPotential
 from matfunnel.potential.chgnet.testing import random_structure, supercell
 
 warnings.filterwarnings("ignore")
@@ -74,7 +74,9 @@ def test_evaluate_reports_bad_structures(pot):
 
 
 def test_batches_follow_the_memory_budget():
-    small = ChgnetPotential(memory_budget=200 * BYTES_PER_ITEM * 100)  # 20,000 items per batch
+    per_item = ChgnetPotential(memory_budget=1 << 30).bytes_per_item
+    assert per_item in (BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED)
+    small = ChgnetPotential(memory_budget=20_000 * per_item)  # 20,000 items per batch
     assert small.max_items == 20_000
     rng = np.random.default_rng(8)
     structs = [random_structure(rng, 30) for _ in range(12)]

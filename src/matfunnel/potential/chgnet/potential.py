@@ -21,6 +21,9 @@ from matfunnel.potential.errors import StructureError
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
 #: edge or an angle), float32; see benchmarks/NOTES.md ("Memory")
 BYTES_PER_ITEM = 16_000
+#: the same with the fused CPU kernels (float32 on the CPU): measured 7.9-8.0 kB on rocksalt cells of 864 and
+#: 2048 atoms (13.6 kB on the pure-torch path), with a margin
+BYTES_PER_ITEM_FUSED = 9_000
 #: what stays allocated per item when the edge/angle work is chunked (features, weights, indices, grads)
 BYTES_PER_ITEM_CHUNKED = 7_000
 MIN_CHUNK = 10_000
@@ -152,8 +155,12 @@ class ChgnetPotential(Potential):
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
         gpu = str(device).startswith("cuda")
         self.memory_budget = int(memory_budget or _default_budget(device))
-        per_item = BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1)
-        self.max_items = max(MIN_CHUNK, self.memory_budget // per_item)
+        from matfunnel.potential.chgnet import cpu_ops
+
+        fused = not gpu and dtype == torch.float32 and cpu_ops.library() is not None
+        #: bytes one directed edge or angle costs in a forward + backward pass (the memory model)
+        self.bytes_per_item = BYTES_PER_ITEM_FUSED if fused else BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1)
+        self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
         self.max_atoms = max_atoms or (20_000 if gpu else 4_000)
         self.max_edges = max_edges
         self.max_angles = max_angles
@@ -180,7 +187,7 @@ class ChgnetPotential(Potential):
         fits unchunked.
 
         Chunked, what stays allocated is about ``BYTES_PER_ITEM_CHUNKED`` per item and one chunk costs
-        ``BYTES_PER_ITEM`` per item; the chunk takes what is left of the budget (at least ``MIN_CHUNK``
+        ``self.bytes_per_item`` per item; the chunk takes what is left of the budget (at least ``MIN_CHUNK``
         items, and at most ``MAX_CHUNKS`` chunks: each chunk's backward also writes full-size gradients
         of the per-atom and per-bond projections, so many small chunks cost time for little memory).
         """
@@ -192,7 +199,7 @@ class ChgnetPotential(Potential):
         scale = 2 if self.dtype == torch.float64 else 1
         left = self.memory_budget - n_items * BYTES_PER_ITEM_CHUNKED * scale
         # every chunk also costs a pass over the full per-atom / per-bond gradients: at most MAX_CHUNKS
-        return max(MIN_CHUNK, -(-n_items // MAX_CHUNKS), int(left // (BYTES_PER_ITEM * scale)))
+        return max(MIN_CHUNK, -(-n_items // MAX_CHUNKS), int(left // self.bytes_per_item))
 
     @contextlib.contextmanager
     def _thread_setting(self):
