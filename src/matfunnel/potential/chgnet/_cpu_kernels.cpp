@@ -424,6 +424,10 @@ extern "C" void segsum(const float* x, const int64_t* perm, const int64_t* off, 
             v16 acc[16] = {};
             int nv = (int)(D / 16);
             for (int64_t r = b; r < e; ++r) {
+                if (perm && r + 8 < e) {  // rows come in random order: fetch ahead
+                    const char* ahead = (const char*)(x + perm[r + 8] * D);
+                    for (int64_t k = 0; k < D * 4; k += 64) __builtin_prefetch(ahead + k, 0, 0);
+                }
                 const float* row = x + (perm ? perm[r] : r) * D;
                 for (int j = 0; j < nv; ++j) acc[j] += ld(row + 16 * j);
             }
