@@ -6,8 +6,8 @@
 //   m    = silu(LN_c(y_c)) * sigmoid(LN_g(y_g)) (* w[r])
 //   out  = segment sum of m over the sorted segment ids seg[r], or per row (+ X[r] as a residual)
 // and its backward (gradients of the tables' rows, X and w; the weights are frozen). Rows are
-// processed four at a time in registers; nothing of width 128 is written per row except what the
-// backward needs (pre and y, when the caller asks to save them) and the row gradients.
+// processed six at a time in registers; nothing of width 128 is written per row except what the
+// backward needs (SiLU'(pre) and y, when the caller asks to save them) and the row gradients.
 // segsum: rows (optionally through a permutation) summed into sorted segments.
 //
 // Threads: OpenMP, from the libgomp torch already loaded (same soname, so one thread pool).
@@ -22,6 +22,7 @@
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
+#define TILE 6  // rows per register tile
 
 static inline v16 ld(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
 static inline void st(float* p, v16 v) { std::memcpy(p, &v, 64); }
@@ -119,7 +120,7 @@ static inline void mm64(const float* __restrict A, int64_t lda, int K, const flo
     for (int k = 0; k < K; ++k) {
         const float* b = B + k * ldb;
         v16 b0 = ld(b), b1 = ld(b + 16), b2 = ld(b + 32), b3 = ld(b + 48);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int i = 0; i < NB; ++i) {
             float a = A[i * lda + k];
             c[i][0] += a * b0;
@@ -133,6 +134,8 @@ static inline void mm64(const float* __restrict A, int64_t lda, int K, const flo
 }
 static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, int64_t ldb, v16 (*acc)[4]) {
     switch (nb) {
+        case 6: mm64<6>(A, lda, K, B, ldb, acc); break;
+        case 5: mm64<5>(A, lda, K, B, ldb, acc); break;
         case 4: mm64<4>(A, lda, K, B, ldb, acc); break;
         case 3: mm64<3>(A, lda, K, B, ldb, acc); break;
         case 2: mm64<2>(A, lda, K, B, ldb, acc); break;
@@ -227,7 +230,7 @@ static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], f
     }
     if (a.dx) {
         for (int h = 0; h < 2; ++h) {
-            v16 acc[4][4];
+            v16 acc[TILE][4];
             for (int i = 0; i < nb; ++i)
                 for (int j = 0; j < 4; ++j) acc[i][j] = ld(pre[i] + 64 * h + 16 * j);
             mm64n(nb, a.X + r0 * a.dx, a.dx, a.dx, a.WdT + 64 * h, 128, acc);
@@ -239,7 +242,7 @@ static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], f
         for (int i = 0; i < nb; ++i) std::memcpy(y[i], pre[i], 128 * sizeof(float));
         return;
     }
-    float s[4][128] __attribute__((aligned(64)));
+    float s[TILE][128] __attribute__((aligned(64)));
     for (int i = 0; i < nb; ++i)
         for (int j = 0; j < 8; ++j) {
             v16 x = ld(pre[i] + 16 * j);
@@ -248,7 +251,7 @@ static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], f
             if (ds) st(ds[i] + 16 * j, sg * (1.0f + x * (1.0f - sg)));
         }
     for (int h = 0; h < 2; ++h) {
-        v16 acc[4][4];
+        v16 acc[TILE][4];
         for (int i = 0; i < nb; ++i)
             for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.b2 + 64 * h + 16 * j);
         mm64n(nb, s[0] + 64 * h, 128, 64, a.W2T + 4096 * h, 64, acc);
@@ -293,11 +296,11 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
         int nthr = omp_get_num_threads(), t = omp_get_thread_num();
         int64_t lo, hi;
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
-        float pre[4][128] __attribute__((aligned(64)));
-        float y[4][128] __attribute__((aligned(64)));
-        float ds[4][128] __attribute__((aligned(64)));
-        for (int64_t r0 = lo; r0 < hi; r0 += 4) {
-            int nb = (int)(hi - r0 < 4 ? hi - r0 : 4);
+        float pre[TILE][128] __attribute__((aligned(64)));
+        float y[TILE][128] __attribute__((aligned(64)));
+        float ds[TILE][128] __attribute__((aligned(64)));
+        for (int64_t r0 = lo; r0 < hi; r0 += TILE) {
+            int nb = (int)(hi - r0 < TILE ? hi - r0 : TILE);
             first_layers(a, r0, nb, pre, y, a.save_pre ? ds : nullptr);
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
@@ -332,19 +335,19 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
         int nthr = omp_get_num_threads(), t = omp_get_thread_num();
         int64_t lo, hi;
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
-        float pre[4][128] __attribute__((aligned(64)));  // silu'(pre) in the backward
-        float y[4][128] __attribute__((aligned(64)));
-        float gy[4][128] __attribute__((aligned(64)));
-        float gp[4][128] __attribute__((aligned(64)));
-        for (int64_t r0 = lo; r0 < hi; r0 += 4) {
-            int nb = (int)(hi - r0 < 4 ? hi - r0 : 4);
+        float pre[TILE][128] __attribute__((aligned(64)));  // silu'(pre) in the backward
+        float y[TILE][128] __attribute__((aligned(64)));
+        float gy[TILE][128] __attribute__((aligned(64)));
+        float gp[TILE][128] __attribute__((aligned(64)));
+        for (int64_t r0 = lo; r0 < hi; r0 += TILE) {
+            int nb = (int)(hi - r0 < TILE ? hi - r0 : TILE);
             if (a.saved) {
                 for (int i = 0; i < nb; ++i) {
                     std::memcpy(y[i], a.save_y + (r0 + i) * 128, 512);
                     if (a.hidden) std::memcpy(pre[i], a.save_pre + (r0 + i) * 128, 512);
                 }
             } else {
-                float y2[4][128] __attribute__((aligned(64)));
+                float y2[TILE][128] __attribute__((aligned(64)));
                 first_layers(a, r0, nb, y2, y, pre);  // pre <- silu'(pre)
             }
             for (int i = 0; i < nb; ++i) {
@@ -382,7 +385,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
             }
             if (a.hidden) {
                 for (int h = 0; h < 2; ++h) {
-                    v16 acc[4][4] = {};
+                    v16 acc[TILE][4] = {};
                     mm64n(nb, gy[0] + 64 * h, 128, 64, a.W2 + 4096 * h, 64, acc);
                     for (int i = 0; i < nb; ++i)
                         for (int j = 0; j < 4; ++j)  // pre holds silu'(pre) here
@@ -400,7 +403,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                 }
             }
             if (a.gX) {
-                v16 acc[4][4] = {};
+                v16 acc[TILE][4] = {};
                 if (a.residual)
                     for (int i = 0; i < nb; ++i)
                         for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.gout + (r0 + i) * 64 + 16 * j);
