@@ -6,26 +6,14 @@ before the kernels are built); with CUDA they run on the GPU. Skipped when trito
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 import torch
+from builders import import_triton_for_tests
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    # must be set before triton is first imported: triton.language's own helpers are decorated then
-    if sys.modules.get("triton") is not None and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set; run this file on its own "
-                    "or with TRITON_INTERPRET=1", allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"
-
-triton = pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+_triton, DEV = import_triton_for_tests()  # skips this module when triton cannot be used
 
 from matfunnel.potential.chgnet import ops, triton_ops  # noqa: E402
-
-DEV = "cuda" if ON_GPU else "cpu"
 
 
 @pytest.fixture

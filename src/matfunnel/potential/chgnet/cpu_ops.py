@@ -118,14 +118,14 @@ def use(flag: bool):
         _switch[0] = before
 
 
-def use_native() -> bool:
-    """Whether the C++ kernels are switched on (see :func:`use`); they also need to build."""
-    return _switch[0]
+def available(device) -> bool:
+    """True when the C++ kernels run for work on ``device``: the CPU, switched on (:func:`use`) and built."""
+    return _switch[0] and torch.device(device).type == "cpu" and library() is not None
 
 
 def enabled(x: Tensor) -> bool:
-    """True when the fused CPU kernels apply to tensors like ``x`` (float32 on the CPU)."""
-    return _switch[0] and x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+    """True when the fused float32 kernels apply to tensors like ``x`` (float32 on the CPU)."""
+    return x.dtype == torch.float32 and available(x.device)
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -168,6 +168,26 @@ def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float
     raise RuntimeError("neighbor_pairs: pair count changed between calls")
 
 
+def _kernel_weights(mlp, wd: Tensor | None) -> tuple:
+    """The kernel's layouts of ``mlp``'s frozen weights (and of ``wd``), built once per weight version
+    (an in-place change through ``.data`` does not bump the version and is not seen)."""
+    key = tuple((p.data_ptr(), p._version) for p in mlp.parameters())
+    key += (None,) if wd is None else ((wd.data_ptr(), tuple(wd.shape), tuple(wd.stride())),)
+    cache = mlp.__dict__.setdefault("_kernel_weights", {})
+    if key not in cache:
+        cache.clear()
+        ln = torch.cat([mlp.ln_core.weight, mlp.ln_core.bias, mlp.ln_gate.weight, mlp.ln_gate.bias]).contiguous()
+        w2 = w2t = b2 = None
+        if mlp.hidden:
+            w2 = torch.stack([mlp.w2_core, mlp.w2_gate]).contiguous()  # (2, 64 out, 64 in)
+            w2t = w2.transpose(1, 2).contiguous()
+            b2 = torch.cat([mlp.b2_core, mlp.b2_gate]).contiguous()
+        wdc = None if wd is None else wd.contiguous()  # (128, dx)
+        wdt = None if wd is None else wd.t().contiguous()
+        cache[key] = (ln, w2, w2t, b2, wdc, wdt)
+    return cache[key]
+
+
 class GatedSpec:
     """What a fused gated MLP needs besides its differentiable inputs (weights are frozen)."""
 
@@ -175,15 +195,7 @@ class GatedSpec:
         self.ixs, self.seg, self.reduce, self.residual = ixs, seg, reduce, residual
         self.hidden = bool(mlp.hidden)
         self.eps = float(mlp.ln_core.eps)
-        self.ln = torch.cat([mlp.ln_core.weight, mlp.ln_core.bias, mlp.ln_gate.weight, mlp.ln_gate.bias]).contiguous()
-        if self.hidden:
-            self.w2 = torch.stack([mlp.w2_core, mlp.w2_gate]).contiguous()  # (2, 64 out, 64 in)
-            self.w2t = self.w2.transpose(1, 2).contiguous()
-            self.b2 = torch.cat([mlp.b2_core, mlp.b2_gate]).contiguous()
-        else:
-            self.w2 = self.w2t = self.b2 = None
-        self.wd = None if wd is None else wd.contiguous()  # (128, dx)
-        self.wdt = None if wd is None else wd.t().contiguous()
+        self.ln, self.w2, self.w2t, self.b2, self.wd, self.wdt = _kernel_weights(mlp, wd)
 
     def call(self, fn, tabs, x, w, **buffers):
         p = (ctypes.c_void_p * P_COUNT)()

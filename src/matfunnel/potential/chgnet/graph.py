@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from matfunnel.potential.chgnet import cpu_ops
+
 #: pairs of atoms closer than this are the same point (pymatgen's numerical_tol)
 SELF_TOL = 1e-8
 
@@ -250,9 +252,7 @@ def build_graph(
         batch = torch.repeat_interleave(torch.arange(n_atoms.shape[0], device=dev), n_atoms)
         frac = frac.to(torch.float64)
         lattice = lattice.to(device=dev, dtype=torch.float64)
-        from matfunnel.potential.chgnet import cpu_ops
-
-        if frac.device.type == "cpu" and cpu_ops.use_native() and cpu_ops.library() is not None:
+        if cpu_ops.available(frac.device):
             i, j, image, dist = cpu_ops.neighbor_pairs(frac, lattice, n_atoms, cutoff, SELF_TOL)
         else:
             i, j, image, dist = neighbor_pairs(frac, lattice, batch, cutoff, max_candidates)

@@ -14,6 +14,7 @@ from pymatgen.core import Structure
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.batching import pack_greedy
+from matfunnel.potential.chgnet import cpu_ops
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
@@ -155,9 +156,7 @@ class ChgnetPotential(Potential):
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
         gpu = str(device).startswith("cuda")
         self.memory_budget = int(memory_budget or _default_budget(device))
-        from matfunnel.potential.chgnet import cpu_ops
-
-        fused = not gpu and dtype == torch.float32 and cpu_ops.library() is not None
+        fused = not gpu and dtype == torch.float32 and cpu_ops.available(device)
         #: bytes one directed edge or angle costs in a forward + backward pass (the memory model)
         self.bytes_per_item = BYTES_PER_ITEM_FUSED if fused else BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1)
         self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
@@ -224,12 +223,7 @@ class ChgnetPotential(Potential):
         results: list[dict | None] = [None] * len(structures)
         with self._thread_setting():
             for idx in self.plan_batches(n_atoms, volumes):
-                structs = [structures[k] for k in idx]
-                frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
-                lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
-                z = torch.from_numpy(np.concatenate([np.asarray(s.atomic_numbers, dtype=np.int64) for s in structs]))
-                n = torch.tensor([len(s) for s in structs], dtype=torch.long)
-                outs = self._run(frac, lat, z, n, compute_stress=True)
+                outs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True)
                 for o, j in zip(outs, idx):
                     if isinstance(o, str):
                         results[j] = self._fail(labels[j], o, errors)
