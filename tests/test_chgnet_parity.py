@@ -24,6 +24,9 @@ from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path,
 
 warnings.filterwarnings("ignore")
 TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}
+#: where ours runs (the reference always runs on the CPU): ``MATFUNNEL_TEST_DEVICE=cuda`` checks the CUDA path
+#: (Triton kernels in float32, torch in float64) against the same reference; CI has no GPU, so it runs "cpu"
+DEVICE = os.environ.get("MATFUNNEL_TEST_DEVICE", "cpu")
 SEED = int(os.environ.get("MATFUNNEL_TEST_SEED", secrets.randbits(32)))
 
 
@@ -75,12 +78,12 @@ def ref64():
 
 @pytest.fixture(scope="module")
 def ours32():
-    return ChgnetPotential()
+    return ChgnetPotential(device=DEVICE)
 
 
 @pytest.fixture(scope="module")
 def ours64():
-    return ChgnetPotential(dtype="float64")
+    return ChgnetPotential(device=DEVICE, dtype="float64")
 
 
 def _errors(ref: dict, ours: dict, n: int) -> dict:
@@ -122,7 +125,7 @@ def test_parity_float32(rng, ref32, ref64, ours32):
                     f"(tolerance {TOL[q]:.0e}, reference float32 noise {noise[q]:.2e})")
         for q in worst:
             worst[q] = max(worst[q], err[q])
-    print(f"float32 parity over {len(structs)} structures, max errors: "
+    print(f"float32 parity ({DEVICE}) over {len(structs)} structures, max errors: "
           + ", ".join(f"{q} {v:.2e}" for q, v in worst.items()))
 
 
@@ -138,7 +141,7 @@ def test_parity_float64_exact_maths(rng, ref64, ours64):
         for q, v in err.items():
             assert v <= tol[q], f"seed {SEED}: {s.properties['label']} {q} differs by {v:.2e}"
             worst[q] = max(worst[q], v)
-    print(f"float64 parity over {len(structs)} structures, max errors: "
+    print(f"float64 parity ({DEVICE}) over {len(structs)} structures, max errors: "
           + ", ".join(f"{q} {v:.2e}" for q, v in worst.items()))
 
 
@@ -154,8 +157,9 @@ def _edge_sets(s: Structure):
 
 
 def _our_sets(s: Structure):
-    g = build_graph(torch.tensor(s.frac_coords), torch.tensor(s.lattice.matrix)[None],
-                    torch.tensor(s.atomic_numbers), torch.tensor([len(s)]), max_candidates=5000)
+    t = [torch.tensor(s.frac_coords), torch.tensor(s.lattice.matrix)[None], torch.tensor(s.atomic_numbers),
+         torch.tensor([len(s)])]
+    g = build_graph(*(x.to(DEVICE) for x in t), max_candidates=5000)
     i, j, im = g.src.tolist(), g.dst.tolist(), g.image.round().long().tolist()
     fwd = [(a, b, *c) for a, b, c in zip(i, j, im)]
     rev = [(b, a, *(-x for x in c)) for a, b, c in zip(i, j, im)]
@@ -230,7 +234,7 @@ def test_forces_and_stress_match_finite_differences(rng, ours64):
 def test_batching_and_chunking_do_not_change_results(rng, ours32):
     structs = [random_structure(rng, 30, rattle=0.05) for _ in range(4)]
     together = ours32.predict(structs)
-    small = ChgnetPotential(max_atoms=40, max_edges=2000, max_angles=2000, chunk=500)
+    small = ChgnetPotential(device=DEVICE, max_atoms=40, max_edges=2000, max_angles=2000, chunk=500)
     apart = small.predict(structs)
     for a, b in zip(together, apart):
         assert abs(a["energy"] - b["energy"]) < 1e-4

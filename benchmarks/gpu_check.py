@@ -1,0 +1,155 @@
+"""CUDA checks of chgnet-0.3.0 that the throughput scripts do not make: memory model, profile, size limits.
+
+    python benchmarks/gpu_check.py [--sizes 864,2048] [--largest 20000,40000,60000] [--profile]
+
+* **memory per work item** (directed edge or angle) of one forward + backward pass: peak allocated
+  bytes above the baseline, on rocksalt cells; this is what ``BYTES_PER_ITEM`` plans with;
+* **Triton kernels vs the pure-torch path** on the same batches (``MATFUNNEL_TRITON=0`` is read per call):
+  median time of a model pass and the largest difference of the outputs;
+* **profile** (``--profile``): the CUDA kernels that take the time on a relax-like batch (100 structures
+  of 4-64 atoms) and on a 2000-atom cell, and how much of the wall time the GPU is busy;
+* **largest structure**: rocksalt supercells of growing size until one fails (out of memory), with time
+  per atom and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, repeats: int = 5) -> float:
+    fn()
+    _sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _triton(flag: bool):
+    os.environ["MATFUNNEL_TRITON"] = "1" if flag else "0"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="864,2048,6912")
+    ap.add_argument("--largest", default="20000,40000,60000,80000")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
+    args = ap.parse_args()
+
+    from matfunnel.potential.chgnet.graph import build_graph
+    from matfunnel.potential.chgnet.potential import ChgnetPotential
+    from matfunnel.potential.chgnet.testing import random_structure, supercell
+
+    dev = args.device
+    gpu = dev.startswith("cuda")
+    if gpu:
+        props = torch.cuda.get_device_properties(0)
+        print(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs; "
+              f"torch {torch.__version__}")
+    else:  # smoke test of the script: no memory figures
+        torch.cuda.reset_peak_memory_stats = torch.cuda.empty_cache = lambda *a, **k: None
+        torch.cuda.memory_allocated = torch.cuda.max_memory_allocated = lambda *a, **k: 0
+    rng = np.random.default_rng(args.seed)
+    pot = ChgnetPotential(device=dev)
+    print(f"memory budget per batch {pot.memory_budget / 2**30:.1f} GiB, max items {pot.max_items:,}, "
+          f"bytes_per_item {pot.bytes_per_item}")
+
+    def relax_like(n=100):
+        out = []
+        while len(out) < n:
+            s = random_structure(rng, 64, rattle=0.05, shear=0.03)
+            if len(s) >= 4:
+                out.append(s)
+        return out
+
+    batches = {"relax-like 100 x 4-64 atoms": relax_like()}
+    for n in [int(x) for x in args.sizes.split(",") if x]:
+        batches[f"rocksalt {n}"] = [supercell(rng, n, proto="rocksalt", bond=2.75)]
+
+    print("\n== memory per work item and Triton vs torch path (one forward + backward, float32)")
+    print(f"{'batch':<30}{'atoms':>7}{'items':>10}{'peak MiB':>10}{'B/item':>8}{'triton ms':>11}{'torch ms':>10}"
+          f"{'us/atom':>9}{'max dF':>10}")
+    for name, structs in batches.items():
+        frac, lat, z, n = pot._arrays(structs)
+        g = build_graph(frac, lat, z, n)
+        items = 2 * g.n_edges + g.n_angles
+        _triton(True)
+        pot.predict(structs)
+        _sync()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        a = pot.predict(structs)
+        _sync()
+        peak = torch.cuda.max_memory_allocated() - base
+        t_tr = _median_time(lambda: pot.predict(structs))
+        _triton(False)
+        b = pot.predict(structs)
+        t_to = _median_time(lambda: pot.predict(structs))
+        _triton(True)
+        df = max(float(np.abs(x["forces"] - y["forces"]).max()) for x, y in zip(a, b))
+        n_at = int(n.sum())
+        print(f"{name:<30}{n_at:>7}{items:>10,}{peak / 2**20:>10.0f}{peak / items:>8.0f}{t_tr * 1e3:>11.1f}"
+              f"{t_to * 1e3:>10.1f}{t_tr / n_at * 1e6:>9.2f}{df:>10.1e}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for name in list(batches)[:2]:
+            structs = batches[name]
+            pot.predict(structs)
+            _sync()
+            t0 = time.perf_counter()
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+            with profile(activities=acts) as prof:
+                pot.predict(structs)
+                _sync()
+            wall = time.perf_counter() - t0
+            ev = prof.key_averages()
+            gpu = sum(e.self_device_time_total for e in ev) / 1e3
+            print(f"\n== profile: {name}: wall {wall * 1e3:.1f} ms (profiled), GPU busy {gpu:.1f} ms")
+            print(ev.table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=60))
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+
+    print("\n== largest structure (rocksalt supercells, chunked when over the budget)")
+    print(f"{'atoms':>8}{'time s':>9}{'us/atom':>9}{'peak GiB':>10}")
+    for n in [int(x) for x in args.largest.split(",") if x]:
+        s = supercell(rng, n, proto="rocksalt", bond=2.75)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            _sync()
+            t0 = time.perf_counter()
+            out = pot.predict([s], errors="record")[0]
+            _sync()
+            dt = time.perf_counter() - t0
+        except torch.OutOfMemoryError as exc:
+            print(f"{len(s):>8}  out of memory: {str(exc)[:120]}")
+            break
+        if "error" in out:
+            print(f"{len(s):>8}  failed: {out['error'][:160]}")
+            break
+        print(f"{len(s):>8}{dt:>9.2f}{dt / len(s) * 1e6:>9.1f}{torch.cuda.max_memory_allocated() / 2**30:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
