@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
+    ap.add_argument("--relax", type=int, default=0, help="profile relax_batched on this many relax-like structures")
+    ap.add_argument("--relax-steps", type=int, default=60)
     args = ap.parse_args()
 
     from matfunnel.potential.chgnet.graph import build_graph
@@ -111,10 +113,21 @@ def main() -> None:
         print(f"{name:<30}{n_at:>7}{items:>10,}{peak / 2**20:>10.0f}{peak / items:>8.0f}{t_tr * 1e3:>11.1f}"
               f"{t_to * 1e3:>10.1f}{t_tr / n_at * 1e6:>9.2f}{df:>10.1e}")
 
+    print("\n== where a pass goes (median ms): graph build, forward only, forward + forces + stress, whole predict")
+    print(f"{'batch':<30}{'graph':>8}{'fwd':>8}{'fwd+bwd':>9}{'predict':>9}")
+    for name, structs in batches.items():
+        arrays = pot._arrays(structs)
+        t_g = _median_time(lambda: build_graph(*arrays))
+        g = build_graph(*arrays)
+        t_f = _median_time(lambda: pot.model(g, compute_forces=False, compute_stress=False))
+        t_fb = _median_time(lambda: pot.model(g))
+        t_p = _median_time(lambda: pot.predict(structs))
+        print(f"{name:<30}{t_g * 1e3:>8.1f}{t_f * 1e3:>8.1f}{t_fb * 1e3:>9.1f}{t_p * 1e3:>9.1f}")
+
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for name in list(batches)[:2]:
+        for name in [list(batches)[0], list(batches)[-1]]:
             structs = batches[name]
             pot.predict(structs)
             _sync()
@@ -127,8 +140,31 @@ def main() -> None:
             ev = prof.key_averages()
             gpu = sum(e.self_device_time_total for e in ev) / 1e3
             print(f"\n== profile: {name}: wall {wall * 1e3:.1f} ms (profiled), GPU busy {gpu:.1f} ms")
-            print(ev.table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=60))
+            print(ev.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
             print(ev.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+
+    if args.relax:
+        import cProfile
+        import pstats
+
+        from matfunnel.engine import relax_batched
+
+        structs = relax_like(args.relax)
+        relax_batched(structs[:8], pot, max_steps=5)
+        _sync()
+        t0 = time.perf_counter()
+        prof = cProfile.Profile()
+        prof.enable()
+        res = relax_batched(structs, pot, max_steps=args.relax_steps)
+        _sync()
+        prof.disable()
+        wall = time.perf_counter() - t0
+        steps = sum(r.n_steps or 0 for r in res)
+        atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res))
+        print(f"\n== relax_batched profile: {len(structs)} structures ({sum(len(s) for s in structs)} atoms), "
+              f"at most {args.relax_steps} steps: {wall:.2f} s (cProfile on), {steps} structure-steps, "
+              f"{atom_steps / wall:,.0f} atom-steps/s")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(28)
 
     print("\n== largest structure (rocksalt supercells, chunked when over the budget)")
     print(f"{'atoms':>8}{'time s':>9}{'us/atom':>9}{'peak GiB':>10}")

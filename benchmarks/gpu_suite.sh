@@ -31,7 +31,7 @@ for stage in $stages; do
     check)
       $PY benchmarks/gpu_check.py 2>&1 | tee "$OUTDIR/gpu_check.txt" ;;
     profile)
-      $PY benchmarks/gpu_check.py --profile --sizes 2048 --largest "" > "$OUTDIR/gpu_profile.txt" 2>&1; tail -5 "$OUTDIR/gpu_profile.txt" ;;
+      $PY benchmarks/gpu_check.py --profile --sizes 2048,6912 --largest "" > "$OUTDIR/gpu_profile.txt" 2>&1; tail -5 "$OUTDIR/gpu_profile.txt" ;;
     potential)
       $PY benchmarks/potential_throughput.py --device cuda --n 300 --supercells 1000,2000 --ref-batch-size 16 \
         --seed 7 --repeats 3 --scaling 8,64,512,2000,10000,30000 2>&1 | tee "$OUTDIR/potential_throughput_cuda.txt" ;;

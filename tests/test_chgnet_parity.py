@@ -259,6 +259,17 @@ def test_bad_input_is_reported_per_structure(rng, ours32):
         ours32.predict([nan])
     with pytest.raises(StructureError, match="americium.*Am"):
         ours32.predict([alien])
+    # overlapping atoms are found on the graph (also through a periodic image), coincident ones before it
+    close = Structure(Lattice.cubic(4.0), ["Li", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.95, 0.0, 0.02]])
+    close.properties["label"] = "squeezed"
+    same = Structure(Lattice.cubic(4.0), ["Li", "O"], [[0.25, 0.25, 0.25], [1.25, 0.25, 0.25]])
+    same.properties["label"] = "twins"
+    with pytest.raises(StructureError, match=r"squeezed.*closer than 0.5 A \(minimum distance 0.2"):
+        ours32.predict([good, close])
+    with pytest.raises(StructureError, match="twins.*same point"):
+        ours32.predict([same])
+    rec = ours32.predict([close, good, same], errors="record")
+    assert "squeezed" in rec[0]["error"] and "twins" in rec[2]["error"] and "energy" in rec[1]
     out = ours32.predict([good, isolated, nan, alien, good], errors="record")
     assert [("error" in r) for r in out] == [False, True, True, True, False]
     assert "lonely" in out[1]["error"]

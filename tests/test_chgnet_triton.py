@@ -149,3 +149,18 @@ def test_model_with_kernels_matches_torch_path():
     for key, tol in (("energy", 1e-4), ("forces", 1e-4), ("stress", 1e-3), ("magmoms", 1e-5)):
         torch.testing.assert_close(got[key], want[key], atol=tol, rtol=1e-4)
         torch.testing.assert_close(chunked[key], want[key], atol=tol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_rows,n_targets,width,sort", [(0, 4, 3, True), (61, 9, 3, False), (300, 40, 9, True)])
+def test_float64_segment_sums_match_torch(use_triton, n_rows, n_targets, width, sort):
+    """The geometry (float64) also goes through the segment-sum kernel, accumulating in float64."""
+    rng = np.random.default_rng(n_rows + width)
+    ix = _index(rng, n_rows, n_targets, sort=sort)
+    x = torch.randn(n_rows, width, device=DEV, dtype=torch.float64, requires_grad=True)
+    out = ops.scatter(x, ix)
+    ref = torch.zeros(n_targets, width, device=DEV, dtype=torch.float64).index_add_(0, ix.idx, x.detach())
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    y = torch.randn(n_targets, width, device=DEV, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(n_rows, width, device=DEV, dtype=torch.float64)
+    (dy,) = torch.autograd.grad(ops.gather(y, ix), y, gy)
+    torch.testing.assert_close(dy, torch.zeros_like(y).index_add_(0, ix.idx, gy), atol=1e-12, rtol=1e-12)

@@ -106,7 +106,8 @@ def test_model_with_kernel_matches_torch_path():
     frac = torch.as_tensor(np.concatenate([rng.random((4, 3)), [[0, 0, 0], [0.5, 0.5, 0.5]]]))
     lat = torch.as_tensor(np.stack([np.diag([3.6, 3.9, 3.4]) + rng.normal(0, 0.2, (3, 3)), 2.9 * np.eye(3)]))
     z = torch.tensor([3, 8, 26, 8, 11, 17])
-    g = build_matris_graph(frac, lat, z, torch.tensor([4, 2]), pairwise_cutoff=cfg.pairwise_cutoff,
+    frac, lat, z = frac.to(DEV), lat.to(DEV), z.to(DEV)
+    g = build_matris_graph(frac, lat, z, torch.tensor([4, 2], device=DEV), pairwise_cutoff=cfg.pairwise_cutoff,
                            three_body_cutoff=cfg.three_body_cutoff)
     if hasattr(g, "to"):
         g = g.to(DEV)

@@ -53,6 +53,8 @@ class Potential(ABC):
     device: str = "cpu"
     #: atomic numbers the model covers
     supported_elements: frozenset[int] = frozenset(range(1, 95))
+    #: whether the backend checks the minimum interatomic distance itself (on its neighbour graph) in predict
+    distances_on_graph: bool = False
 
     def predict(
         self,
@@ -70,7 +72,7 @@ class Potential(ABC):
             try:
                 s = to_structure(obj, label)
                 label = label or structure_label(s, i)
-                validate_structure(s, label, self.supported_elements)
+                validate_structure(s, label, self.supported_elements, check_distances=not self.distances_on_graph)
                 good.append(s)
                 good_idx.append(i)
             except StructureError as exc:

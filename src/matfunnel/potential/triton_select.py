@@ -33,8 +33,9 @@ def force(on: bool) -> None:
     _FORCE = bool(on)
 
 
-def enabled(x: Tensor) -> bool:
-    if x.dtype != torch.float32:
+def enabled(x: Tensor, *, float64: bool = False) -> bool:
+    """Whether the kernels run for ``x`` (float32; also float64 for kernels that accumulate in the input's type)."""
+    if x.dtype != torch.float32 and not (float64 and x.dtype == torch.float64):
         return False
     if x.is_cuda:
         return os.environ.get("MATFUNNEL_TRITON", "1") != "0" and available()

@@ -42,8 +42,13 @@ def validate_structure(
     label: str,
     supported_elements: Iterable[int] | None = None,
     min_distance: float = MIN_DISTANCE,
+    check_distances: bool = True,
 ) -> None:
-    """Raise ``StructureError`` naming ``label`` if the structure cannot be evaluated."""
+    """Raise ``StructureError`` naming ``label`` if the structure cannot be evaluated.
+
+    ``check_distances=False`` leaves the minimum-distance check to the caller (a potential that checks it on
+    its own neighbour graph) and only rejects atoms sitting on the same point, which a graph does not see.
+    """
     if len(struct) == 0:
         raise StructureError(label, "the structure has no atoms")
     if not struct.is_ordered:
@@ -59,12 +64,24 @@ def validate_structure(
         bad = sorted({sp.symbol for sp in struct.composition.elements if sp.Z not in supported})
         if bad:
             raise StructureError(label, f"element(s) {', '.join(bad)} not covered by the potential")
+    if not check_distances:
+        if coincident_atoms(struct):
+            raise StructureError(label, f"atoms closer than {min_distance} A (two atoms on the same point)")
+        return
     if len(struct) > 1 or True:
         dmin = min_pair_distance(struct)
         if dmin < min_distance:
             raise StructureError(
                 label, f"atoms closer than {min_distance} A (minimum distance {dmin:.3f} A)"
             )
+
+
+def coincident_atoms(struct: Structure, tol: float = 1e-6) -> bool:
+    """Whether two atoms sit on the same point (fractional coordinates equal modulo 1 to ``tol``)."""
+    if len(struct) < 2:
+        return False
+    key = np.round(np.mod(struct.frac_coords, 1.0) / tol).astype(np.int64) % int(round(1 / tol))
+    return len(np.unique(key, axis=0)) < len(struct)
 
 
 def min_pair_distance(struct: Structure) -> float:

@@ -33,7 +33,7 @@ def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, D,
     cm = cols < D
     lo = tl.load(off_ptr + seg)
     hi = tl.load(off_ptr + seg + 1)
-    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=out_ptr.dtype.element_ty)  # float32, or float64 (geometry)
     for start in range(lo, hi, BLOCK_R):
         k = start + tl.arange(0, BLOCK_R)
         km = k < hi

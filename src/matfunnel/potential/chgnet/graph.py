@@ -194,7 +194,7 @@ def neighbor_pairs(
         keep = (i < j) | (same & lexpos)
         i, j, image, im = i[keep], j[keep], image[keep], im[keep]
         b = batch[i]
-        vec = torch.bmm((fw[j] + im - fw[i]).unsqueeze(1), lattice[b]).squeeze(1)
+        vec = ((fw[j] + im - fw[i]).unsqueeze(2) * lattice[b]).sum(1)
         dist2 = (vec * vec).sum(1)
         ok = (dist2 <= r2) & (dist2 > SELF_TOL**2)
         out_i.append(i[ok])

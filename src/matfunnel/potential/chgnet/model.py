@@ -302,10 +302,11 @@ class CHGNetModel(nn.Module):
                 strain.requires_grad_(True)
             eye = torch.eye(3, dtype=gdt, device=lattice.device)
             lat = lattice @ (eye + strain)
-            pos = torch.bmm(g.frac.to(gdt).unsqueeze(1), gather(lat, plan.atom_struct)).squeeze(1)
+            # row vector times matrix as a broadcast sum: a batched 1x3 @ 3x3 bmm is a slow GEMM on the GPU
+            pos = (g.frac.to(gdt).unsqueeze(2) * gather(lat, plan.atom_struct)).sum(1)
             if compute_forces and not pos.requires_grad:
                 pos.requires_grad_(True)
-            shift = torch.bmm(g.image.to(gdt).unsqueeze(1), gather(lat, plan.edge_struct)).squeeze(1)
+            shift = (g.image.to(gdt).unsqueeze(2) * gather(lat, plan.edge_struct)).sum(1)
             vec = gather(pos, plan.src) - gather(pos, plan.dst) - shift  # centre - neighbour
             dist = vec.norm(dim=1)
             ns = g.n_short

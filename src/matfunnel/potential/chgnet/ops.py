@@ -58,7 +58,7 @@ class Index:
 
 def _segsum(x: Tensor, ix: Index) -> Tensor:
     """Rows of ``x`` (ordered like ``ix.idx``) summed into ``ix.n`` rows, no autograd."""
-    if triton_ops.enabled(x):
+    if triton_ops.enabled(x, float64=True):  # float64 too: torch's CUDA segment_reduce is slow
         return triton_ops.segment_sum_raw(x, ix.offsets, ix.perm)
     if cpu_ops.enabled(x) and x.shape[0]:
         return cpu_ops.segsum_raw(x, ix.offsets, ix.perm)

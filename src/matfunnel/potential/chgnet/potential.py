@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import time
 
 import numpy as np
 import torch
 from pymatgen.core import Structure
+from torch import Tensor
 
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
@@ -18,6 +20,7 @@ from matfunnel.potential.chgnet import cpu_ops
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
+from matfunnel.potential.validate import MIN_DISTANCE
 
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
 #: edge or an angle), float32; see benchmarks/NOTES.md ("Memory")
@@ -113,6 +116,18 @@ def auto_threads(max_threads: int | None = None) -> int:
     n = max_threads or torch.get_num_threads()
     free = (os.cpu_count() or n) - _OTHER_LOAD.cores()
     return max(1, min(n, int(free + 0.5)))
+
+
+_PER_ATOM = ("forces", "magmoms")
+
+
+def _rows(counts: list[int], structures: list[int], dev) -> Tensor:
+    """Atom rows of the given structures (in that order) in a concatenation with ``counts`` atoms each."""
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    if structures == list(range(len(counts))):
+        return torch.arange(int(starts[-1]), device=dev)
+    idx = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in structures]) if structures else np.zeros(0)
+    return torch.from_numpy(idx.astype(np.int64)).to(dev)
 
 
 class ChgnetPotential(Potential):
@@ -216,19 +231,29 @@ class ChgnetPotential(Potential):
         finally:
             torch.set_num_threads(before)
 
-    # ---- structures ------------------------------------------------------------------------
+    # ---- structures ----------------------------------------------------------------------
+    #: predict() checks the minimum interatomic distance on the graph it builds anyway (one device reduction)
+    #: instead of a pymatgen neighbour list per structure (which cost more than the model on a GPU)
+    distances_on_graph = True
+
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         n_atoms = [len(s) for s in structures]
         volumes = [abs(float(np.linalg.det(s.lattice.matrix))) for s in structures]
         results: list[dict | None] = [None] * len(structures)
         with self._thread_setting():
             for idx in self.plan_batches(n_atoms, volumes):
-                outs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True)
-                for o, j in zip(outs, idx):
-                    if isinstance(o, str):
-                        results[j] = self._fail(labels[j], o, errors)
+                out, errs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True,
+                                      check_distances=True)
+                # one device -> host copy per output for the whole batch
+                host = {q: v.detach().double().cpu().numpy() for q, v in out.items()}
+                starts = np.concatenate([[0], np.cumsum([n_atoms[k] for k in idx])])
+                for b, j in enumerate(idx):
+                    if errs[b] is not None:
+                        results[j] = self._fail(labels[j], errs[b], errors)
                         continue
-                    res = {q: (float(v) if q == "energy" else v.double().cpu().numpy()) for q, v in o.items()}
+                    lo, hi = starts[b], starts[b + 1]
+                    res = {"energy": float(host["energy"][b]), "forces": host["forces"][lo:hi],
+                           "magmoms": host["magmoms"][lo:hi], "stress": host["stress"][b]}
                     if not (np.isfinite(res["energy"]) and np.all(np.isfinite(res["forces"]))
                             and np.all(np.isfinite(res["stress"]))):
                         res = self._fail(labels[j], "the potential returned NaN/inf", errors)
@@ -250,42 +275,60 @@ class ChgnetPotential(Potential):
         return {"error": str(err)}
 
     # ---- the engine ------------------------------------------------------------------------
-    def _run(self, frac, lat, z, n, *, compute_stress: bool) -> list[dict | str]:
-        """One batch (tensors, any device): per structure a dict of tensor outputs or an error message.
+    def _run(self, frac, lat, z, n, *, compute_stress: bool, check_distances: bool = False
+             ) -> tuple[dict[str, Tensor], list[str | None]]:
+        """One batch (tensors, any device): the outputs over the whole batch and one error message (or None) per
+        structure; rows of failed structures are NaN.
 
-        Structures with an atom that has no neighbour are reported and the rest are run again.
+        Structures with an atom that has no neighbour (or, with ``check_distances``, two atoms closer than
+        ``MIN_DISTANCE``) are reported and the rest are run again.
         """
         cfg = self.model.cfg
         dev = self.device
         frac, lat, z, n = frac.to(dev), lat.to(dev), z.to(dev), n.to(device=dev, dtype=torch.long)
         counts = n.tolist()
+        n_struct = len(counts)
         graph = build_graph(frac, lat, z, n, cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
         deg = graph.degree()
-        isolated = torch.zeros(len(counts), dtype=torch.long, device=deg.device).index_add_(
-            0, graph.batch, (deg == 0).long()).tolist()
-        if any(isolated):
-            keep = [k for k, c in enumerate(isolated) if not c]
-            outs: list = [f"{c} atom(s) have no neighbour within {cfg.atom_graph_cutoff} A" if c else None
-                          for c in isolated]
+        isolated = torch.zeros(n_struct, dtype=torch.float64, device=deg.device).index_add_(
+            0, graph.batch, (deg == 0).to(torch.float64))
+        if check_distances:
+            dmin = torch.full((n_struct,), math.inf, dtype=torch.float64, device=deg.device).scatter_reduce_(
+                0, graph.batch.index_select(0, graph.src), graph.length, "amin")
+            iso_l, dmin_l = torch.stack([isolated, dmin]).tolist()  # one synchronisation
+        else:
+            iso_l, dmin_l = isolated.tolist(), [math.inf] * n_struct
+        errs: list[str | None] = [None] * n_struct
+        for k in range(n_struct):
+            if iso_l[k]:
+                errs[k] = f"{int(iso_l[k])} atom(s) have no neighbour within {cfg.atom_graph_cutoff} A"
+            elif dmin_l[k] < MIN_DISTANCE:
+                errs[k] = f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin_l[k]:.3f} A)"
+        if any(e is not None for e in errs):
+            keep = [k for k, e in enumerate(errs) if e is None]
+            out = self._nan_outputs(n_struct, int(sum(counts)), compute_stress, dev)
             if keep:
-                offsets = np.concatenate([[0], np.cumsum(counts)])
-                rows = torch.cat([torch.arange(offsets[k], offsets[k + 1], device=dev) for k in keep])
-                sub = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
-                for k, o in zip(keep, sub):
-                    outs[k] = o
-            return outs
+                rows = _rows(counts, keep, dev)
+                sub, sub_errs = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
+                keep_t = torch.as_tensor(keep, device=dev)
+                for q, v in sub.items():
+                    out[q].index_copy_(0, rows if q in _PER_ATOM else keep_t, v.to(out[q].dtype))
+                for k, e in zip(keep, sub_errs):
+                    errs[k] = e
+            return out, errs
         chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
         with _gc_paused():  # the autograd graph's many small objects otherwise trigger collections mid-pass
             out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
-        forces = out["forces"].split(counts)
-        magmoms = out["magmoms"].split(counts)
-        res = []
-        for k in range(len(counts)):
-            r = {"energy": out["energy"][k], "forces": forces[k], "magmoms": magmoms[k]}
-            if compute_stress:
-                r["stress"] = out["stress"][k]
-            res.append(r)
-        return res
+        keys = ("energy", "forces", "magmoms") + (("stress",) if compute_stress else ())
+        return {q: out[q] for q in keys}, errs
+
+    def _nan_outputs(self, n_struct: int, n_total: int, compute_stress: bool, dev) -> dict[str, Tensor]:
+        out = {"energy": torch.full((n_struct,), math.nan, dtype=self.dtype, device=dev),
+               "forces": torch.full((n_total, 3), math.nan, dtype=self.dtype, device=dev),
+               "magmoms": torch.full((n_total,), math.nan, dtype=self.dtype, device=dev)}
+        if compute_stress:
+            out["stress"] = torch.full((n_struct, 3, 3), math.nan, dtype=self.dtype, device=dev)
+        return out
 
     def evaluate(self, numbers, positions, cells, n_atoms, *, compute_stress: bool = True) -> Evaluation:
         """Energy (B,) eV, forces (N, 3) eV/A, stress (B, 3, 3) GPa of a concatenated batch, from tensors.
@@ -303,7 +346,6 @@ class ChgnetPotential(Potential):
         cell = cells.detach().to(device=dev, dtype=torch.float64).reshape(n_struct, 3, 3)
         z = numbers.detach().to(device=dev, dtype=torch.long)
         n = torch.as_tensor(counts, dtype=torch.long, device=dev)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         batch = torch.repeat_interleave(torch.arange(n_struct, device=dev), n)
         energy = torch.full((n_struct,), float("nan"), dtype=torch.float64, device=dev)
         forces = torch.full((n_total, 3), float("nan"), dtype=torch.float64, device=dev)
@@ -333,35 +375,43 @@ class ChgnetPotential(Potential):
                 good.append(b)
         safe_cell = torch.where(torch.isfinite(cell) & (vol >= 1e-3)[:, None, None], cell,
                                 torch.eye(3, dtype=cell.dtype, device=dev))
-        frac = torch.bmm(pos.unsqueeze(1), torch.linalg.inv(safe_cell).index_select(0, batch)).squeeze(1)
+        frac = (pos.unsqueeze(2) * torch.linalg.inv(safe_cell).index_select(0, batch)).sum(1)
 
         with self._thread_setting():
             vols = vol.tolist()
             for idx in self.plan_batches([counts[b] for b in good], [vols[b] for b in good]):
                 bs = [good[k] for k in idx]
-                rows = torch.cat([torch.arange(offsets[b], offsets[b + 1], device=dev) for b in bs])
+                rows = _rows(counts, bs, dev)
                 try:
-                    outs = self._run(frac[rows], cell[bs], z[rows], n[bs], compute_stress=compute_stress)
+                    outs, errs = self._run(frac[rows], cell[bs], z[rows], n[bs], compute_stress=compute_stress)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report, keep going
                     if len(bs) == 1:
                         errors[bs[0]] = f"batch[{bs[0]}]: {type(exc).__name__}: {exc}"
                         continue
-                    outs = []
-                    for b in bs:  # one by one to find the culprit
-                        r = torch.arange(offsets[b], offsets[b + 1], device=dev)
+                    outs, errs = self._nan_outputs(len(bs), len(rows), compute_stress, dev), []
+                    lo = 0
+                    for k, b in enumerate(bs):  # one by one to find the culprit
+                        r = rows[lo:lo + counts[b]]
                         try:
-                            outs.extend(self._run(frac[r], cell[[b]], z[r], n[[b]], compute_stress=compute_stress))
+                            o1, e1 = self._run(frac[r], cell[[b]], z[r], n[[b]], compute_stress=compute_stress)
+                            for q, v in o1.items():
+                                if q in _PER_ATOM:
+                                    outs[q][lo:lo + counts[b]] = v
+                                else:
+                                    outs[q][k] = v[0]
+                            errs.extend(e1)
                         except Exception as exc1:  # noqa: BLE001
-                            outs.append(f"{type(exc1).__name__}: {exc1}")
-                for b, o in zip(bs, outs):
-                    if isinstance(o, str):
-                        errors[b] = f"batch[{b}]: {o}"
-                        continue
-                    lo, hi = int(offsets[b]), int(offsets[b + 1])
-                    energy[b] = o["energy"].double()
-                    forces[lo:hi] = o["forces"].double()
-                    magmoms[lo:hi] = o["magmoms"].double()
-                    if compute_stress:
-                        stress[b] = o["stress"].double()
+                            errs.append(f"{type(exc1).__name__}: {exc1}")
+                        lo += counts[b]
+                for b, e in zip(bs, errs):
+                    if e is not None:
+                        errors[b] = f"batch[{b}]: {e}"
+                # one scatter per output for the whole batch (failed structures' rows are NaN)
+                bs_t = torch.as_tensor(bs, device=dev)
+                energy.index_copy_(0, bs_t, outs["energy"].double())
+                forces.index_copy_(0, rows, outs["forces"].double())
+                magmoms.index_copy_(0, rows, outs["magmoms"].double())
+                if compute_stress:
+                    stress.index_copy_(0, bs_t, outs["stress"].double())
         return Evaluation(energy.to(out_dev), forces.to(out_dev), stress.to(out_dev) if compute_stress else None,
                           magmoms.to(out_dev), errors if any(errors) else None)
