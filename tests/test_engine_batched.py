@@ -181,3 +181,30 @@ def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatc
     docs2 = next(iter(again.values()))[1].output
     assert all(d["cached"] for d in docs2)
     assert [d["energy"] for d in docs2] == [d["energy"] for d in docs]
+
+
+def test_final_structure_documents_match_pymatgen(rng):
+    """The engine writes final structures with ``structure_dict``; it must be pymatgen's own ``as_dict``."""
+    from pymatgen.core import Lattice, Species, Structure
+
+    from matfunnel.engine.state import structure_dict
+
+    for oxi in (False, True):
+        species = [Species("Li", 1), Species("O", -2), Species("O", -2)] if oxi else ["Li", "O", "O"]
+        s = Structure(Lattice(np.eye(3) * 3 + rng.normal(0, 0.3, (3, 3))), species, rng.random((3, 3)),
+                      site_properties={"magmom": [1.0, 2.0, 3.0]})
+        s.properties["label"] = "doc-test"
+        lat = s.lattice.matrix @ (np.eye(3) + rng.normal(0, 0.02, (3, 3)))
+        cart = s.cart_coords + rng.normal(0, 0.1, (3, 3))
+        slow = Structure(Lattice(lat), s.species, cart, coords_are_cartesian=True)
+        slow.properties = dict(s.properties)
+        want, got = slow.as_dict(), structure_dict(s, lat, cart)
+        assert set(got) == set(want) and set(got["lattice"]) == set(want["lattice"])
+        assert got["properties"] == want["properties"] and got["charge"] == want["charge"]
+        for k in ("a", "b", "c", "alpha", "beta", "gamma", "volume"):
+            assert abs(got["lattice"][k] - want["lattice"][k]) < 1e-9
+        for a, b in zip(got["sites"], want["sites"]):
+            assert a["species"] == b["species"] and a["label"] == b["label"] and a["properties"] == b["properties"]
+            np.testing.assert_allclose(a["abc"], b["abc"], atol=1e-12)
+            np.testing.assert_allclose(a["xyz"], b["xyz"], atol=1e-12)
+        assert Structure.from_dict(got) == slow

@@ -198,7 +198,7 @@ def fire_update(state: FireState, config: FireConfig = FireConfig()) -> FireStat
     moved = dataclasses.replace(
         state, ref_positions=ref_positions, cell_dof=cell_dof, velocities=va, cell_velocities=vc, dt=dt,
         alpha=alpha, n_pos=n_pos, n_steps=state.n_steps + 1,
-        energy=None, forces=None, stress=None, magmoms=None, eval_error=None,
+        energy=None, forces=None, stress=None, magmoms=None, eval_error=None, min_distance=None,
         atom_gforce=None, cell_gforce=None, residual=None,
     )
     return apply_dofs(moved)

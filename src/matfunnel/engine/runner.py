@@ -24,7 +24,7 @@ from pymatgen.core import Structure
 
 from matfunnel.engine.ase_relax import RelaxResult
 from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
-from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select, to_structure
+from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select, structure_dict
 from matfunnel.engine.symmetry import Symmetrizer
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
@@ -47,6 +47,11 @@ class AtomBudget:
     def __init__(self, potential: Potential, max_atoms: int | None = None):
         self.plan = None if max_atoms is not None else getattr(potential, "plan_batches", None)
         self.max_atoms = max_atoms or getattr(potential, "max_atoms", None) or self._from_memory(potential.device)
+        est, too_big = getattr(potential, "work_estimate", None), getattr(potential, "too_big", None)
+        #: per-structure (atoms, edges, angles) sums against the potential's budgets: a refill costs O(1) per
+        #: structure instead of re-planning the whole batch for every candidate
+        self._additive = (est, too_big) if (max_atoms is None and est is not None and too_big is not None) else None
+        self._cost: dict = {}
 
     @staticmethod
     def _from_memory(device) -> int:
@@ -62,6 +67,35 @@ class AtomBudget:
             free = 8 * 1024**3
         return int(max(64, min(4_000, 0.3 * free / BYTES_PER_ATOM)))
 
+    def register(self, key, n_atoms: int, volume: float) -> None:
+        """Remember structure ``key``'s size for :meth:`tally` / :meth:`add`."""
+        if self._additive is not None:
+            edges, angles = self._additive[0](n_atoms, volume)
+            self._cost[key] = (n_atoms, edges, angles)
+        else:
+            self._cost[key] = (n_atoms, volume)
+
+    def tally(self, keys: Sequence) -> list:
+        """The running total of the registered structures ``keys`` (the batch as it is)."""
+        if self._additive is not None:
+            return [float(sum(self._cost[k][q] for k in keys)) for q in range(3)] + [len(keys)]
+        return list(keys)
+
+    def add(self, tally: list, key) -> bool:
+        """Add ``key`` to ``tally`` if the batch still fits with it (a lone structure always fits)."""
+        if self._additive is not None:
+            c = self._cost[key]
+            new = [tally[0] + c[0], tally[1] + c[1], tally[2] + c[2]]
+            if tally[3] and self._additive[1](int(new[0]), new[1], new[2]):
+                return False
+            tally[:] = new + [tally[3] + 1]
+            return True
+        keys = tally + [key]
+        if not self.fits([self._cost[k][0] for k in keys], [self._cost[k][1] for k in keys]):
+            return False
+        tally.append(key)
+        return True
+
     def fits(self, n_atoms: Sequence[int], volumes: Sequence[float]) -> bool:
         if len(n_atoms) <= 1:
             return True
@@ -70,10 +104,10 @@ class AtomBudget:
         return sum(n_atoms) <= self.max_atoms
 
 
-def _structure_doc(res: RelaxResult, final: Structure, e: float, forces, stress, magmoms) -> None:
-    res.final_structure = final.as_dict()
+def _structure_doc(res: RelaxResult, final: dict, e: float, forces, stress, magmoms) -> None:
+    res.final_structure = final
     res.energy = float(e)
-    res.e_per_atom = float(e) / len(final)
+    res.e_per_atom = float(e) / len(final["sites"])
     res.forces = np.asarray(forces, dtype=float).tolist()
     res.stress = np.asarray(stress, dtype=float).tolist()
     m = None if magmoms is None else np.asarray(magmoms, dtype=float)
@@ -151,18 +185,17 @@ def relax_batched(
             finish(i, res)
 
     budget = AtomBudget(potential, max_atoms)
-    sizes = {i: len(inputs[i]) for i in queue}
-    vols = {i: float(inputs[i].volume) for i in queue}
+    for i in queue:
+        budget.register(i, len(inputs[i]), float(inputs[i].volume))
     active: FireState | None = None
     it = 0
 
     def refill(active: FireState | None) -> FireState | None:
-        ids = [] if active is None else active.ids.tolist()
+        if not queue:
+            return active
+        tally = budget.tally([] if active is None else active.ids.tolist())
         take = []
-        while queue and budget.fits([sizes[k] for k in ids + take] + [sizes[queue[0]]],
-                                    [vols[k] for k in ids + take] + [vols[queue[0]]]):
-            take.append(queue.popleft())
-        if not take and active is None and queue:  # one structure always fits
+        while queue and budget.add(tally, queue[0]):
             take.append(queue.popleft())
         if not take:
             return active
@@ -198,6 +231,10 @@ def relax_batched(
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             e_l = active.energy.tolist()
             res_l = active.residual.tolist()
+            # one device -> host copy per quantity for everything that finishes now
+            pos_h, cell_h = active.positions.detach().cpu().numpy(), active.cell.detach().cpu().numpy()
+            f_h, s_h = active.forces.detach().cpu().numpy(), active.stress.detach().cpu().numpy()
+            m_h = None if active.magmoms is None else active.magmoms.detach().cpu().numpy()
             for b in np.nonzero(done_l)[0].tolist():
                 i = ids[b]
                 res = blank(i, inputs[i])
@@ -207,10 +244,8 @@ def relax_batched(
                     res.error = f"structure {labels[i]!r}: {reasons[b]}"
                 else:
                     lo, hi = int(starts[b]), int(starts[b] + counts[b])
-                    final = to_structure(active, b, inputs[i])
-                    mag = None if active.magmoms is None else active.magmoms[lo:hi].cpu().numpy()
-                    _structure_doc(res, final, e_l[b], active.forces[lo:hi].cpu().numpy(),
-                                   active.stress[b].cpu().numpy(), mag)
+                    final = structure_dict(inputs[i], cell_h[b], pos_h[lo:hi])
+                    _structure_doc(res, final, e_l[b], f_h[lo:hi], s_h[b], None if m_h is None else m_h[lo:hi])
                     res.converged = bool(conv_l[b])
                     if not res.converged:
                         res.error = f"structure {labels[i]!r}: not converged to fmax={fmax} in {max_steps} steps"

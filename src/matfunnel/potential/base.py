@@ -44,6 +44,9 @@ class Evaluation(NamedTuple):
     stress: torch.Tensor | None
     magmoms: torch.Tensor | None = None
     errors: list | None = None
+    #: (B,) smallest interatomic distance (A) seen on the potential's neighbour graph, or None when the backend
+    #: does not report it (the engine then measures it itself)
+    min_distance: torch.Tensor | None = None
 
 
 class Potential(ABC):

@@ -51,8 +51,10 @@ def validate_structure(
     """
     if len(struct) == 0:
         raise StructureError(label, "the structure has no atoms")
-    if not struct.is_ordered:
-        raise StructureError(label, "the structure is disordered (partial occupancies)")
+    try:  # one pass over the sites (is_ordered + composition were two slow ones on 10k-atom cells)
+        species = set(struct.species)
+    except AttributeError:  # pymatgen: species of a disordered site
+        raise StructureError(label, "the structure is disordered (partial occupancies)") from None
     lat = struct.lattice.matrix
     if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(struct.cart_coords)):
         raise StructureError(label, "lattice or coordinates contain NaN/inf")
@@ -61,7 +63,7 @@ def validate_structure(
         raise StructureError(label, f"the cell is degenerate (volume {vol:.3g} A^3)")
     if supported_elements is not None:
         supported = set(supported_elements)
-        bad = sorted({sp.symbol for sp in struct.composition.elements if sp.Z not in supported})
+        bad = sorted({sp.symbol for sp in species if getattr(sp, "Z", 0) not in supported})
         if bad:
             raise StructureError(label, f"element(s) {', '.join(bad)} not covered by the potential")
     if not check_distances:
