@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
     ap.add_argument("--relax", type=int, default=0, help="profile relax_batched on this many relax-like structures")
     ap.add_argument("--relax-steps", type=int, default=60)
+    ap.add_argument("--relax-like", type=int, default=100, help="structures in the relax-like batch (0: none)")
     args = ap.parse_args()
 
     from matfunnel.potential.chgnet.graph import build_graph
@@ -67,9 +68,19 @@ def main() -> None:
         props = torch.cuda.get_device_properties(0)
         print(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs; "
               f"torch {torch.__version__}")
-    else:  # smoke test of the script: no memory figures
-        torch.cuda.reset_peak_memory_stats = torch.cuda.empty_cache = lambda *a, **k: None
-        torch.cuda.memory_allocated = torch.cuda.max_memory_allocated = lambda *a, **k: 0
+    else:
+        print("device: cpu (smoke test of this script: memory figures are 0)")
+
+    def mem_reset() -> int:
+        """Free cached blocks, reset the peak, return the allocated bytes (the baseline)."""
+        if not gpu:
+            return 0
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+
+    def mem_peak() -> int:
+        return torch.cuda.max_memory_allocated() if gpu else 0
     rng = np.random.default_rng(args.seed)
     pot = ChgnetPotential(device=dev)
     print(f"memory budget per batch {pot.memory_budget / 2**30:.1f} GiB, max items {pot.max_items:,}, "
@@ -83,7 +94,7 @@ def main() -> None:
                 out.append(s)
         return out
 
-    batches = {"relax-like 100 x 4-64 atoms": relax_like()}
+    batches = {f"relax-like {args.relax_like} x 4-64 atoms": relax_like(args.relax_like)} if args.relax_like else {}
     for n in [int(x) for x in args.sizes.split(",") if x]:
         batches[f"rocksalt {n}"] = [supercell(rng, n, proto="rocksalt", bond=2.75)]
 
@@ -97,12 +108,10 @@ def main() -> None:
         _triton(True)
         pot.predict(structs)
         _sync()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        base = mem_reset()
         a = pot.predict(structs)
         _sync()
-        peak = torch.cuda.max_memory_allocated() - base
+        peak = mem_peak() - base
         t_tr = _median_time(lambda: pot.predict(structs))
         _triton(False)
         b = pot.predict(structs)
@@ -110,7 +119,7 @@ def main() -> None:
         _triton(True)
         df = max(float(np.abs(x["forces"] - y["forces"]).max()) for x, y in zip(a, b))
         n_at = int(n.sum())
-        print(f"{name:<30}{n_at:>7}{items:>10,}{peak / 2**20:>10.0f}{peak / items:>8.0f}{t_tr * 1e3:>11.1f}"
+        print(f"{name:<30}{n_at:>7}{items:>10,}{peak / 2**20:>10.0f}{peak / max(items, 1):>8.0f}{t_tr * 1e3:>11.1f}"
               f"{t_to * 1e3:>10.1f}{t_tr / n_at * 1e6:>9.2f}{df:>10.1e}")
 
     print("\n== where a pass goes (median ms): graph build, forward only, forward + forces + stress, whole predict")
@@ -127,7 +136,7 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for name in [list(batches)[0], list(batches)[-1]]:
+        for name in dict.fromkeys([list(batches)[0], list(batches)[-1]]):
             structs = batches[name]
             pot.predict(structs)
             _sync()
@@ -170,8 +179,7 @@ def main() -> None:
     print(f"{'atoms':>8}{'time s':>9}{'us/atom':>9}{'peak GiB':>10}")
     for n in [int(x) for x in args.largest.split(",") if x]:
         s = supercell(rng, n, proto="rocksalt", bond=2.75)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        mem_reset()
         try:
             _sync()
             t0 = time.perf_counter()
@@ -184,7 +192,7 @@ def main() -> None:
         if "error" in out:
             print(f"{len(s):>8}  failed: {out['error'][:160]}")
             break
-        print(f"{len(s):>8}{dt:>9.2f}{dt / len(s) * 1e6:>9.1f}{torch.cuda.max_memory_allocated() / 2**30:>10.1f}")
+        print(f"{len(s):>8}{dt:>9.2f}{dt / len(s) * 1e6:>9.1f}{mem_peak() / 2**30:>10.1f}")
 
 
 if __name__ == "__main__":

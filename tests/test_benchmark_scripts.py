@@ -1,0 +1,44 @@
+"""The benchmark scripts still run (tiny sizes, CPU); their numbers are recorded in benchmarks/NOTES.md.
+
+The GPU run kit (``benchmarks/gpu_check.py``, used by ``benchmarks/gpu_suite.sh`` on a lent CUDA machine) is
+smoke-tested here on the CPU so that it does not rot between GPU sessions; CI has no GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_gpu_check_runs_on_cpu():
+    out = _run("benchmarks/gpu_check.py", "--device", "cpu", "--relax-like", "4", "--sizes", "64", "--largest", "128",
+               "--relax", "3", "--relax-steps", "3", "--profile")
+    # one row per batch with items and timings, the breakdown table, the profile, the relax profile, the largest cell
+    row = re.search(r"rocksalt 64\s+(\d+)\s+([\d,]+)\s", out)
+    assert row and int(row.group(1)) > 16 and int(row.group(2).replace(",", "")) > 10 * int(row.group(1))
+    assert re.search(r"relax-like 4 x 4-64 atoms\s+\d+\s+[\d,]+\s", out)
+    assert "== profile: rocksalt 64" in out
+    assert re.search(r"rocksalt 64\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out.split("where a pass goes")[1])
+    assert re.search(r"relax_batched profile: 3 structures .* [\d,]+ atom-steps/s", out)
+    assert re.search(r"^\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out.split("largest structure")[1], re.M)
+
+
+def test_relax_benchmark_reports_rates_and_agreement():
+    out = _run("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "3", "--ref-n", "2", "--max-steps", "8",
+               "--no-chgnet")
+    assert re.search(r"batched: 3 structures in .* structures/s", out)
+    assert re.search(r"batched: [\d,]+ atom-steps/s", out)
+    assert "(a) and (b) run on the first 2 structures" in out
+    assert re.search(r"ase: 2 structures in", out) and re.search(r"speed-up batched / ase: [\d.]+x", out)
