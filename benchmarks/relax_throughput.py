@@ -2,6 +2,8 @@
 
     python benchmarks/relax_throughput.py                  # 100 structures, chgnet-0.3.0
     python benchmarks/relax_throughput.py --n 12 --threads 1
+    python benchmarks/relax_throughput.py --device cuda --n 100 --ref-n 20   # (a), (b) on the first 20 only
+    python benchmarks/relax_throughput.py --device cuda --n 2000 --no-ase --no-chgnet   # throughput, IS2RE estimate
     PYTHONPATH=/path/to/torch-sim python benchmarks/relax_throughput.py --torch-sim
 
 Random rattled and strained structures of 4-64 atoms (prototype supercells, mixed chemistries) are
