@@ -208,3 +208,37 @@ def test_final_structure_documents_match_pymatgen(rng):
             np.testing.assert_allclose(a["abc"], b["abc"], atol=1e-12)
             np.testing.assert_allclose(a["xyz"], b["xyz"], atol=1e-12)
         assert Structure.from_dict(got) == slow
+
+
+@pytest.mark.parametrize("cpp", [True, False])
+def test_min_distances_match_brute_force(rng, cpp):
+    """The engine's overlap check (cell list at 1 A) against pymatgen's distance matrix, images included."""
+    import torch
+
+    from matfunnel.engine.state import from_structures, min_distances
+    from matfunnel.potential.chgnet import cpu_ops
+
+    structs = []
+    for k in range(12):
+        n = int(rng.integers(1, 9))
+        lat = np.diag(rng.uniform(2.0, 6.0, 3)) + rng.normal(0, 0.6, (3, 3))  # skewed, some tiny
+        s = Structure(Lattice(lat), ["Si"] * n, rng.random((n, 3)))
+        if k % 3 == 0 and n > 1:  # push one pair, possibly across the boundary, under 1 A
+            s.translate_sites([1], s.lattice.get_fractional_coords(s[0].coords - s[1].coords
+                                                                   + rng.normal(0, 0.4, 3)), to_unit_cell=False)
+        structs.append(s)
+    structs.append(Structure(Lattice.cubic(0.8), ["H"], [[0, 0, 0]]))  # only its own images are close
+    state = from_structures(structs)
+    with cpu_ops.use(cpp):
+        got = min_distances(state.positions, state.cell, state.batch, len(structs)).tolist()
+    for s, d in zip(structs, got):
+        dm = s.distance_matrix + np.diag(np.full(len(s), np.inf)) if len(s) > 1 else np.full((1, 1), np.inf)
+        # self-images: the shortest lattice vector (integer combinations up to 2; cells here are not too skewed)
+        shortest = min(np.linalg.norm(np.dot(np.array(c) - 2, s.lattice.matrix)) for c in np.ndindex(5, 5, 5)
+                       if tuple(c) != (2, 2, 2))
+        want = min(float(dm.min()), shortest)
+        if want < 1.0:
+            assert d == pytest.approx(want, abs=1e-9), s
+        else:
+            assert d == float("inf")
+    assert torch.isfinite(torch.tensor(got)).sum() >= 3  # the check sees real overlaps in this set

@@ -208,61 +208,29 @@ def evaluate(state: S, potential, *, compute_stress: bool = True) -> S:
                                min_distance=cast(getattr(ev, "min_distance", None)))
 
 
-_PAIR_CACHE: dict = {}
+def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int, cutoff: float = 1.0) -> Tensor:
+    """(B,) smallest interatomic distance of each structure up to ``cutoff`` A (``inf`` when no two atoms, or no
+    atom and its own periodic image, are that close).
 
-
-def _pair_chunks(counts: tuple[int, ...], device, max_pairs: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Index pairs ``i <= j`` inside each structure (global atom indices), in chunks of ~max_pairs."""
-    key = (counts, str(device), max_pairs)
-    hit = _PAIR_CACHE.get(key)
-    if hit is not None:
-        return hit
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
-    chunks, ii, jj, bb, total = [], [], [], [], 0
-    for g, n in enumerate(counts):
-        if n > 3000:  # too big to check all pairs every step: skipped (the input was validated)
-            continue
-        iu = np.triu_indices(n)
-        ii.append(iu[0] + starts[g])
-        jj.append(iu[1] + starts[g])
-        bb.append(np.full(iu[0].shape[0], g))
-        total += iu[0].shape[0]
-        if total >= max_pairs:
-            chunks.append((ii, jj, bb))
-            ii, jj, bb, total = [], [], [], 0
-    if ii:
-        chunks.append((ii, jj, bb))
-    out = [tuple(torch.as_tensor(np.concatenate(x), dtype=torch.long, device=device) for x in c) for c in chunks]
-    if len(_PAIR_CACHE) > 64:
-        _PAIR_CACHE.clear()
-    _PAIR_CACHE[key] = out
-    return out
-
-
-_SHIFTS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=DTYPE)
-
-
-def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int,
-                  max_pairs: int = 400_000) -> Tensor:
-    """(B,) smallest interatomic distance of each structure, periodic images included.
-
-    Every pair inside a structure (and every atom with its own images) is checked over the 27
-    images around the minimum-image fractional difference, in chunks of ``max_pairs`` pairs.
-    Structures of more than 3000 atoms are skipped (``inf``).
+    A cell-list neighbour search at the small cutoff (the C++ one on the CPU, the batched torch one elsewhere),
+    so the cost is linear in the atoms whatever the cell. Used for potentials that do not report the distance
+    themselves (:attr:`Evaluation.min_distance`); what the engine asks is only whether it is under
+    ``MIN_DISTANCE``.
     """
+    from matfunnel.potential.chgnet import cpu_ops
+    from matfunnel.potential.chgnet.graph import SELF_TOL, neighbor_pairs
+
     dev = positions.device
     out = torch.full((n_systems,), float("inf"), dtype=DTYPE, device=dev)
-    counts = tuple(torch.bincount(batch, minlength=n_systems).tolist())
+    if positions.shape[0] == 0:
+        return out
     frac = torch.linalg.solve(cell.transpose(1, 2)[batch], positions.unsqueeze(2)).squeeze(2)  # r = L^T f
-    shifts = _SHIFTS.to(dev)
-    for i, j, bs in _pair_chunks(counts, dev, max_pairs):
-        d = frac[j] - frac[i]
-        d = d - torch.round(d)
-        cand = d.unsqueeze(1) + shifts.unsqueeze(0)  # (P, 27, 3)
-        dist = torch.bmm(cand, cell[bs]).norm(dim=-1)
-        dist = dist.masked_fill(dist < 1e-8, float("inf"))  # an atom with itself
-        out.scatter_reduce_(0, bs, dist.amin(dim=1), reduce="amin")
-    return out
+    counts = torch.bincount(batch, minlength=n_systems)
+    if cpu_ops.available(dev):
+        i, _, _, d = cpu_ops.neighbor_pairs(frac, cell, counts, cutoff, SELF_TOL)
+    else:
+        i, _, _, d = neighbor_pairs(frac, cell, batch, cutoff)
+    return out.scatter_reduce_(0, batch[i.to(dev)], d.to(device=dev, dtype=DTYPE), reduce="amin")
 
 
 def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_distance: bool) -> list[str | None]:
