@@ -28,7 +28,7 @@ from torch import Tensor
 
 from matfunnel.engine.runner import AtomBudget
 from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
-    failure_reasons, from_structures, select, system_field, to_structure, upgrade
+    failure_reasons, from_structures, select, structure_dict, system_field, upgrade
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
@@ -320,13 +320,14 @@ def run_md(
             finish(i, res, time.perf_counter())
 
     budget = AtomBudget(potential, max_atoms)
-    groups, cur = [], []
+    groups, cur, tally = [], [], budget.tally([])
     for i in todo:
-        cand = cur + [i]
-        if cur and not budget.fits([len(inputs[k]) for k in cand], [inputs[k].volume for k in cand]):
+        budget.register(i, len(inputs[i]), float(inputs[i].volume))
+        if not budget.add(tally, i):  # full: start the next group (a lone structure always fits)
             groups.append(cur)
-            cand = [i]
-        cur = cand
+            cur, tally = [], budget.tally([])
+            budget.add(tally, i)
+        cur.append(i)
     if cur:
         groups.append(cur)
 
@@ -352,7 +353,9 @@ def run_md(
             done = [r is not None or s >= steps for r, s in zip(reasons, steps_l)]
             if any(done):
                 counts = state.n_atoms.tolist()
+                starts = np.concatenate([[0], np.cumsum(counts)])
                 e_l = state.energy.tolist()
+                pos_h, cell_h = state.positions.detach().cpu().numpy(), state.cell.detach().cpu().numpy()
                 for b in [k for k, d in enumerate(done) if d]:
                     i = ids[b]
                     res = blank(i, inputs[i])
@@ -365,9 +368,8 @@ def run_md(
                     if reasons[b] is not None:
                         res.error = f"structure {labels[i]!r}: {reasons[b]}"
                     else:
-                        final = to_structure(state, b, inputs[i])
-                        res.final_structure = final.as_dict()
-                        res.final_volume = float(final.volume)
+                        res.final_structure = structure_dict(inputs[i], cell_h[b], pos_h[starts[b]:starts[b + 1]])
+                        res.final_volume = float(abs(np.linalg.det(cell_h[b])))
                         res.energy = float(e_l[b])
                         res.e_per_atom = float(e_l[b]) / counts[b]
                     finish(i, res, t0)

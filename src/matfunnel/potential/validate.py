@@ -70,12 +70,9 @@ def validate_structure(
         if coincident_atoms(struct):
             raise StructureError(label, f"atoms closer than {min_distance} A (two atoms on the same point)")
         return
-    if len(struct) > 1 or True:
-        dmin = min_pair_distance(struct)
-        if dmin < min_distance:
-            raise StructureError(
-                label, f"atoms closer than {min_distance} A (minimum distance {dmin:.3f} A)"
-            )
+    dmin = min_pair_distance(struct)
+    if dmin < min_distance:
+        raise StructureError(label, f"atoms closer than {min_distance} A (minimum distance {dmin:.3f} A)")
 
 
 def coincident_atoms(struct: Structure, tol: float = 1e-6) -> bool:
