@@ -169,23 +169,21 @@ def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float
 
 
 def _kernel_weights(mlp, wd: Tensor | None) -> tuple:
-    """The kernel's layouts of ``mlp``'s frozen weights (and of ``wd``), built once per weight version
-    (an in-place change through ``.data`` does not bump the version and is not seen)."""
-    key = tuple((p.data_ptr(), p._version) for p in mlp.parameters())
-    key += (None,) if wd is None else ((wd.data_ptr(), tuple(wd.shape), tuple(wd.stride())),)
-    cache = mlp.__dict__.setdefault("_kernel_weights", {})
-    if key not in cache:
-        cache.clear()
-        ln = torch.cat([mlp.ln_core.weight, mlp.ln_core.bias, mlp.ln_gate.weight, mlp.ln_gate.bias]).contiguous()
+    """The kernel's layouts of ``mlp``'s frozen weights (and of ``wd``), built once per weight version."""
+
+    def build(m) -> tuple:
+        ln = torch.cat([m.ln_core.weight, m.ln_core.bias, m.ln_gate.weight, m.ln_gate.bias]).contiguous()
         w2 = w2t = b2 = None
-        if mlp.hidden:
-            w2 = torch.stack([mlp.w2_core, mlp.w2_gate]).contiguous()  # (2, 64 out, 64 in)
+        if m.hidden:
+            w2 = torch.stack([m.w2_core, m.w2_gate]).contiguous()  # (2, 64 out, 64 in)
             w2t = w2.transpose(1, 2).contiguous()
-            b2 = torch.cat([mlp.b2_core, mlp.b2_gate]).contiguous()
+            b2 = torch.cat([m.b2_core, m.b2_gate]).contiguous()
         wdc = None if wd is None else wd.contiguous()  # (128, dx)
         wdt = None if wd is None else wd.t().contiguous()
-        cache[key] = (ln, w2, w2t, b2, wdc, wdt)
-    return cache[key]
+        return ln, w2, w2t, b2, wdc, wdt
+
+    wd_key = None if wd is None else (wd.data_ptr(), tuple(wd.shape), tuple(wd.stride()))
+    return mlp.frozen(("cpu", wd_key), build)
 
 
 class GatedSpec:

@@ -70,6 +70,17 @@ class _Gated(nn.Module):
     def cols(self, lo: int, hi: int) -> Tensor:
         return self.w1[:, lo:hi]
 
+    def frozen(self, name, build):
+        """``build(self)``, cached until one of this module's (frozen) parameters changes version: the
+        kernels' layouts of the weights are built once, not on every call (an in-place change through
+        ``.data`` does not bump the version and is not seen)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cache = self.__dict__.setdefault("_frozen", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = cache[name] = (key, build(self))
+        return hit[1]
+
     def message(self, pre: Tensor, w: Tensor | None = None, seg: Index | None = None) -> Tensor:
         """``finish(pre) * w``, summed into the segments of the sorted index ``seg`` when given.
 
@@ -77,8 +88,9 @@ class _Gated(nn.Module):
         """
         if triton_ops.enabled(pre):
             if self.hidden:
-                y = F.linear(F.silu(pre), torch.block_diag(self.w2_core, self.w2_gate),
-                             torch.cat([self.b2_core, self.b2_gate]))
+                w2, b2 = self.frozen("triton", lambda m: (torch.block_diag(m.w2_core, m.w2_gate),
+                                                          torch.cat([m.b2_core, m.b2_gate])))
+                y = F.linear(F.silu(pre), w2, b2)
             else:
                 y = pre
             ln = (self.ln_core.weight, self.ln_core.bias, self.ln_gate.weight, self.ln_gate.bias)
