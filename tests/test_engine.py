@@ -21,11 +21,16 @@ def test_relax_batch_isolates_failures(reference_potential, rng):
     res = relax_structures([good, overlap, unknown], reference_potential, labels=["good", "overlap", "og"],
                            fmax=0.05, max_steps=300)
     assert res[0].converged and res[0].error is None
-    assert np.abs(np.array(res[0].forces)).max() < 0.05 + 1e-6
-    # relaxed fcc Cu: CHGNet's lattice constant is close to experiment (3.61 A)
     from pymatgen.core import Structure
 
-    a = Structure.from_dict(res[0].final_structure).volume ** (1 / 3)
+    final = Structure.from_dict(res[0].final_structure)
+    # FrechetCellFilter converges on the filter's atom forces, forces @ F (F: deformation gradient from the
+    # starting cell), so the raw forces may exceed fmax by 1 / (smallest singular value of F) when the cell shrank
+    F = np.linalg.solve(good.lattice.matrix, final.lattice.matrix).T
+    bound = 0.05 / np.linalg.svd(F, compute_uv=False).min()
+    assert np.linalg.norm(np.array(res[0].forces), axis=1).max() < bound + 1e-6
+    # relaxed fcc Cu: CHGNet's lattice constant is close to experiment (3.61 A)
+    a = final.volume ** (1 / 3)
     assert 3.5 < a < 3.7
     assert not res[1].converged and "'overlap'" in res[1].error and "closer than" in res[1].error
     assert "'og'" in res[2].error and "Og" in res[2].error
