@@ -94,6 +94,37 @@ def test_gated_matches_torch(rows, n_seg, hidden, n_tab, dense, weight, reduce, 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
 
 
+@pytest.mark.parametrize("split_at", [0, 1, "mid", "all"])
+def test_two_piece_table_matches_concatenated(split_at, threads):
+    """A table passed as (lo, hi) (short and long bonds) reads and differentiates like torch.cat([lo, hi])."""
+    rng = np.random.default_rng()
+    mlp = _mlp(rng, 64)
+    rows, n_seg, n_bond = 301, 23, 57
+    seg = _index(rng, rows, n_seg, sort=True)
+    ixs = [seg, _index(rng, rows, 19, sort=False), _index(rng, rows, n_bond, sort=False)]
+    k = {"mid": n_bond // 2, "all": n_bond}.get(split_at, split_at)
+    tabs = [torch.randn(ix.n, 128, requires_grad=True) for ix in ixs[:2]]
+    lo = torch.randn(k, 128, requires_grad=True)
+    hi = torch.randn(n_bond - k, 128, requires_grad=True)
+    w = torch.randn(rows, 64, requires_grad=True)
+    gout = torch.randn(n_seg, 64)
+    inputs = [*tabs, lo, hi, w]
+
+    def run(bond_table):
+        pairs = [(tabs[0], ixs[0]), (tabs[1], ixs[1]), (bond_table, ixs[2])]
+        assert cpu_ops.supports(mlp, pairs, None)
+        out = mlp.fused(pairs, None, None, w, seg)
+        return out.detach(), torch.autograd.grad(out, inputs, gout)
+
+    with cpu_ops.use(True):
+        out_split, g_split = run((lo, hi))
+        out_cat, g_cat = run(torch.cat([lo, hi]))
+    torch.testing.assert_close(out_split, out_cat, rtol=0, atol=0)
+    for a, b in zip(g_split, g_cat):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("rows,n_seg,width,sort", [(0, 3, 64, True), (1000, 37, 64, False), (517, 600, 128, True),
                                                    (99, 10, 3, False)])
 def test_segsum_matches_torch(rows, n_seg, width, sort, threads):

@@ -146,12 +146,17 @@ static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, in
 // argument slots (mirrored in cpu_ops.py)
 enum {
     P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
-    P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_COUNT
+    P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2, P_COUNT
 };
-enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_COUNT };
+enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
+       I_COUNT };
 
 struct Args {
+    // table t is tab[t] for indices below split[t] and tabhi[t] (rows from split[t] on) above, when tabhi[t]
+    // is given: a table kept in two pieces (e.g. short and long bonds) is never concatenated
     const float* tab[3];
+    const float* tabhi[3];
+    int64_t split[3];
     const int64_t* idx[3];
     const float *X, *WdT, *Wd, *W2T, *W2, *b2, *ln, *w;
     const int64_t* seg;
@@ -168,6 +173,8 @@ static Args unpack(void** p, const int64_t* iv) {
     for (int t = 0; t < 3; ++t) {
         a.tab[t] = (const float*)p[P_TAB0 + t];
         a.idx[t] = (const int64_t*)p[P_IDX0 + t];
+        a.tabhi[t] = (const float*)p[P_TABHI0 + t];
+        a.split[t] = iv[I_SPLIT0 + t];
     }
     a.X = (const float*)p[P_X];
     a.WdT = (const float*)p[P_WDT];
@@ -211,19 +218,26 @@ static void thread_rows(const int64_t* seg, int64_t R, int t, int n, int64_t* lo
     *hi = cut(t + 1);
 }
 
+// row idx[t][r] of table t
+static inline const float* table_row(const Args& a, int t, int64_t r) {
+    const int64_t i = a.idx[t][r];
+    if (a.tabhi[t] && i >= a.split[t]) return a.tabhi[t] + (i - a.split[t]) * 128;
+    return a.tab[t] + i * 128;
+}
+
 // pre and y (NB x 128) of rows r0.. r0+nb, and silu'(pre) into ds when given (hidden layer only)
 static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128],
                          float (*ds)[128]) {
     const int64_t ahead = r0 + 8 + nb;
     if (ahead < a.R)
-        for (int t = 1; t < a.nt; ++t) prefetch_row(a.tab[t] + a.idx[t][ahead] * 128);
+        for (int t = 1; t < a.nt; ++t) prefetch_row(table_row(a, t, ahead));
     for (int i = 0; i < nb; ++i) {
         int64_t r = r0 + i;
         v16 acc[8];
-        const float* t0 = a.tab[0] + a.idx[0][r] * 128;
+        const float* t0 = table_row(a, 0, r);
         for (int j = 0; j < 8; ++j) acc[j] = ld(t0 + 16 * j);
         for (int t = 1; t < a.nt; ++t) {
-            const float* tt = a.tab[t] + a.idx[t][r] * 128;
+            const float* tt = table_row(a, t, r);
             for (int j = 0; j < 8; ++j) acc[j] += ld(tt + 16 * j);
         }
         for (int j = 0; j < 8; ++j) st(pre[i] + 16 * j, acc[j]);

@@ -39,8 +39,10 @@ _lock = threading.Lock()
 
 # argument slots, mirrored from the enums in _cpu_kernels.cpp
 (P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
- P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_COUNT) = range(24)
-(I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_COUNT) = range(10)
+ P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2,
+ P_COUNT) = range(27)
+(I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
+ I_COUNT) = range(13)
 
 
 def _cpu_key() -> str:
@@ -189,17 +191,33 @@ def _kernel_weights(mlp, wd: Tensor | None) -> tuple:
 class GatedSpec:
     """What a fused gated MLP needs besides its differentiable inputs (weights are frozen)."""
 
-    def __init__(self, mlp, ixs, seg, wd: Tensor | None, reduce: bool, residual: bool):
+    def __init__(self, mlp, ixs, seg, wd: Tensor | None, reduce: bool, residual: bool,
+                 splits: list[int | None] | None = None):
         self.ixs, self.seg, self.reduce, self.residual = ixs, seg, reduce, residual
+        # per table: None, or the row count of the first piece of a table passed as two pieces
+        self.splits = splits or [None] * len(ixs)
         self.hidden = bool(mlp.hidden)
         self.eps = float(mlp.ln_core.eps)
         self.ln, self.w2, self.w2t, self.b2, self.wd, self.wdt = _kernel_weights(mlp, wd)
 
+    def pieces(self, flat: list) -> list[tuple]:
+        """The flat list of table tensors as one (first piece, second piece or None) per table."""
+        out, k = [], 0
+        for sp in self.splits:
+            out.append((flat[k], flat[k + 1]) if sp is not None else (flat[k], None))
+            k += 1 if sp is None else 2
+        return out
+
     def call(self, fn, tabs, x, w, **buffers):
         p = (ctypes.c_void_p * P_COUNT)()
-        for k, t in enumerate(tabs):
-            p[P_TAB0 + k] = t.data_ptr()
+        iv = (ctypes.c_int64 * I_COUNT)()
+        tables = self.pieces(tabs)
+        for k, (lo, hi) in enumerate(tables):
+            p[P_TAB0 + k] = lo.data_ptr()
             p[P_IDX0 + k] = self.ixs[k].idx.data_ptr()
+            if hi is not None:
+                p[P_TABHI0 + k] = hi.data_ptr()
+                iv[I_SPLIT0 + k] = self.splits[k]
         named = {P_X: x, P_WDT: self.wdt, P_WD: self.wd, P_W2T: self.w2t, P_W2: self.w2, P_B2: self.b2,
                  P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx}
         slots = {"out": P_OUT, "save_pre": P_SAVE_PRE, "save_y": P_SAVE_Y, "gout": P_GOUT, "gpre": P_GPRE,
@@ -207,9 +225,8 @@ class GatedSpec:
         named.update({slots[k]: v for k, v in buffers.items()})
         for slot, t in named.items():
             p[slot] = _ptr(t)
-        iv = (ctypes.c_int64 * I_COUNT)()
         iv[I_R] = len(self.ixs[0])
-        iv[I_NT] = len(tabs)
+        iv[I_NT] = len(tables)
         iv[I_DX] = 0 if x is None else x.shape[1]
         iv[I_HIDDEN] = int(self.hidden)
         iv[I_MODE] = 0 if self.reduce else 1
@@ -240,7 +257,12 @@ class _GatedFn(torch.autograd.Function):
         x, w, save_pre, save_y, *tabs = ctx.saved_tensors
         r = len(spec.ixs[0])
         needs = ctx.needs_input_grad
-        need_tab = list(needs[3:])
+        # per table (not per piece): is a gradient wanted for any of its pieces
+        need_tab, k = [], 3
+        for sp in spec.splits:
+            n_pieces = 1 if sp is None else 2
+            need_tab.append(any(needs[k:k + n_pieces]))
+            k += n_pieces
         # table 0 is indexed by the sorted segment ids: its gradient is summed inside the kernel
         tab0_in_kernel = need_tab[0] and spec.seg is spec.ixs[0]
         need_gpre = any(need_tab[1:]) or (need_tab[0] and not tab0_in_kernel)
@@ -251,21 +273,28 @@ class _GatedFn(torch.autograd.Function):
         spec.call(library().gated_bwd, tabs, x, w, gout=gout.contiguous(), save_pre=save_pre, save_y=save_y,
                   gpre=gpre, gx=gx, gw=gw, gtab0=gtab0)
         gtabs = []
-        for k, (ix, want) in enumerate(zip(spec.ixs, need_tab)):
+        for k, (ix, want, sp) in enumerate(zip(spec.ixs, need_tab, spec.splits)):
             if not want:
-                gtabs.append(None)
+                g = None
             elif k == 0 and tab0_in_kernel:
-                gtabs.append(gtab0)
+                g = gtab0
             else:
-                gtabs.append(segsum_raw(gpre, ix.offsets, ix.perm))
+                g = segsum_raw(gpre, ix.offsets, ix.perm)
+            if sp is None:
+                gtabs.append(g)
+            else:  # the two pieces' gradients are row ranges (views) of the whole table's
+                gtabs += [None, None] if g is None else [g[:sp], g[sp:]]
         return (None, gx, gw, *gtabs)
 
 
 def supports(mlp, pairs, x: Tensor | None) -> bool:
     """Shapes the kernel handles: 64-wide outputs and hidden layer, 128-wide first layer, X 64 wide."""
-    if len(pairs) not in (1, 2, 3) or not enabled(pairs[0][0]):
+    tables = [t for tab, _ in pairs for t in (tab if isinstance(tab, tuple) else (tab,))]
+    if len(pairs) not in (1, 2, 3) or not enabled(tables[0]):
         return False
-    if any(t.shape[1] != 128 or not t.is_contiguous() for t, _ in pairs):
+    if isinstance(pairs[0][0], tuple):
+        return False  # the segment table (its gradient is summed in the kernel) comes in one piece
+    if any(t.shape[1] != 128 or not t.is_contiguous() or t.dtype != torch.float32 for t in tables):
         return False
     if any(ix.idx.dtype != torch.int64 or not ix.idx.is_contiguous() for _, ix in pairs):
         return False
@@ -280,8 +309,11 @@ def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tens
           seg=None, *, reduce: bool = True, residual: bool = False) -> Tensor:
     """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed into ``seg``
     (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted :class:`~.ops.Index`; when it
-    is also the first pair's index, that table's gradient is summed inside the kernel."""
-    spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual)
+    is also the first pair's index, that table's gradient is summed inside the kernel. A table may be a
+    tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it."""
+    splits = [t[0].shape[0] if isinstance(t, tuple) else None for t, _ in pairs]
+    spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual, splits)
     xs = None if x is None else x.contiguous()
     ws = None if w is None else w.contiguous()
-    return _GatedFn.apply(spec, xs, ws, *[t for t, _ in pairs])
+    flat = [p for t, _ in pairs for p in (t if isinstance(t, tuple) else (t,))]
+    return _GatedFn.apply(spec, xs, ws, *flat)

@@ -111,8 +111,11 @@ class _Gated(nn.Module):
         On the CPU (float32) this is one fused kernel per pass (:mod:`.cpu_ops`); elsewhere the gathers,
         the message and the sum run as separate ops.
         """
-        if not triton_ops.enabled(pairs[0][0]) and cpu_ops.supports(self, pairs, x):
+        first = pairs[0][0][0] if isinstance(pairs[0][0], tuple) else pairs[0][0]
+        if not triton_ops.enabled(first) and cpu_ops.supports(self, pairs, x):
             return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual)
+        # a table given as two pieces (lo, hi) is torch.cat([lo, hi]); only the CPU kernels read it as is
+        pairs = [(torch.cat(t) if isinstance(t, tuple) else t, ix) for t, ix in pairs]
         pre = gather_sum(pairs, None if x is None else F.linear(x, wd))
         if reduce:
             return self.message(pre, w, seg)
@@ -149,7 +152,8 @@ class AtomConv(nn.Module):
         pc = F.linear(h, self.mlp.cols(0, a))
         pn = F.linear(h, self.mlp.cols(a + b, 2 * a + b))
         bond_s, q_long = bond
-        q = torch.cat([F.linear(bond_s, self.mlp.cols(a, a + b), self.mlp.b1), q_long])
+        # the bond table in two pieces, short then long bonds (not concatenated on the CPU path)
+        q = (F.linear(bond_s, self.mlp.cols(a, a + b), self.mlp.b1), q_long)
 
         def messages(part: _EdgePart, bw: Tensor, pc=pc, pn=pn, q=q) -> Tensor:
             # directed edges sorted by centre: the sum over neighbours is a segment sum
@@ -328,10 +332,11 @@ class CHGNetModel(nn.Module):
             # long bonds keep their embedding (no bond-graph update reaches them), so each atom conv's
             # projection of it is one linear map of the radial basis: all blocks' in one product
             a_dim = cfg.atom_fea_dim
-            w_long = torch.cat([conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding
-                                for conv in self.atom_convs])
-            b_long = torch.cat([conv.mlp.b1 for conv in self.atom_convs])
-            q_long = F.linear(rbf_ag[ns:], w_long, b_long).split(w_long.shape[0] // cfg.n_conv, dim=1)
+            # (one product per block: a split of one wide product would cost a concatenation of the
+            # blocks' gradients in the backward)
+            rbf_long = rbf_ag[ns:]
+            q_long = [F.linear(rbf_long, conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding,
+                               conv.mlp.b1) for conv in self.atom_convs]
             bw_ag = F.linear(rbf_ag, self.bond_weights_ag)
             bw_bg = F.linear(rbf_bg, self.bond_weights_bg)
             # edge weights of the directed edges, gathered once for all blocks
