@@ -228,9 +228,9 @@ static inline const float* table_row(const Args& a, int t, int64_t r) {
 // pre and y (NB x 128) of rows r0.. r0+nb, and silu'(pre) into ds when given (hidden layer only)
 static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], float (*y)[128],
                          float (*ds)[128]) {
-    const int64_t ahead = r0 + 8 + nb;
-    if (ahead < a.R)
-        for (int t = 1; t < a.nt; ++t) prefetch_row(table_row(a, t, ahead));
+    // the gathered rows of the tile after next (random rows of large tables: the prefetcher cannot guess them)
+    for (int64_t r = r0 + 2 * TILE; r < r0 + 3 * TILE && r < a.R; ++r)
+        for (int t = 1; t < a.nt; ++t) prefetch_row(table_row(a, t, r));
     for (int i = 0; i < nb; ++i) {
         int64_t r = r0 + i;
         v16 acc[8];
@@ -356,6 +356,11 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
         for (int64_t r0 = lo; r0 < hi; r0 += TILE) {
             int nb = (int)(hi - r0 < TILE ? hi - r0 : TILE);
             if (a.saved) {
+                // the next tile's saved rows (streamed out in the forward, so they come from memory)
+                for (int64_t r = r0 + TILE; r < r0 + 2 * TILE && r < hi; ++r) {
+                    prefetch_row(a.save_y + r * 128);
+                    if (a.hidden) prefetch_row(a.save_pre + r * 128);
+                }
                 for (int i = 0; i < nb; ++i) {
                     std::memcpy(y[i], a.save_y + (r0 + i) * 128, 512);
                     if (a.hidden) std::memcpy(pre[i], a.save_pre + (r0 + i) * 128, 512);
