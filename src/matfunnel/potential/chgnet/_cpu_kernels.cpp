@@ -69,24 +69,28 @@ static inline v16 recip(v16 x) {
 #endif
 }
 
-// exp with Cephes' expf polynomial (about 1 ulp), vectorised
+// exp(x) = 2^n * 2^f with t = x log2(e), n = round(t), f = t - n in [-1/2, 1/2], 2^f by a degree-6
+// polynomial (relative error 1e-7; the rounding of t adds |x| * 6e-8, harmless for the bounded
+// arguments of SiLU and sigmoid here). On Zen 4 every 512-bit FP instruction takes a whole cycle of
+// both FP pipes, so the count matters: 11 instructions against 15 for Cephes' two-step reduction.
+// exp(x) for x = k * t / log2(e): the scale k is folded into the first product (k = -1: exp(-t))
+template <int K = 1>
 static inline v16 vexp(v16 x) {
-#if defined(__AVX512F__)
-    __m512 v = _mm512_min_ps(_mm512_max_ps((__m512)x, _mm512_set1_ps(-87.3365447504019f)),
-                             _mm512_set1_ps(88.3762626647949f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    __m512 t = _mm512_mul_ps((__m512)x, _mm512_set1_ps(K * 1.44269504088896341f));
+    t = _mm512_range_ps(t, _mm512_set1_ps(126.0f), 0x02);  // sign(t) * min(|t|, 126): finite, inf-safe
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.5345785095e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399931677e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489063e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328776e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264689e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314720574e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return (v16)_mm512_scalef_ps(p, n);
 #else
+    x = K * x;
     const v16 hi = splat(88.3762626647949f), lo = splat(-87.3365447504019f);
     x = x > hi ? hi : x;
     x = x < lo ? lo : x;
@@ -107,7 +111,7 @@ static inline v16 vexp(v16 x) {
     return (v16)bits;
 #endif
 }
-static inline v16 vsigmoid(v16 x) { return recip(1.0f + vexp(-x)); }
+static inline v16 vsigmoid(v16 x) { return recip(1.0f + vexp<-1>(x)); }
 
 // acc[i][j] (+)= sum_k A[i*lda + k] * B[k*ldb + 16j .. 16j+15], j < 4 (64 outputs), i < NB
 template <int NB>
