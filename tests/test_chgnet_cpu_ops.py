@@ -181,3 +181,21 @@ def test_neighbor_pairs_match_torch_cell_lists():
     assert len(ref) > 1000
     assert ours.keys() == ref.keys()
     assert max(abs(ours[k] - ref[k]) for k in ref) < 1e-12
+
+
+@pytest.mark.parametrize("n,k", [(0, 31), (1, 31), (257, 31), (100, 7)])
+def test_multi_linear_matches_torch(n, k, threads):
+    rng = np.random.default_rng()
+    x = torch.from_numpy(rng.normal(size=(n, k)).astype(np.float32)).requires_grad_(True)
+    ws = [torch.randn(128, k) for _ in range(4)]
+    bs = [torch.randn(128) for _ in range(4)]
+    gouts = [torch.randn(n, 128) for _ in range(4)]
+    with cpu_ops.use(True):
+        out_k = cpu_ops.multi_linear(x, ws, bs)
+        # one output unused: its gradient is None
+        (g_k,) = torch.autograd.grad(out_k[:3], [x], gouts[:3])
+    out_t = [torch.nn.functional.linear(x, w, b) for w, b in zip(ws, bs)]
+    (g_t,) = torch.autograd.grad(out_t[:3], [x], gouts[:3])
+    for a, b in zip(out_k, out_t):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(g_k, g_t, rtol=1e-5, atol=1e-4)

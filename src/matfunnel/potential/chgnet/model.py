@@ -330,13 +330,11 @@ class CHGNetModel(nn.Module):
             rbf_bg = self._radial(dist[:ns], self.rbf_freq_bg.to(gdt), cfg.bond_graph_cutoff).to(dtype)
             bond_s = F.linear(rbf_ag[:ns], self.bond_embedding)
             # long bonds keep their embedding (no bond-graph update reaches them), so each atom conv's
-            # projection of it is one linear map of the radial basis: all blocks' in one product
+            # projection of it is one linear map of the radial basis, one (n_long, 128) table per block (not
+            # column blocks of one wide product, whose backward would concatenate the blocks' gradients)
             a_dim = cfg.atom_fea_dim
-            # (one product per block: a split of one wide product would cost a concatenation of the
-            # blocks' gradients in the backward)
-            rbf_long = rbf_ag[ns:]
-            q_long = [F.linear(rbf_long, conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding,
-                               conv.mlp.b1) for conv in self.atom_convs]
+            w_long = [conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding for conv in self.atom_convs]
+            q_long = cpu_ops.multi_linear(rbf_ag[ns:], w_long, [conv.mlp.b1 for conv in self.atom_convs])
             bw_ag = F.linear(rbf_ag, self.bond_weights_ag)
             bw_bg = F.linear(rbf_bg, self.bond_weights_bg)
             # edge weights of the directed edges, gathered once for all blocks
