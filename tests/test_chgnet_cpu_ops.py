@@ -199,3 +199,13 @@ def test_multi_linear_matches_torch(n, k, threads):
     for a, b in zip(out_k, out_t):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(g_k, g_t, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,hi", [(0, 5), (1, 1), (1000, 37), (5000, 10**9), (777, 3)])
+def test_argsort_stable_matches_numpy(n, hi):
+    from matfunnel.potential.chgnet.graph import argsort_stable
+
+    rng = np.random.default_rng()
+    x = torch.as_tensor(rng.integers(-2, hi, n), dtype=torch.long)
+    want = np.argsort(x.numpy(), kind="stable")
+    assert torch.equal(argsort_stable(x), torch.as_tensor(want))

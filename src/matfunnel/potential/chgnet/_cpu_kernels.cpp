@@ -606,3 +606,22 @@ extern "C" void multi_linear_bwd(const float* const* g, const float* const* W, i
         }
     }
 }
+
+// Stable argsort of n integer keys by counting sort (keys within a range of at most 4n + 1024 values);
+// returns 0 without writing when the range is larger (the caller sorts another way)
+extern "C" int counting_argsort(const int64_t* x, int64_t n, int64_t* out) {
+    if (n == 0) return 1;
+    int64_t lo = x[0], hi = x[0];
+    for (int64_t i = 1; i < n; ++i) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    const int64_t range = hi - lo + 1;
+    if (range > 4 * n + 1024) return 0;
+    int64_t* pos = new int64_t[range + 1]();
+    for (int64_t i = 0; i < n; ++i) pos[x[i] - lo + 1]++;
+    for (int64_t k = 0; k < range; ++k) pos[k + 1] += pos[k];
+    for (int64_t i = 0; i < n; ++i) out[pos[x[i] - lo]++] = i;
+    delete[] pos;
+    return 1;
+}

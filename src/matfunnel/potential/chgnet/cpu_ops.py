@@ -96,6 +96,8 @@ def library():
                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
                 lib.multi_linear_bwd.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                                                  ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                lib.counting_argsort.restype = ctypes.c_int
+                lib.counting_argsort.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
                 lib.neighbor_pairs.restype = ctypes.c_int64
                 lib.neighbor_pairs.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                                ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_void_p,
@@ -183,6 +185,16 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
         return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases)]
     padded = [torch.nn.functional.pad(w, (0, 32 - w.shape[1])).contiguous() for w in weights]  # (128, 32)
     return list(_MultiLinear.apply(x, padded, *weights, *biases))
+
+
+def counting_argsort(x: Tensor) -> Tensor | None:
+    """Stable argsort of a 1-d int64 CPU tensor by counting sort (O(n); None when the keys span too wide a
+    range or the kernels are off)."""
+    if not (_switch[0] and x.device.type == "cpu" and x.dtype == torch.int64) or library() is None:
+        return None
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    return out if library().counting_argsort(x.data_ptr(), x.shape[0], out.data_ptr()) else None
 
 
 def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float, self_tol: float):

@@ -85,10 +85,17 @@ def argsort_stable(x: Tensor) -> Tensor:
     """Stable argsort of a 1-d integer tensor.
 
     torch's CPU sort of int64 is very slow (about 280 ms for 87k values on 2 cores, against about
-    10 ms for numpy's), so CPU tensors are sorted by numpy.
+    10 ms for numpy's), so CPU tensors are sorted by a C++ counting sort where the keys are indices into
+    a table (about 0.3 ms for 143k keys), else by numpy.
     """
     if x.device.type == "cpu":
         import numpy as np
+
+        from matfunnel.potential.chgnet import cpu_ops
+
+        order = cpu_ops.counting_argsort(x)
+        if order is not None:
+            return order
 
         return torch.from_numpy(np.argsort(x.numpy(), kind="stable"))
     return torch.argsort(x, stable=True)
