@@ -16,6 +16,9 @@
 #include <cstdint>
 #include <cstring>
 #include <omp.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -278,26 +281,48 @@ static void first_layers(const Args& a, int64_t r0, int nb, float (*pre)[128], f
     }
 }
 
+// Layer-norm statistics of a 64-wide half row, two-pass (stable). Each is a chain of two horizontal sums, a
+// square root and a division, about 100 cycles of latency: the kernels take the statistics of a whole tile
+// of rows first (independent chains the core overlaps) instead of finishing one row before the next.
+struct LnStat {
+    float mean, rstd;
+};
+
+static inline LnStat ln_stat(const float* y, float eps) {
+    v16 v[4];
+    for (int j = 0; j < 4; ++j) v[j] = ld(y + 16 * j);
+    const float mean = hsum((v[0] + v[1]) + (v[2] + v[3])) * (1.0f / 64);
+    v16 sq[2] = {};
+    for (int j = 0; j < 4; ++j) {
+        v[j] -= mean;
+        sq[j & 1] += v[j] * v[j];
+    }
+    const float var = hsum(sq[0] + sq[1]) * (1.0f / 64);
+    return {mean, 1.0f / std::sqrt(var + eps)};
+}
+
 struct LnOut {
     v16 z[4];
     float rstd;
 };
 
-static inline LnOut layer_norm(const float* y, float eps) {
+static inline LnOut layer_norm(const float* y, LnStat st) {
     LnOut o;
-    v16 v[4];
-    for (int j = 0; j < 4; ++j) v[j] = ld(y + 16 * j);
-    float mean = hsum(v[0] + v[1] + v[2] + v[3]) * (1.0f / 64);
-    v16 sq = {};
-    for (int j = 0; j < 4; ++j) {
-        v[j] -= mean;
-        sq += v[j] * v[j];
-    }
-    float var = hsum(sq) * (1.0f / 64);
-    o.rstd = 1.0f / std::sqrt(var + eps);
-    for (int j = 0; j < 4; ++j) o.z[j] = v[j] * o.rstd;
+    o.rstd = st.rstd;
+    for (int j = 0; j < 4; ++j) o.z[j] = (ld(y + 16 * j) - st.mean) * st.rstd;
     return o;
 }
+
+// Flush denormals to zero (and read them as zero) in this thread while a kernel runs: a sigmoid far in
+// its tail or a product of small gradients can land below 1.2e-38, where x86 arithmetic takes microcode
+// assists; values that small are zero for every result here
+struct FlushDenormals {
+#if defined(__SSE__)
+    unsigned int saved;
+    FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
 
 static inline void store_fence() {
 #if defined(__AVX512F__)
@@ -311,6 +336,7 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
     if (a.mode == 0) std::memset(a.out, 0, sizeof(float) * a.nseg * 64);
 #pragma omp parallel num_threads(a.threads)
     {
+        FlushDenormals ftz;
         int nthr = omp_get_num_threads(), t = omp_get_thread_num();
         int64_t lo, hi;
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
@@ -320,11 +346,16 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
         for (int64_t r0 = lo; r0 < hi; r0 += TILE) {
             int nb = (int)(hi - r0 < TILE ? hi - r0 : TILE);
             first_layers(a, r0, nb, pre, y, a.save_pre ? ds : nullptr);
+            LnStat stc[TILE], stg[TILE];
+            for (int i = 0; i < nb; ++i) {
+                stc[i] = ln_stat(y[i], eps);
+                stg[i] = ln_stat(y[i] + 64, eps);
+            }
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
                 if (a.save_y) stream_row(a.save_y + r * 128, y[i], 128);
                 if (a.save_pre) stream_row(a.save_pre + r * 128, ds[i], 128);  // silu'(pre)
-                LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
+                LnOut c = layer_norm(y[i], stc[i]), g = layer_norm(y[i] + 64, stg[i]);
                 float* o = a.mode == 0 ? a.out + a.seg[r] * 64 : a.out + r * 64;
                 for (int j = 0; j < 4; ++j) {
                     v16 lc = c.z[j] * ld(gc + 16 * j) + ld(bc + 16 * j);
@@ -350,6 +381,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
     if (a.gtab0) std::memset(a.gtab0, 0, sizeof(float) * a.nseg * 128);
 #pragma omp parallel num_threads(a.threads)
     {
+        FlushDenormals ftz;
         int nthr = omp_get_num_threads(), t = omp_get_thread_num();
         int64_t lo, hi;
         thread_rows(a.seg, a.R, t, nthr, &lo, &hi);
@@ -373,10 +405,15 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                 float y2[TILE][128] __attribute__((aligned(64)));
                 first_layers(a, r0, nb, y2, y, pre);  // pre <- silu'(pre)
             }
+            LnStat stc[TILE], stg[TILE];
+            for (int i = 0; i < nb; ++i) {
+                stc[i] = ln_stat(y[i], eps);
+                stg[i] = ln_stat(y[i] + 64, eps);
+            }
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
                 const float* go = a.mode == 0 ? a.gout + a.seg[r] * 64 : a.gout + r * 64;
-                LnOut c = layer_norm(y[i], eps), g = layer_norm(y[i] + 64, eps);
+                LnOut c = layer_norm(y[i], stc[i]), g = layer_norm(y[i] + 64, stg[i]);
                 v16 glc[4], glg[4];
                 for (int j = 0; j < 4; ++j) {
                     v16 lc = c.z[j] * ld(gc + 16 * j) + ld(bc + 16 * j);
