@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
-from matfunnel.potential.chgnet import cpu_ops, triton_ops
+from matfunnel.potential.chgnet import basis, cpu_ops, triton_ops
 from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
 
 EV_A3_TO_GPA = 160.21766208
@@ -277,21 +277,12 @@ class CHGNetModel(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    # ---- basis functions -------------------------------------------------------------------
+    # ---- basis functions (fused backward passes in .basis) ----------------------------------
     def _radial(self, d: Tensor, freq: Tensor, cutoff: float) -> Tensor:
-        p = self.cfg.cutoff_coeff
-        d = d[:, None]
-        out = math.sqrt(2.0 / cutoff) * torch.sin(freq * (d * (1.0 / cutoff))) / d
-        x = d / cutoff
-        xp = x**p
-        env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
-        return out * torch.where(x < 1, env, torch.zeros_like(x))
+        return basis.radial(d, freq, cutoff, self.cfg.cutoff_coeff)
 
     def _angular(self, cos: Tensor, freq: Tensor) -> Tensor:
-        theta = torch.acos(cos * (1 - 1e-6))
-        t = theta[:, None] * freq
-        c0 = cos.new_full((cos.shape[0], 1), 1 / math.sqrt(2.0))
-        return torch.cat([c0, torch.sin(t), torch.cos(t)], 1) / math.sqrt(math.pi)
+        return basis.angular(cos, freq)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(
