@@ -662,3 +662,24 @@ extern "C" int counting_argsort(const int64_t* x, int64_t n, int64_t* out) {
     delete[] pos;
     return 1;
 }
+
+// out[t][r, :] = x[r, :K] @ WT[t] + b[t] for n_tab weights WT[t] (K, 128) (the transposed (128, K) weights)
+// and biases b[t] (128,): several 128-wide projections of one narrow input, written once each
+extern "C" void multi_linear_fwd(const float* x, int K, int64_t n, const float* const* WT, const float* const* b,
+                                 int n_tab, float* const* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r0 = 0; r0 < n; r0 += TILE) {
+        const int nb = (int)(n - r0 < TILE ? n - r0 : TILE);
+        for (int t = 0; t < n_tab; ++t) {
+            for (int h = 0; h < 2; ++h) {
+                v16 acc[TILE][4];
+                for (int i = 0; i < nb; ++i)
+                    for (int j = 0; j < 4; ++j) acc[i][j] = ld(b[t] + 64 * h + 16 * j);
+                mm64n(nb, x + r0 * K, K, K, WT[t] + 64 * h, 128, acc);
+                for (int i = 0; i < nb; ++i)
+                    for (int j = 0; j < 4; ++j) stream_v16(out[t] + (r0 + i) * 128 + 64 * h + 16 * j, acc[i][j]);
+            }
+        }
+    }
+    store_fence();
+}

@@ -96,6 +96,8 @@ def library():
                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
                 lib.multi_linear_bwd.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                                                  ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                lib.multi_linear_fwd.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
+                                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
                 lib.counting_argsort.restype = ctypes.c_int
                 lib.counting_argsort.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
                 lib.neighbor_pairs.restype = ctypes.c_int64
@@ -152,14 +154,21 @@ def segsum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
 
 
 class _MultiLinear(torch.autograd.Function):
-    """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights; the backward
-    (the gradient of ``x``) is one C++ pass over all the outputs' gradients."""
+    """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights, forward and
+    backward (the gradient of ``x``) each one C++ pass over all the outputs."""
 
     @staticmethod
-    def forward(ctx, x, padded, *wb):
+    def forward(ctx, x, padded, transposed, *wb):
         n_out = len(wb) // 2
         ctx.padded, ctx.k = padded, x.shape[1]
-        return tuple(torch.nn.functional.linear(x, wb[j], wb[n_out + j]) for j in range(n_out))
+        n = x.shape[0]
+        outs = [x.new_empty((n, 128)) for _ in range(n_out)]
+        if n:
+            bs = [b.contiguous() for b in wb[n_out:]]
+            arr = lambda ts: (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # noqa: E731
+            library().multi_linear_fwd(x.data_ptr(), x.shape[1], n, arr(transposed), arr(bs), n_out, arr(outs),
+                                       torch.get_num_threads())
+        return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -171,7 +180,7 @@ class _MultiLinear(torch.autograd.Function):
             gp = (ctypes.c_void_p * len(use))(*[g.data_ptr() for g, _ in use])
             wp = (ctypes.c_void_p * len(use))(*[w.data_ptr() for _, w in use])
             library().multi_linear_bwd(gp, wp, len(use), n, ctx.k, x_grad.data_ptr(), torch.get_num_threads())
-        return (x_grad, None) + (None,) * (2 * len(ctx.padded))
+        return (x_grad, None, None) + (None,) * (2 * len(ctx.padded))
 
 
 def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
@@ -184,7 +193,8 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
     if not ok:
         return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases)]
     padded = [torch.nn.functional.pad(w, (0, 32 - w.shape[1])).contiguous() for w in weights]  # (128, 32)
-    return list(_MultiLinear.apply(x, padded, *weights, *biases))
+    transposed = [w.t().contiguous() for w in weights]  # (K, 128)
+    return list(_MultiLinear.apply(x, padded, transposed, *weights, *biases))
 
 
 def counting_argsort(x: Tensor) -> Tensor | None:
