@@ -83,6 +83,7 @@ def test_batches_follow_the_memory_budget():
     batches = small.plan_batches([len(s) for s in structs], [s.volume for s in structs])
     assert sorted(sum(batches, [])) == list(range(12)) and len(batches) > 1
     assert small.chunk_for(10_000, 5_000) is None
+    assert small.chunk_for(15_000, 7_000) is None  # 10% over: packing estimates are that far off, not chunked
     assert small.chunk_for(50_000, 20_000) == 10_000  # over budget: chunked, at least MIN_CHUNK
     assert small.chunk_for(500_000, 300_000) == 100_000  # at most MAX_CHUNKS chunks
 
