@@ -185,8 +185,9 @@ class _MultiLinear(torch.autograd.Function):
 
 def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
     """``[F.linear(x, w, b) for w, b in zip(weights, biases)]``. On the CPU kernels' path (float32, ``x`` at most
-    32 wide, frozen (128, K) weights) the backward is one fused pass instead of one narrow GEMM per output
-    (the long bonds' projections: MKL runs a (n, 128) @ (128, 31) product at half the speed of a 32-wide one)."""
+    32 wide, frozen (128, K) weights) the forward and the backward (the gradient of ``x``) are one C++ pass
+    each over all the outputs, instead of one narrow GEMM per output (the long bonds' projections: MKL runs a
+    (n, 128) @ (128, 31) product at half the speed of a 32-wide one)."""
     ok = (enabled(x) and x.shape[1] <= 32 and x.is_contiguous()
           and all(tuple(w.shape) == (128, x.shape[1]) and not w.requires_grad and not b.requires_grad
                   for w, b in zip(weights, biases)))
