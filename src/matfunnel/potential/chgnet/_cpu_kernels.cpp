@@ -153,10 +153,11 @@ static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, in
 // argument slots (mirrored in cpu_ops.py)
 enum {
     P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
-    P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2, P_COUNT
+    P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2, P_GTAB1,
+    P_COUNT
 };
 enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
-       I_COUNT };
+       I_N1, I_COUNT };
 
 struct Args {
     // table t is tab[t] for indices below split[t] and tabhi[t] (rows from split[t] on) above, when tabhi[t]
@@ -171,7 +172,10 @@ struct Args {
     float *save_pre, *save_y;
     const float* gout;
     float *gpre, *gX, *gw, *gtab0;
-    int64_t R, nseg;
+    // gradient of table 1 (a small table: atoms, short bonds) summed in the kernel, one (n1, 128) copy per
+    // thread (zeroed by the caller; the caller adds the copies): no row gradient written and summed again
+    float* gtab1;
+    int64_t R, nseg, n1;
     int nt, dx, hidden, mode, residual, threads, saved;
 };
 
@@ -200,6 +204,8 @@ static Args unpack(void** p, const int64_t* iv) {
     a.gX = (float*)p[P_GX];
     a.gw = (float*)p[P_GW];
     a.gtab0 = (float*)p[P_GTAB0];
+    a.gtab1 = (float*)p[P_GTAB1];
+    a.n1 = iv[I_N1];
     a.R = iv[I_R];
     a.nt = (int)iv[I_NT];
     a.dx = (int)iv[I_DX];
@@ -459,6 +465,10 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                 if (a.gpre) stream_row(a.gpre + r * 128, gp[i], 128);
                 if (a.gtab0) {
                     float* gt = a.gtab0 + a.seg[r] * 128;
+                    for (int j = 0; j < 8; ++j) st(gt + 16 * j, ld(gt + 16 * j) + ld(gp[i] + 16 * j));
+                }
+                if (a.gtab1) {
+                    float* gt = a.gtab1 + (t * a.n1 + a.idx[1][r]) * 128;
                     for (int j = 0; j < 8; ++j) st(gt + 16 * j, ld(gt + 16 * j) + ld(gp[i] + 16 * j));
                 }
             }

@@ -40,9 +40,11 @@ _lock = threading.Lock()
 # argument slots, mirrored from the enums in _cpu_kernels.cpp
 (P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
  P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2,
- P_COUNT) = range(27)
+ P_GTAB1, P_COUNT) = range(28)
 (I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
- I_COUNT) = range(13)
+ I_N1, I_COUNT) = range(14)
+#: table 1's gradient is summed inside the backward kernel (one copy per thread) up to this many bytes of copies
+PRIVATE_TABLE_BYTES = 32 << 20
 
 
 def _cpu_key() -> str:
@@ -282,7 +284,7 @@ class GatedSpec:
         named = {P_X: x, P_WDT: self.wdt, P_WD: self.wd, P_W2T: self.w2t, P_W2: self.w2, P_B2: self.b2,
                  P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx}
         slots = {"out": P_OUT, "save_pre": P_SAVE_PRE, "save_y": P_SAVE_Y, "gout": P_GOUT, "gpre": P_GPRE,
-                 "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0}
+                 "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0, "gtab1": P_GTAB1}
         named.update({slots[k]: v for k, v in buffers.items()})
         for slot, t in named.items():
             p[slot] = _ptr(t)
@@ -295,6 +297,7 @@ class GatedSpec:
         iv[I_NSEG] = 0 if self.seg is None else self.seg.n
         iv[I_THREADS] = torch.get_num_threads()
         iv[I_SAVED] = int(buffers.get("save_y") is not None)
+        iv[I_N1] = self.ixs[1].n if len(self.ixs) > 1 else 0
         fn(p, iv, ctypes.c_float(self.eps))
 
 
@@ -326,19 +329,27 @@ class _GatedFn(torch.autograd.Function):
             k += n_pieces
         # table 0 is indexed by the sorted segment ids: its gradient is summed inside the kernel
         tab0_in_kernel = need_tab[0] and spec.seg is spec.ixs[0]
-        need_gpre = any(need_tab[1:]) or (need_tab[0] and not tab0_in_kernel)
+        # table 1, when small (atoms, short bonds), too: into one zeroed copy per thread, added up here
+        threads = torch.get_num_threads()
+        tab1_in_kernel = (len(need_tab) > 1 and need_tab[1] and spec.splits[1] is None
+                          and threads * spec.ixs[1].n * 512 <= PRIVATE_TABLE_BYTES)
+        need_gpre = (any(need_tab[2:]) or (need_tab[0] and not tab0_in_kernel)
+                     or (len(need_tab) > 1 and need_tab[1] and not tab1_in_kernel))
         gpre = gout.new_empty((r, 128)) if need_gpre else None
         gtab0 = gout.new_empty((spec.seg.n, 128)) if tab0_in_kernel else None
+        gtab1 = gout.new_zeros((threads, spec.ixs[1].n, 128)) if tab1_in_kernel else None
         gx = gout.new_empty((r, x.shape[1])) if x is not None and needs[1] else None
         gw = gout.new_empty((r, 64)) if w is not None and needs[2] else None
         spec.call(library().gated_bwd, tabs, x, w, gout=gout.contiguous(), save_pre=save_pre, save_y=save_y,
-                  gpre=gpre, gx=gx, gw=gw, gtab0=gtab0)
+                  gpre=gpre, gx=gx, gw=gw, gtab0=gtab0, gtab1=gtab1)
         gtabs = []
         for k, (ix, want, sp) in enumerate(zip(spec.ixs, need_tab, spec.splits)):
             if not want:
                 g = None
             elif k == 0 and tab0_in_kernel:
                 g = gtab0
+            elif k == 1 and tab1_in_kernel:
+                g = gtab1[0] if threads == 1 else gtab1.sum(0)
             else:
                 g = segsum_raw(gpre, ix.offsets, ix.perm)
             if sp is None:
