@@ -94,6 +94,40 @@ def test_gated_matches_torch(rows, n_seg, hidden, n_tab, dense, weight, reduce, 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
 
 
+@pytest.mark.parametrize("rows,n_seg,n_b2,n_tab,dense", [(0, 5, 4, 2, True), (1, 1, 1, 2, True), (503, 40, 33, 2, True),
+                                                      (257, 31, 12, 3, False)])
+def test_gathered_weight_matches_torch(rows, n_seg, n_b2, n_tab, dense, threads):
+    """The edge weight t0[ix0] * t1[ix1] gathered in the kernel (the angles' bond weights) against the torch path."""
+    rng = np.random.default_rng()
+    mlp = _mlp(rng, 64)
+    seg = _index(rng, rows, n_seg, sort=True)
+    ixs = [seg, _index(rng, rows, n_b2, sort=False)] + [_index(rng, rows, 19, sort=False)] * (n_tab - 2)
+    tabs = [torch.randn(ix.n, 128, requires_grad=True) for ix in ixs]
+    x = torch.randn(rows, 64, requires_grad=True) if dense else None
+    wd = torch.randn(128, 64) * 0.2 if dense else None
+    t0 = torch.randn(n_seg, 64, requires_grad=True)
+    t1 = torch.randn(n_b2, 64, requires_grad=True)
+    inputs = [t for t in (*tabs, x, t0, t1) if t is not None]
+    gout = torch.randn(n_seg, 64)
+
+    def run():
+        out = mlp.fused(list(zip(tabs, ixs)), x, wd, (t0, t1), seg)
+        return out.detach(), torch.autograd.grad(out, inputs, gout, allow_unused=True)
+
+    with cpu_ops.use(True):
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), x, (t0, t1), seg)
+        out_k, g_k = run()
+    with cpu_ops.use(False):
+        out_t, g_t = run()
+    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
+    for a, b in zip(g_k, g_t):
+        b = torch.zeros_like(a) if b is None else b
+        a = torch.zeros_like(b) if a is None else a
+        s = float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+
+
 @pytest.mark.parametrize("split_at", [0, 1, "mid", "all"])
 def test_two_piece_table_matches_concatenated(split_at, threads):
     """A table passed as (lo, hi) (short and long bonds) reads and differentiates like torch.cat([lo, hi])."""

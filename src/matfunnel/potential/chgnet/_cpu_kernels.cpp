@@ -154,7 +154,7 @@ static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, in
 enum {
     P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
     P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2, P_GTAB1,
-    P_COUNT
+    P_WT0, P_WT1, P_GWT0, P_GWT1, P_COUNT
 };
 enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
        I_N1, I_COUNT };
@@ -175,6 +175,11 @@ struct Args {
     // gradient of table 1 (a small table: atoms, short bonds) summed in the kernel, one (n1, 128) copy per
     // thread (zeroed by the caller; the caller adds the copies): no row gradient written and summed again
     float* gtab1;
+    // the edge weight as a product of two gathered 64-wide tables, w[r] = wt0[idx[0][r]] * wt1[idx[1][r]]
+    // (the angles' bond weights; table 0's index is the segment id), and their gradients: gwt0 summed per
+    // segment, gwt1 into one (n1, 64) copy per thread (zeroed and added up by the caller)
+    const float *wt0, *wt1;
+    float *gwt0, *gwt1;
     int64_t R, nseg, n1;
     int nt, dx, hidden, mode, residual, threads, saved;
 };
@@ -205,6 +210,10 @@ static Args unpack(void** p, const int64_t* iv) {
     a.gw = (float*)p[P_GW];
     a.gtab0 = (float*)p[P_GTAB0];
     a.gtab1 = (float*)p[P_GTAB1];
+    a.wt0 = (const float*)p[P_WT0];
+    a.wt1 = (const float*)p[P_WT1];
+    a.gwt0 = (float*)p[P_GWT0];
+    a.gwt1 = (float*)p[P_GWT1];
     a.n1 = iv[I_N1];
     a.R = iv[I_R];
     a.nt = (int)iv[I_NT];
@@ -229,6 +238,12 @@ static void thread_rows(const int64_t* seg, int64_t R, int t, int n, int64_t* lo
     };
     *lo = cut(t);
     *hi = cut(t + 1);
+}
+
+// 16 lanes (j-th block) of the edge weight of row r: given per row, or a product of two gathered rows
+static inline v16 edge_weight(const Args& a, int64_t r, int j) {
+    if (a.w) return ld(a.w + r * 64 + 16 * j);
+    return ld(a.wt0 + a.idx[0][r] * 64 + 16 * j) * ld(a.wt1 + a.idx[1][r] * 64 + 16 * j);
 }
 
 // row idx[t][r] of table t
@@ -367,7 +382,7 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
                     v16 lc = c.z[j] * ld(gc + 16 * j) + ld(bc + 16 * j);
                     v16 lg = g.z[j] * ld(gg + 16 * j) + ld(bg + 16 * j);
                     v16 m = lc * vsigmoid(lc) * vsigmoid(lg);
-                    if (a.w) m *= ld(a.w + r * 64 + 16 * j);
+                    if (a.w || a.wt0) m *= edge_weight(a, r, j);
                     if (a.mode == 0) {
                         st(o + 16 * j, ld(o + 16 * j) + m);
                     } else {
@@ -385,6 +400,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
     Args a = unpack(p, iv);
     const float *gc = a.ln, *bc = a.ln + 64, *gg = a.ln + 128, *bg = a.ln + 192;
     if (a.gtab0) std::memset(a.gtab0, 0, sizeof(float) * a.nseg * 128);
+    if (a.gwt0) std::memset(a.gwt0, 0, sizeof(float) * a.nseg * 64);
 #pragma omp parallel num_threads(a.threads)
     {
         FlushDenormals ftz;
@@ -431,6 +447,19 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                         v16 wv = ld(a.w + r * 64 + 16 * j);
                         if (a.gw) stream_v16(a.gw + r * 64 + 16 * j, gm * core * gate);
                         gm *= wv;
+                    } else if (a.wt0) {
+                        const float* w0 = a.wt0 + a.idx[0][r] * 64 + 16 * j;
+                        const float* w1 = a.wt1 + a.idx[1][r] * 64 + 16 * j;
+                        v16 gwv = gm * core * gate;
+                        if (a.gwt0) {
+                            float* g0 = a.gwt0 + a.idx[0][r] * 64 + 16 * j;  // the segment id: this thread's
+                            st(g0, ld(g0) + gwv * ld(w1));
+                        }
+                        if (a.gwt1) {
+                            float* g1 = a.gwt1 + (t * a.n1 + a.idx[1][r]) * 64 + 16 * j;
+                            st(g1, ld(g1) + gwv * ld(w0));
+                        }
+                        gm *= ld(w0) * ld(w1);
                     }
                     glc[j] = gm * gate * (sc * (1.0f + lc * (1.0f - sc))) * ld(gc + 16 * j);
                     glg[j] = gm * core * gate * (1.0f - gate) * ld(gg + 16 * j);

@@ -40,7 +40,7 @@ _lock = threading.Lock()
 # argument slots, mirrored from the enums in _cpu_kernels.cpp
 (P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
  P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2,
- P_GTAB1, P_COUNT) = range(28)
+ P_GTAB1, P_WT0, P_WT1, P_GWT0, P_GWT1, P_COUNT) = range(32)
 (I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
  I_N1, I_COUNT) = range(14)
 #: table 1's gradient is summed inside the backward kernel (one copy per thread) up to this many bytes of copies
@@ -271,7 +271,7 @@ class GatedSpec:
             k += 1 if sp is None else 2
         return out
 
-    def call(self, fn, tabs, x, w, **buffers):
+    def call(self, fn, tabs, x, w, wt=(None, None), **buffers):
         p = (ctypes.c_void_p * P_COUNT)()
         iv = (ctypes.c_int64 * I_COUNT)()
         tables = self.pieces(tabs)
@@ -282,9 +282,10 @@ class GatedSpec:
                 p[P_TABHI0 + k] = hi.data_ptr()
                 iv[I_SPLIT0 + k] = self.splits[k]
         named = {P_X: x, P_WDT: self.wdt, P_WD: self.wd, P_W2T: self.w2t, P_W2: self.w2, P_B2: self.b2,
-                 P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx}
+                 P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx,
+                 P_WT0: wt[0], P_WT1: wt[1]}
         slots = {"out": P_OUT, "save_pre": P_SAVE_PRE, "save_y": P_SAVE_Y, "gout": P_GOUT, "gpre": P_GPRE,
-                 "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0, "gtab1": P_GTAB1}
+                 "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0, "gtab1": P_GTAB1, "gwt0": P_GWT0, "gwt1": P_GWT1}
         named.update({slots[k]: v for k, v in buffers.items()})
         for slot, t in named.items():
             p[slot] = _ptr(t)
@@ -303,26 +304,26 @@ class GatedSpec:
 
 class _GatedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: GatedSpec, x, w, *tabs):
+    def forward(ctx, spec: GatedSpec, x, w, wt0, wt1, *tabs):
         r = len(spec.ixs[0])
         rows_out = spec.seg.n if spec.reduce else r
         out = tabs[0].new_empty((rows_out, 64))
         need = any(ctx.needs_input_grad[1:])
         save_y = tabs[0].new_empty((r, 128)) if need else None
         save_pre = tabs[0].new_empty((r, 128)) if need and spec.hidden else None
-        spec.call(library().gated_fwd, tabs, x, w, out=out, save_pre=save_pre, save_y=save_y)
+        spec.call(library().gated_fwd, tabs, x, w, (wt0, wt1), out=out, save_pre=save_pre, save_y=save_y)
         ctx.spec = spec
-        ctx.save_for_backward(x, w, save_pre, save_y, *tabs)
+        ctx.save_for_backward(x, w, wt0, wt1, save_pre, save_y, *tabs)
         return out
 
     @staticmethod
     def backward(ctx, gout):
         spec: GatedSpec = ctx.spec
-        x, w, save_pre, save_y, *tabs = ctx.saved_tensors
+        x, w, wt0, wt1, save_pre, save_y, *tabs = ctx.saved_tensors
         r = len(spec.ixs[0])
         needs = ctx.needs_input_grad
         # per table (not per piece): is a gradient wanted for any of its pieces
-        need_tab, k = [], 3
+        need_tab, k = [], 5
         for sp in spec.splits:
             n_pieces = 1 if sp is None else 2
             need_tab.append(any(needs[k:k + n_pieces]))
@@ -340,8 +341,12 @@ class _GatedFn(torch.autograd.Function):
         gtab1 = gout.new_zeros((threads, spec.ixs[1].n, 128)) if tab1_in_kernel else None
         gx = gout.new_empty((r, x.shape[1])) if x is not None and needs[1] else None
         gw = gout.new_empty((r, 64)) if w is not None and needs[2] else None
-        spec.call(library().gated_bwd, tabs, x, w, gout=gout.contiguous(), save_pre=save_pre, save_y=save_y,
-                  gpre=gpre, gx=gx, gw=gw, gtab0=gtab0, gtab1=gtab1)
+        gwt0 = gout.new_empty((spec.seg.n, 64)) if wt0 is not None and needs[3] else None
+        gwt1 = gout.new_zeros((threads, wt1.shape[0], 64)) if wt1 is not None and needs[4] else None
+        spec.call(library().gated_bwd, tabs, x, w, (wt0, wt1), gout=gout.contiguous(), save_pre=save_pre,
+                  save_y=save_y, gpre=gpre, gx=gx, gw=gw, gtab0=gtab0, gtab1=gtab1, gwt0=gwt0, gwt1=gwt1)
+        if gwt1 is not None:
+            gwt1 = gwt1[0] if threads == 1 else gwt1.sum(0)
         gtabs = []
         for k, (ix, want, sp) in enumerate(zip(spec.ixs, need_tab, spec.splits)):
             if not want:
@@ -356,12 +361,17 @@ class _GatedFn(torch.autograd.Function):
                 gtabs.append(g)
             else:  # the two pieces' gradients are row ranges (views) of the whole table's
                 gtabs += [None, None] if g is None else [g[:sp], g[sp:]]
-        return (None, gx, gw, *gtabs)
+        return (None, gx, gw, gwt0, gwt1, *gtabs)
 
 
-def supports(mlp, pairs, x: Tensor | None) -> bool:
+def supports(mlp, pairs, x: Tensor | None, w=None, seg=None) -> bool:
     """Shapes the kernel handles: 64-wide outputs and hidden layer, 128-wide first layer, X 64 wide."""
     tables = [t for tab, _ in pairs for t in (tab if isinstance(tab, tuple) else (tab,))]
+    if isinstance(w, tuple):  # edge weight as a product of two gathered tables (indexed like tables 0 and 1)
+        if (len(pairs) < 2 or seg is not pairs[0][1] or isinstance(pairs[1][0], tuple)
+                or any(t.shape[1] != 64 or t.dtype != torch.float32 for t in w)
+                or torch.get_num_threads() * w[1].shape[0] * 256 > PRIVATE_TABLE_BYTES):
+            return False
     if len(pairs) not in (1, 2, 3) or not enabled(tables[0]):
         return False
     if isinstance(pairs[0][0], tuple):
@@ -382,10 +392,15 @@ def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tens
     """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed into ``seg``
     (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted :class:`~.ops.Index`; when it
     is also the first pair's index, that table's gradient is summed inside the kernel. A table may be a
-    tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it."""
+    tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it, and ``w`` a tuple
+    ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs' indices, gathered in the kernel."""
     splits = [t[0].shape[0] if isinstance(t, tuple) else None for t, _ in pairs]
     spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual, splits)
     xs = None if x is None else x.contiguous()
-    ws = None if w is None else w.contiguous()
+    wt0 = wt1 = ws = None
+    if isinstance(w, tuple):  # w = t0[ix0] * t1[ix1], gathered in the kernel
+        wt0, wt1 = (t.contiguous() for t in w)
+    elif w is not None:
+        ws = w.contiguous()
     flat = [p for t, _ in pairs for p in (t if isinstance(t, tuple) else (t,))]
-    return _GatedFn.apply(spec, xs, ws, *flat)
+    return _GatedFn.apply(spec, xs, ws, wt0, wt1, *flat)

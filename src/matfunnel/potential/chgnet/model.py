@@ -112,10 +112,13 @@ class _Gated(nn.Module):
         the message and the sum run as separate ops.
         """
         first = pairs[0][0][0] if isinstance(pairs[0][0], tuple) else pairs[0][0]
-        if not triton_ops.enabled(first) and cpu_ops.supports(self, pairs, x):
+        if not triton_ops.enabled(first) and cpu_ops.supports(self, pairs, x, w, seg):
             return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual)
-        # a table given as two pieces (lo, hi) is torch.cat([lo, hi]); only the CPU kernels read it as is
+        # a table given as two pieces (lo, hi) is torch.cat([lo, hi]), and a weight given as two tables
+        # (t0, t1) is t0[ix0] * t1[ix1] (the first two pairs' indices); only the CPU kernels read them as is
         pairs = [(torch.cat(t) if isinstance(t, tuple) else t, ix) for t, ix in pairs]
+        if isinstance(w, tuple):
+            w = gather(w[0], pairs[0][1]) * gather(w[1], pairs[1][1])
         pre = gather_sum(pairs, None if x is None else F.linear(x, wd))
         if reduce:
             return self.message(pre, w, seg)
@@ -336,8 +339,8 @@ class CHGNetModel(nn.Module):
                 u_dir = gather(unit, plan.s_bond) * plan.s_orient[:, None]  # centre -> neighbour direction
                 cos = (gather(u_dir, plan.a_e1) * gather(u_dir, plan.a_e2)).sum(1)
                 angle = F.linear(self._angular(cos, self.angle_freq.to(gdt)).to(dtype), self.angle_embedding)
-                bw_dir = gather(bw_bg, plan.s_bond)
-                bw_angle = [gather(bw_dir, p.e1) * gather(bw_bg, p.b2) for p in plan.angle_parts]
+                # an angle's weight is bw_dir[e1] * bw_bg[b2], formed where it is used (in the CPU kernel)
+                bw_angle = (gather(bw_bg, plan.s_bond), bw_bg)
             h = self.atom_embedding.index_select(0, g.atomic_numbers - 1)
             magmom = None
             n_blocks = cfg.n_conv - 1
@@ -385,12 +388,11 @@ class CHGNetModel(nn.Module):
         x_dir = gather_sum([(qi, plan.s_bond), (pc_b, plan.s_center)])
         wa_b = bc.mlp.cols(2 * b, 2 * b + gdim)
 
-        def bond_msgs(part: _AnglePart, ang_bw, x_dir=x_dir, qj=qj):
-            ang, bw = ang_bw
+        def bond_msgs(part: _AnglePart, ang, x_dir=x_dir, qj=qj):
             # angles are sorted by their first bond: the sum over angles is a segment sum
-            return bc.mlp.fused([(x_dir, part.e1), (qj, part.b2)], ang, wa_b, bw, part.e1)
+            return bc.mlp.fused([(x_dir, part.e1), (qj, part.b2)], ang, wa_b, bw_angle, part.e1)
 
-        agg = scatter(_run_parts(bond_msgs, parts, list(zip(angles, bw_angle))), plan.s_bond)
+        agg = scatter(_run_parts(bond_msgs, parts, angles), plan.s_bond)
         new_bond = F.linear(agg, bc.w_out) + bond_s
         if last:
             return new_bond, angle
