@@ -3,8 +3,8 @@
 Each basis maps one scalar per row (a bond length, a bond angle's cosine) to 31 features, and the
 forces need only the derivative with respect to that scalar. Autograd through the elementwise
 formulas makes about ten passes over (rows, 31) tensors in the backward, one of them a new ``cos``;
-here the backward is two weighted row sums of quantities the forward has (the angular basis) or one
-extra ``cos`` (the radial basis), which matters on the CPU where these are memory-bound passes.
+here the backward is two weighted row sums of quantities the forward keeps (the sines and cosines; the
+radial basis needs one extra ``cos``), which matters on the CPU where these are memory-bound passes.
 
 The forwards evaluate exactly the formulas of :class:`~.model.CHGNetModel` in the same order, so the
 outputs are bitwise those of the autograd versions; the gradients agree to rounding (tested in
@@ -41,18 +41,24 @@ def angular_reference(cos: Tensor, freq: Tensor) -> Tensor:
 class _Radial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d: Tensor, freq: Tensor, cutoff: float, p: int) -> Tensor:
-        out = radial_reference(d, freq, cutoff, p)
-        ctx.save_for_backward(d, freq)
+        # radial_reference, step by step, keeping the sines for the backward
+        d2 = d[:, None]
+        arg = freq * (d2 * (1.0 / cutoff))
+        sin = torch.sin(arg)
+        out = math.sqrt(2.0 / cutoff) * sin / d2
+        x = d2 / cutoff
+        xp = x**p
+        env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+        ctx.save_for_backward(d, freq, arg, sin)
         ctx.cutoff, ctx.p = cutoff, p
-        return out
+        return out * torch.where(x < 1, env, torch.zeros_like(x))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        d, freq = ctx.saved_tensors
+        d, freq, arg, sin = ctx.saved_tensors
         c, p = ctx.cutoff, ctx.p
         k = math.sqrt(2.0 / c)
         x = d / c
-        arg = freq * (d * (1.0 / c))[:, None]
         xp = x**p
         env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
         denv = -(p * (p + 1) * (p + 2) / 2) * x ** (p - 1) * (1 - x) ** 2  # d env / dx
@@ -61,7 +67,7 @@ class _Radial(torch.autograd.Function):
         a = k * inside * env / (c * d)
         b = k * inside * (denv / (c * d) - env / (d * d))
         g_cos = (grad * torch.cos(arg)) @ freq
-        g_sin = (grad * torch.sin(arg)).sum(1)
+        g_sin = (grad * sin).sum(1)
         return a * g_cos + b * g_sin, None, None, None
 
 
