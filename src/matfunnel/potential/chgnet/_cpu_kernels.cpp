@@ -656,29 +656,42 @@ extern "C" int64_t neighbor_pairs(const double* frac, const double* lattice, con
 // out[r, :K] = sum_t g[t][r, :] @ W[t] for n_tab tables g[t] (n, 128) and weights W[t] (128, 32), the
 // columns past K zero (K <= 32): the input gradient of several 128-wide projections of one narrow input
 // (the long bonds' radial basis, K = 31, which general GEMMs handle poorly)
+template <int NB>
+static void multi_linear_bwd_tile(const float* const* g, const float* const* W, int n_tab, int64_t r0, int K,
+                                  float* out) {
+    v16 acc[NB][2] = {};  // NB is a constant: the accumulators stay in registers
+    for (int t = 0; t < n_tab; ++t) {
+        const float* gt = g[t] + r0 * 128;
+        const float* w = W[t];
+        for (int c = 0; c < 128; ++c) {
+            v16 b0 = ld(w + 32 * c), b1 = ld(w + 32 * c + 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < NB; ++i) {
+                float a = gt[i * 128 + c];
+                acc[i][0] += a * b0;
+                acc[i][1] += a * b1;
+            }
+        }
+    }
+    for (int i = 0; i < NB; ++i) {
+        float tmp[32] __attribute__((aligned(64)));
+        st(tmp, acc[i][0]);
+        st(tmp + 16, acc[i][1]);
+        std::memcpy(out + (r0 + i) * K, tmp, sizeof(float) * K);
+    }
+}
+
 extern "C" void multi_linear_bwd(const float* const* g, const float* const* W, int n_tab, int64_t n, int K,
                                  float* out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r0 = 0; r0 < n; r0 += TILE) {
-        const int nb = (int)(n - r0 < TILE ? n - r0 : TILE);
-        v16 acc[TILE][2] = {};
-        for (int t = 0; t < n_tab; ++t) {
-            const float* gt = g[t] + r0 * 128;
-            const float* w = W[t];
-            for (int c = 0; c < 128; ++c) {
-                v16 b0 = ld(w + 32 * c), b1 = ld(w + 32 * c + 16);
-                for (int i = 0; i < nb; ++i) {
-                    float a = gt[i * 128 + c];
-                    acc[i][0] += a * b0;
-                    acc[i][1] += a * b1;
-                }
-            }
-        }
-        for (int i = 0; i < nb; ++i) {
-            float tmp[32] __attribute__((aligned(64)));
-            st(tmp, acc[i][0]);
-            st(tmp + 16, acc[i][1]);
-            std::memcpy(out + (r0 + i) * K, tmp, sizeof(float) * K);
+        switch (n - r0 < TILE ? (int)(n - r0) : TILE) {
+            case 6: multi_linear_bwd_tile<6>(g, W, n_tab, r0, K, out); break;
+            case 5: multi_linear_bwd_tile<5>(g, W, n_tab, r0, K, out); break;
+            case 4: multi_linear_bwd_tile<4>(g, W, n_tab, r0, K, out); break;
+            case 3: multi_linear_bwd_tile<3>(g, W, n_tab, r0, K, out); break;
+            case 2: multi_linear_bwd_tile<2>(g, W, n_tab, r0, K, out); break;
+            default: multi_linear_bwd_tile<1>(g, W, n_tab, r0, K, out); break;
         }
     }
 }
