@@ -63,3 +63,21 @@ def test_bad_inputs_clear_errors(reference_potential):
     out = reference_potential.predict([good, overlap, nan], labels=["good", "overlap", "nan"], errors="record")
     assert "energy" in out[0] and np.isfinite(out[0]["energy"])
     assert "overlap" in out[1]["error"] and "NaN" in out[2]["error"]
+
+
+def test_disordered_and_dummy_species_are_rejected_by_name():
+    from pymatgen.core import DummySpecies, Lattice, Structure
+
+    from matfunnel.potential.validate import site_numbers
+
+    pot = load_potential("chgnet-0.3.0")
+    alloy = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}, "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    vacancy = Structure(Lattice.cubic(3.6), [{"Fe": 0.9}, "Ni"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    dummy = Structure(Lattice.cubic(3.6), ["Fe", DummySpecies("X")], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ionic = Structure(Lattice.cubic(4.2), ["Mg2+", "O2-"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    out = pot.predict([alloy, vacancy, dummy, ionic], labels=["alloy", "vacancy", "dummy", "ionic"], errors="record")
+    assert "'alloy'" in out[0]["error"] and "disordered" in out[0]["error"]
+    assert "'vacancy'" in out[1]["error"] and "disordered" in out[1]["error"]
+    assert "'dummy'" in out[2]["error"] and "X not covered" in out[2]["error"]
+    assert np.isfinite(out[3]["energy"])  # oxidation-state decorations are fine
+    assert site_numbers(ionic).tolist() == list(ionic.atomic_numbers) == [12, 8]

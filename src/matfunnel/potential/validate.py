@@ -51,20 +51,20 @@ def validate_structure(
     """
     if len(struct) == 0:
         raise StructureError(label, "the structure has no atoms")
-    try:  # one pass over the sites (is_ordered + composition were two slow ones on 10k-atom cells)
-        species = set(struct.species)
-    except AttributeError:  # pymatgen: species of a disordered site
-        raise StructureError(label, "the structure is disordered (partial occupancies)") from None
+    numbers = site_numbers(struct)
+    if numbers is None:
+        raise StructureError(label, "the structure is disordered (partial occupancies)")
     lat = struct.lattice.matrix
-    if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(struct.cart_coords)):
+    # finite fractional coordinates and lattice: finite Cartesian ones (no matrix product needed)
+    if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(struct.frac_coords)):
         raise StructureError(label, "lattice or coordinates contain NaN/inf")
     vol = abs(np.linalg.det(lat))
     if vol < 1e-3:
         raise StructureError(label, f"the cell is degenerate (volume {vol:.3g} A^3)")
     if supported_elements is not None:
         supported = set(supported_elements)
-        bad = sorted({sp.symbol for sp in species if getattr(sp, "Z", 0) not in supported})
-        if bad:
+        if not np.isin(numbers, np.fromiter(supported, dtype=np.int64)).all():
+            bad = sorted({site.specie.symbol for site in struct if getattr(site.specie, "Z", 0) not in supported})
             raise StructureError(label, f"element(s) {', '.join(bad)} not covered by the potential")
     if not check_distances:
         if coincident_atoms(struct):
@@ -73,6 +73,22 @@ def validate_structure(
     dmin = min_pair_distance(struct)
     if dmin < min_distance:
         raise StructureError(label, f"atoms closer than {min_distance} A (minimum distance {dmin:.3f} A)")
+
+
+def site_numbers(struct: Structure) -> np.ndarray | None:
+    """Atomic number of every site (0 for a dummy species) in one pass over the sites, or None when a site is
+    disordered or partially occupied (pymatgen's ``species`` and ``atomic_numbers`` are two slower passes)."""
+    out = np.empty(len(struct), dtype=np.int64)
+    for k, site in enumerate(struct):
+        comp = site.species
+        if len(comp) != 1:
+            return None
+        for sp, occ in comp.items():
+            if occ != 1:
+                return None
+            z = getattr(sp, "Z", 0)
+            out[k] = z if isinstance(z, int) and 0 < z < 128 else 0  # a dummy species' "Z" is not an element
+    return out
 
 
 def coincident_atoms(struct: Structure, tol: float = 1e-6) -> bool:

@@ -20,7 +20,7 @@ from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
-from matfunnel.potential.validate import MIN_DISTANCE
+from matfunnel.potential.validate import MIN_DISTANCE, site_numbers
 
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
 #: edge or an angle), float32; see benchmarks/NOTES.md ("Memory")
@@ -282,7 +282,7 @@ class ChgnetPotential(Potential):
     def _arrays(self, structs: list[Structure]):
         frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
         lat = torch.from_numpy(np.stack([s.lattice.matrix for s in structs]))
-        z = torch.from_numpy(np.concatenate([np.asarray(s.atomic_numbers, dtype=np.int64) for s in structs]))
+        z = torch.from_numpy(np.concatenate([site_numbers(s) for s in structs]))  # validated: ordered sites
         n = torch.tensor([len(s) for s in structs], dtype=torch.long)
         dev = self.device
         return frac.to(dev), lat.to(dev), z.to(dev), n.to(dev)
