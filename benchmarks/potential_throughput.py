@@ -7,7 +7,7 @@ atom of ours from 8 to 10k atoms.
 
 With ``--repeats R`` the two models run alternately R times (ref, ours, ref, ours, ...) and the best
 wall time of each is compared, which is fairer on a machine shared with other jobs; process CPU
-time is printed too. ``--threads`` sets torch's threads for both; ours additionally applies its own
+time is printed too, and the median and range of the ratios of adjacent (reference, ours) pairs. ``--threads`` sets torch's threads for both; ours additionally applies its own
 ``threads`` setting (``--ours-threads``, default ``auto``: fewer threads when other processes hold cores).
 
     .venv/bin/python benchmarks/potential_throughput.py [--device cuda] [--n 300] [--quick] [--repeats 3]
@@ -95,16 +95,20 @@ def main() -> None:
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     t_ref = t_ours = c_ref = c_ours = float("inf")
+    pair_ratios = []  # reference / ours of each adjacent pair (both timed under about the same load)
     for _ in range(args.repeats):
         _sync(args.device)
         c0, t0 = time.process_time(), time.perf_counter()
         ref_preds = ref.predict_structure(structs, task="efsm", batch_size=args.ref_batch_size)
         _sync(args.device)
-        t_ref, c_ref = min(t_ref, time.perf_counter() - t0), min(c_ref, time.process_time() - c0)
+        dt_ref = time.perf_counter() - t0
+        t_ref, c_ref = min(t_ref, dt_ref), min(c_ref, time.process_time() - c0)
         c0, t0 = time.process_time(), time.perf_counter()
         our_preds = ours.predict(structs)
         _sync(args.device)
-        t_ours, c_ours = min(t_ours, time.perf_counter() - t0), min(c_ours, time.process_time() - c0)
+        dt_ours = time.perf_counter() - t0
+        t_ours, c_ours = min(t_ours, dt_ours), min(c_ours, time.process_time() - c0)
+        pair_ratios.append(dt_ref / dt_ours)
     t_tp = c_tp = float("inf")
     if args.torch_path:
         from matfunnel.potential.chgnet import cpu_ops
@@ -122,6 +126,9 @@ def main() -> None:
     if args.torch_path:
         print(f"{'  same, pure-torch path':<28}{t_tp:>10.2f}{n_atoms / t_tp:>12.1f}{c_tp:>10.2f}")
     print(f"speed-up: {t_ref / t_ours:.1f}x wall, {c_ref / c_ours:.1f}x cpu time (best of {args.repeats})")
+    if len(pair_ratios) > 1:
+        r = sorted(pair_ratios)
+        print(f"speed-up of adjacent pairs: median {float(np.median(r)):.1f}x, range {r[0]:.1f}-{r[-1]:.1f}x")
     print(f"max |diff| over {len(structs)} structures: energy/atom {e:.2e} eV, forces {f:.2e} eV/A, "
           f"stress {s:.2e} GPa, magmoms {m:.2e} muB")
 

@@ -42,3 +42,14 @@ def test_relax_benchmark_reports_rates_and_agreement():
     assert re.search(r"batched: [\d,]+ atom-steps/s", out)
     assert "(a) and (b) run on the first 2 structures" in out
     assert re.search(r"ase: 2 structures in", out) and re.search(r"speed-up batched / ase: [\d.]+x", out)
+
+
+def test_potential_benchmark_reports_ratio_and_agreement():
+    out = _run("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
+               "--repeats", "2", "--ref-batch-size", "2", "--seed", "3")
+    assert re.search(r"chgnet CHGNet \(reference\)\s+[\d.]+\s+[\d.]+", out)
+    assert re.search(r"speed-up: [\d.]+x wall", out)
+    assert re.search(r"adjacent pairs: median [\d.]+x, range [\d.]+-[\d.]+x", out)
+    diff = re.search(r"energy/atom ([\d.e+-]+) eV, forces ([\d.e+-]+) eV/A", out)
+    assert diff and float(diff.group(1)) < 1e-5 and float(diff.group(2)) < 1e-3
+    assert re.search(r"^\s+\d+\s+[\d.]+\s+[\d.]+$", out.split("time per atom")[1], re.M)
