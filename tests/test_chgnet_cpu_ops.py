@@ -128,6 +128,47 @@ def test_gathered_weight_matches_torch(rows, n_seg, n_b2, n_tab, dense, threads)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
 
 
+@pytest.mark.parametrize("rows,hidden,reduce,k", [(0, 0, False, 31), (1, 0, False, 31), (211, 0, False, 31),
+                                                (503, 64, True, 31), (97, 64, True, 7)])
+def test_narrow_input_with_separate_residual_matches_torch(rows, hidden, reduce, k, threads):
+    """The first block's angle kernels: X is the 31-wide basis (projected by wd @ embedding), the residual the
+    64-wide features; values and every input gradient against the torch path."""
+    rng = np.random.default_rng()
+    mlp = _mlp(rng, hidden)
+    n_seg = 23
+    seg = _index(rng, rows, n_seg, sort=True)
+    ixs = [seg, _index(rng, rows, 17, sort=False)]
+    tabs = [torch.randn(ix.n, 128, requires_grad=True) for ix in ixs]
+    basis = torch.randn(rows, k, requires_grad=True)
+    feats = torch.randn(rows, 64, requires_grad=True)
+    wd = torch.randn(128, k) * 0.2
+    w = torch.randn(rows, 64, requires_grad=True) if reduce else None
+    inputs = [t for t in (*tabs, basis, feats, w) if t is not None]
+    gout = torch.randn((n_seg, 64) if reduce else (rows, 64))
+
+    def run():
+        if reduce:
+            out = mlp.fused(list(zip(tabs, ixs)), basis, wd, w, seg)
+        else:
+            out = mlp.fused(list(zip(tabs, ixs)), basis, wd, None, seg, reduce=False, residual=True, x_res=feats)
+        return out.detach(), torch.autograd.grad(out, inputs, gout, allow_unused=True)
+
+    with cpu_ops.use(True):
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), basis, None, seg, None if reduce else feats, not reduce)
+        out_k, g_k = run()
+    with cpu_ops.use(False):
+        out_t, g_t = run()
+    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
+    for a, b in zip(g_k, g_t):
+        if a is None and b is None:  # the features when they are not the residual
+            continue
+        b = torch.zeros_like(a) if b is None else b
+        a = torch.zeros_like(b) if a is None else a
+        s = float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+
+
 @pytest.mark.parametrize("split_at", [0, 1, "mid", "all"])
 def test_two_piece_table_matches_concatenated(split_at, threads):
     """A table passed as (lo, hi) (short and long bonds) reads and differentiates like torch.cat([lo, hi])."""

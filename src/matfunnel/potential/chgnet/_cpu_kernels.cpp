@@ -116,45 +116,48 @@ static inline v16 vexp(v16 x) {
 }
 static inline v16 vsigmoid(v16 x) { return recip(1.0f + vexp<-1>(x)); }
 
-// acc[i][j] (+)= sum_k A[i*lda + k] * B[k*ldb + 16j .. 16j+15], j < 4 (64 outputs), i < NB
-template <int NB>
-static inline void mm64(const float* __restrict A, int64_t lda, int K, const float* __restrict B, int64_t ldb,
-                        v16 (*acc)[4]) {
+// acc[i][j] (+)= sum_k A[i*lda + k] * B[k*ldb + 16j .. 16j+15], j < NV (16 NV outputs), i < NB
+template <int NB, int NV>
+static inline void mmv(const float* __restrict A, int64_t lda, int K, const float* __restrict B, int64_t ldb,
+                       v16 (*acc)[NV]) {
     // accumulators in registers (acc may alias A as far as the compiler knows)
-    v16 c[NB][4];
+    v16 c[NB][NV];
     for (int i = 0; i < NB; ++i)
-        for (int j = 0; j < 4; ++j) c[i][j] = acc[i][j];
+        for (int j = 0; j < NV; ++j) c[i][j] = acc[i][j];
     for (int k = 0; k < K; ++k) {
         const float* b = B + k * ldb;
-        v16 b0 = ld(b), b1 = ld(b + 16), b2 = ld(b + 32), b3 = ld(b + 48);
+        v16 bv[NV];
+        for (int j = 0; j < NV; ++j) bv[j] = ld(b + 16 * j);
 #pragma GCC unroll 8
         for (int i = 0; i < NB; ++i) {
             float a = A[i * lda + k];
-            c[i][0] += a * b0;
-            c[i][1] += a * b1;
-            c[i][2] += a * b2;
-            c[i][3] += a * b3;
+            for (int j = 0; j < NV; ++j) c[i][j] += a * bv[j];
         }
     }
     for (int i = 0; i < NB; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = c[i][j];
+        for (int j = 0; j < NV; ++j) acc[i][j] = c[i][j];
 }
-static void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, int64_t ldb, v16 (*acc)[4]) {
+template <int NV>
+static void mmvn(int nb, const float* A, int64_t lda, int K, const float* B, int64_t ldb, v16 (*acc)[NV]) {
     switch (nb) {
-        case 6: mm64<6>(A, lda, K, B, ldb, acc); break;
-        case 5: mm64<5>(A, lda, K, B, ldb, acc); break;
-        case 4: mm64<4>(A, lda, K, B, ldb, acc); break;
-        case 3: mm64<3>(A, lda, K, B, ldb, acc); break;
-        case 2: mm64<2>(A, lda, K, B, ldb, acc); break;
-        default: mm64<1>(A, lda, K, B, ldb, acc); break;
+        case 6: mmv<6, NV>(A, lda, K, B, ldb, acc); break;
+        case 5: mmv<5, NV>(A, lda, K, B, ldb, acc); break;
+        case 4: mmv<4, NV>(A, lda, K, B, ldb, acc); break;
+        case 3: mmv<3, NV>(A, lda, K, B, ldb, acc); break;
+        case 2: mmv<2, NV>(A, lda, K, B, ldb, acc); break;
+        default: mmv<1, NV>(A, lda, K, B, ldb, acc); break;
     }
+}
+// 64 outputs (the widths of the model)
+static inline void mm64n(int nb, const float* A, int64_t lda, int K, const float* B, int64_t ldb, v16 (*acc)[4]) {
+    mmvn<4>(nb, A, lda, K, B, ldb, acc);
 }
 
 // argument slots (mirrored in cpu_ops.py)
 enum {
     P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
     P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2, P_GTAB1,
-    P_WT0, P_WT1, P_GWT0, P_GWT1, P_COUNT
+    P_WT0, P_WT1, P_GWT0, P_GWT1, P_XRES, P_COUNT
 };
 enum { I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
        I_N1, I_COUNT };
@@ -180,6 +183,9 @@ struct Args {
     // segment, gwt1 into one (n1, 64) copy per thread (zeroed and added up by the caller)
     const float *wt0, *wt1;
     float *gwt0, *gwt1;
+    // the residual added to per-row outputs, when it is not X (X may then be narrow: dx <= 32, e.g. the basis
+    // the first block's angle features are a linear map of); its gradient is the caller's (gout itself)
+    const float* xres;
     int64_t R, nseg, n1;
     int nt, dx, hidden, mode, residual, threads, saved;
 };
@@ -214,6 +220,7 @@ static Args unpack(void** p, const int64_t* iv) {
     a.wt1 = (const float*)p[P_WT1];
     a.gwt0 = (float*)p[P_GWT0];
     a.gwt1 = (float*)p[P_GWT1];
+    a.xres = (const float*)p[P_XRES];
     a.n1 = iv[I_N1];
     a.R = iv[I_R];
     a.nt = (int)iv[I_NT];
@@ -386,7 +393,7 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
                     if (a.mode == 0) {
                         st(o + 16 * j, ld(o + 16 * j) + m);
                     } else {
-                        if (a.residual) m += ld(a.X + r * 64 + 16 * j);
+                        if (a.residual) m += ld((a.xres ? a.xres : a.X) + r * 64 + 16 * j);
                         stream_v16(o + 16 * j, m);
                     }
                 }
@@ -501,14 +508,19 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                     for (int j = 0; j < 8; ++j) st(gt + 16 * j, ld(gt + 16 * j) + ld(gp[i] + 16 * j));
                 }
             }
-            if (a.gX) {
+            if (a.gX && a.dx > 32) {  // Wd (128, 64), gX (R, 64)
                 v16 acc[TILE][4] = {};
-                if (a.residual)
+                if (a.residual && !a.xres)
                     for (int i = 0; i < nb; ++i)
                         for (int j = 0; j < 4; ++j) acc[i][j] = ld(a.gout + (r0 + i) * 64 + 16 * j);
                 mm64n(nb, gp[0], 128, 128, a.Wd, 64, acc);
                 for (int i = 0; i < nb; ++i)
                     for (int j = 0; j < 4; ++j) stream_v16(a.gX + (r0 + i) * 64 + 16 * j, acc[i][j]);
+            } else if (a.gX) {  // narrow X: Wd zero-padded to (128, 32), gX (R, 32)
+                v16 acc[TILE][2] = {};
+                mmvn<2>(nb, gp[0], 128, 128, a.Wd, 32, acc);
+                for (int i = 0; i < nb; ++i)
+                    for (int j = 0; j < 2; ++j) stream_v16(a.gX + (r0 + i) * 32 + 16 * j, acc[i][j]);
             }
         }
         store_fence();

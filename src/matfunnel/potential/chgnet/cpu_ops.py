@@ -40,7 +40,7 @@ _lock = threading.Lock()
 # argument slots, mirrored from the enums in _cpu_kernels.cpp
 (P_TAB0, P_TAB1, P_TAB2, P_IDX0, P_IDX1, P_IDX2, P_X, P_WDT, P_WD, P_W2T, P_W2, P_B2, P_LN, P_W,
  P_SEG, P_OUT, P_SAVE_PRE, P_SAVE_Y, P_GOUT, P_GPRE, P_GX, P_GW, P_GTAB0, P_TABHI0, P_TABHI1, P_TABHI2,
- P_GTAB1, P_WT0, P_WT1, P_GWT0, P_GWT1, P_COUNT) = range(32)
+ P_GTAB1, P_WT0, P_WT1, P_GWT0, P_GWT1, P_XRES, P_COUNT) = range(33)
 (I_R, I_NT, I_DX, I_HIDDEN, I_MODE, I_RESIDUAL, I_NSEG, I_THREADS, I_SAVED, I_SPLIT0, I_SPLIT1, I_SPLIT2,
  I_N1, I_COUNT) = range(14)
 #: table 1's gradient is summed inside the backward kernel (one copy per thread) up to this many bytes of copies
@@ -243,8 +243,11 @@ def _kernel_weights(mlp, wd: Tensor | None) -> tuple:
             w2 = torch.stack([m.w2_core, m.w2_gate]).contiguous()  # (2, 64 out, 64 in)
             w2t = w2.transpose(1, 2).contiguous()
             b2 = torch.cat([m.b2_core, m.b2_gate]).contiguous()
-        wdc = None if wd is None else wd.contiguous()  # (128, dx)
-        wdt = None if wd is None else wd.t().contiguous()
+        wdc = wdt = None
+        if wd is not None:
+            # (128, dx) for the input gradient, zero-padded to 32 columns for a narrow X; (dx, 128) for the forward
+            wdc = (torch.nn.functional.pad(wd, (0, 32 - wd.shape[1])) if wd.shape[1] <= 32 else wd).contiguous()
+            wdt = wd.t().contiguous()
         return ln, w2, w2t, b2, wdc, wdt
 
     wd_key = None if wd is None else (wd.data_ptr(), tuple(wd.shape), tuple(wd.stride()))
@@ -271,7 +274,7 @@ class GatedSpec:
             k += 1 if sp is None else 2
         return out
 
-    def call(self, fn, tabs, x, w, wt=(None, None), **buffers):
+    def call(self, fn, tabs, x, w, wt=(None, None), xres=None, **buffers):
         p = (ctypes.c_void_p * P_COUNT)()
         iv = (ctypes.c_int64 * I_COUNT)()
         tables = self.pieces(tabs)
@@ -283,7 +286,7 @@ class GatedSpec:
                 iv[I_SPLIT0 + k] = self.splits[k]
         named = {P_X: x, P_WDT: self.wdt, P_WD: self.wd, P_W2T: self.w2t, P_W2: self.w2, P_B2: self.b2,
                  P_LN: self.ln, P_W: w, P_SEG: None if self.seg is None else self.seg.idx,
-                 P_WT0: wt[0], P_WT1: wt[1]}
+                 P_WT0: wt[0], P_WT1: wt[1], P_XRES: xres}
         slots = {"out": P_OUT, "save_pre": P_SAVE_PRE, "save_y": P_SAVE_Y, "gout": P_GOUT, "gpre": P_GPRE,
                  "gx": P_GX, "gw": P_GW, "gtab0": P_GTAB0, "gtab1": P_GTAB1, "gwt0": P_GWT0, "gwt1": P_GWT1}
         named.update({slots[k]: v for k, v in buffers.items()})
@@ -304,15 +307,16 @@ class GatedSpec:
 
 class _GatedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: GatedSpec, x, w, wt0, wt1, *tabs):
+    def forward(ctx, spec: GatedSpec, x, w, wt0, wt1, xres, *tabs):
         r = len(spec.ixs[0])
         rows_out = spec.seg.n if spec.reduce else r
         out = tabs[0].new_empty((rows_out, 64))
         need = any(ctx.needs_input_grad[1:])
         save_y = tabs[0].new_empty((r, 128)) if need else None
         save_pre = tabs[0].new_empty((r, 128)) if need and spec.hidden else None
-        spec.call(library().gated_fwd, tabs, x, w, (wt0, wt1), out=out, save_pre=save_pre, save_y=save_y)
+        spec.call(library().gated_fwd, tabs, x, w, (wt0, wt1), xres, out=out, save_pre=save_pre, save_y=save_y)
         ctx.spec = spec
+        ctx.has_xres = xres is not None
         ctx.save_for_backward(x, w, wt0, wt1, save_pre, save_y, *tabs)
         return out
 
@@ -323,7 +327,7 @@ class _GatedFn(torch.autograd.Function):
         r = len(spec.ixs[0])
         needs = ctx.needs_input_grad
         # per table (not per piece): is a gradient wanted for any of its pieces
-        need_tab, k = [], 5
+        need_tab, k = [], 6
         for sp in spec.splits:
             n_pieces = 1 if sp is None else 2
             need_tab.append(any(needs[k:k + n_pieces]))
@@ -339,12 +343,17 @@ class _GatedFn(torch.autograd.Function):
         gpre = gout.new_empty((r, 128)) if need_gpre else None
         gtab0 = gout.new_empty((spec.seg.n, 128)) if tab0_in_kernel else None
         gtab1 = gout.new_zeros((threads, spec.ixs[1].n, 128)) if tab1_in_kernel else None
-        gx = gout.new_empty((r, x.shape[1])) if x is not None and needs[1] else None
+        narrow = x is not None and x.shape[1] <= 32
+        gx = gout.new_empty((r, 32 if narrow else x.shape[1])) if x is not None and needs[1] else None
         gw = gout.new_empty((r, 64)) if w is not None and needs[2] else None
         gwt0 = gout.new_empty((spec.seg.n, 64)) if wt0 is not None and needs[3] else None
         gwt1 = gout.new_zeros((threads, wt1.shape[0], 64)) if wt1 is not None and needs[4] else None
-        spec.call(library().gated_bwd, tabs, x, w, (wt0, wt1), gout=gout.contiguous(), save_pre=save_pre,
+        # the kernel only tests whether a separate residual was given; the residual's gradient is gout itself
+        xres_flag = gout if ctx.has_xres else None
+        spec.call(library().gated_bwd, tabs, x, w, (wt0, wt1), xres_flag, gout=gout.contiguous(), save_pre=save_pre,
                   save_y=save_y, gpre=gpre, gx=gx, gw=gw, gtab0=gtab0, gtab1=gtab1, gwt0=gwt0, gwt1=gwt1)
+        if gx is not None and narrow:
+            gx = gx[:, :x.shape[1]]
         if gwt1 is not None:
             gwt1 = gwt1[0] if threads == 1 else gwt1.sum(0)
         gtabs = []
@@ -361,10 +370,12 @@ class _GatedFn(torch.autograd.Function):
                 gtabs.append(g)
             else:  # the two pieces' gradients are row ranges (views) of the whole table's
                 gtabs += [None, None] if g is None else [g[:sp], g[sp:]]
-        return (None, gx, gw, gwt0, gwt1, *gtabs)
+        g_xres = gout if ctx.has_xres and needs[5] else None
+        return (None, gx, gw, gwt0, gwt1, g_xres, *gtabs)
 
 
-def supports(mlp, pairs, x: Tensor | None, w=None, seg=None) -> bool:
+def supports(mlp, pairs, x: Tensor | None, w=None, seg=None, x_res: Tensor | None = None,
+             residual: bool = False) -> bool:
     """Shapes the kernel handles: 64-wide outputs and hidden layer, 128-wide first layer, X 64 wide."""
     tables = [t for tab, _ in pairs for t in (tab if isinstance(tab, tuple) else (tab,))]
     if isinstance(w, tuple):  # edge weight as a product of two gathered tables (indexed like tables 0 and 1)
@@ -384,16 +395,22 @@ def supports(mlp, pairs, x: Tensor | None, w=None, seg=None) -> bool:
         return False
     if any(p.requires_grad for p in mlp.parameters()):
         return False  # training: weight gradients are not implemented in the kernel
-    return x is None or (x.shape[1] == 64 and x.dtype == torch.float32)
+    if x_res is not None and (x_res.shape[1] != 64 or x_res.dtype != torch.float32):
+        return False
+    if residual and x_res is None and (x is None or x.shape[1] != 64):
+        return False
+    return x is None or ((x.shape[1] == 64 or x.shape[1] <= 32) and x.dtype == torch.float32)
 
 
 def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
-          seg=None, *, reduce: bool = True, residual: bool = False) -> Tensor:
+          seg=None, *, reduce: bool = True, residual: bool = False, x_res: Tensor | None = None) -> Tensor:
     """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed into ``seg``
     (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted :class:`~.ops.Index`; when it
     is also the first pair's index, that table's gradient is summed inside the kernel. A table may be a
     tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it, and ``w`` a tuple
-    ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs' indices, gathered in the kernel."""
+    ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs' indices, gathered in the kernel.
+    ``x`` is 64 wide or at most 32 (a narrow input whose projection is cheaper); the residual is ``x_res``
+    when given, else ``x``."""
     splits = [t[0].shape[0] if isinstance(t, tuple) else None for t, _ in pairs]
     spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual, splits)
     xs = None if x is None else x.contiguous()
@@ -403,4 +420,5 @@ def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tens
     elif w is not None:
         ws = w.contiguous()
     flat = [p for t, _ in pairs for p in (t if isinstance(t, tuple) else (t,))]
-    return _GatedFn.apply(spec, xs, ws, wt0, wt1, *flat)
+    xr = x_res.contiguous() if residual and x_res is not None else None
+    return _GatedFn.apply(spec, xs, ws, wt0, wt1, xr, *flat)

@@ -104,16 +104,18 @@ class _Gated(nn.Module):
         return out if seg is None else scatter(out, seg)
 
     def fused(self, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
-              seg: Index | None = None, *, reduce: bool = True, residual: bool = False) -> Tensor:
+              seg: Index | None = None, *, reduce: bool = True, residual: bool = False,
+              x_res: Tensor | None = None) -> Tensor:
         """The message of first-layer input ``sum(t[ix] for t, ix in pairs) + x @ wd.T``: weighted by ``w`` and
-        segment-summed into ``seg`` (``reduce``), or per row plus ``x`` (``residual``).
+        segment-summed into ``seg`` (``reduce``), or per row plus ``x`` (``residual``; plus ``x_res`` instead
+        when given, for an ``x`` that is a narrower input the residual is a linear map of).
 
         On the CPU (float32) this is one fused kernel per pass (:mod:`.cpu_ops`); elsewhere the gathers,
         the message and the sum run as separate ops.
         """
         first = pairs[0][0][0] if isinstance(pairs[0][0], tuple) else pairs[0][0]
-        if not triton_ops.enabled(first) and cpu_ops.supports(self, pairs, x, w, seg):
-            return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual)
+        if not triton_ops.enabled(first) and cpu_ops.supports(self, pairs, x, w, seg, x_res, residual):
+            return cpu_ops.gated(self, pairs, x, wd, w, seg, reduce=reduce, residual=residual, x_res=x_res)
         # a table given as two pieces (lo, hi) is torch.cat([lo, hi]), and a weight given as two tables
         # (t0, t1) is t0[ix0] * t1[ix1] (the first two pairs' indices); only the CPU kernels read them as is
         pairs = [(torch.cat(t) if isinstance(t, tuple) else t, ix) for t, ix in pairs]
@@ -123,7 +125,9 @@ class _Gated(nn.Module):
         if reduce:
             return self.message(pre, w, seg)
         out = self.message(pre, w)
-        return x + out if residual else out
+        if not residual:
+            return out
+        return (x if x_res is None else x_res) + out
 
     def finish(self, pre: Tensor) -> Tensor:
         """From the first layer's pre-activation (..., 2*first) to core * gate."""
@@ -338,7 +342,10 @@ class CHGNetModel(nn.Module):
                 unit = vec[:ns] / dist[:ns, None]
                 u_dir = gather(unit, plan.s_bond) * plan.s_orient[:, None]  # centre -> neighbour direction
                 cos = (gather(u_dir, plan.a_e1) * gather(u_dir, plan.a_e2)).sum(1)
-                angle = F.linear(self._angular(cos, self.angle_freq.to(gdt)).to(dtype), self.angle_embedding)
+                basis = self._angular(cos, self.angle_freq.to(gdt)).to(dtype)
+                # the first block also gets the 31-wide basis: its angle features are a linear map of it,
+                # so its projections of them are cheaper products of the basis
+                angle = (F.linear(basis, self.angle_embedding), basis)
                 # an angle's weight is bw_dir[e1] * bw_bg[b2], formed where it is used (in the CPU kernel)
                 bw_angle = (gather(bw_bg, plan.s_bond), bw_bg)
             h = self.atom_embedding.index_select(0, g.atomic_numbers - 1)
@@ -381,18 +388,30 @@ class CHGNetModel(nn.Module):
         pc = F.linear(h, wc)
         pc_b, pc_a = pc.split(w_bc, -1) if not last else (pc, None)
         parts = plan.angle_parts
-        angles = [angle] if len(parts) == 1 else list(angle.split([p.hi - p.lo for p in parts]))
+        sizes = [p.hi - p.lo for p in parts]
+        basis = None
+        if isinstance(angle, tuple):  # (features, basis): features = basis @ angle_embedding.T
+            angle, basis = angle
+        angles = [angle] if len(parts) == 1 else list(angle.split(sizes))
+        if basis is not None:
+            bases = [basis] if len(parts) == 1 else list(basis.split(sizes))
+            x_parts = list(zip(bases, angles))
+        else:
+            x_parts = [(a_, None) for a_ in angles]
+        emb = self.angle_embedding
         # first bond and centre atom are both per directed short edge: add them there, then expand
         qi = F.linear(bond_s, bc.mlp.cols(0, b), bc.mlp.b1)
         qj = F.linear(bond_s, bc.mlp.cols(b, 2 * b))
         x_dir = gather_sum([(qi, plan.s_bond), (pc_b, plan.s_center)])
         wa_b = bc.mlp.cols(2 * b, 2 * b + gdim)
+        if basis is not None:
+            wa_b = wa_b @ emb
 
-        def bond_msgs(part: _AnglePart, ang, x_dir=x_dir, qj=qj):
+        def bond_msgs(part: _AnglePart, xs, x_dir=x_dir, qj=qj):
             # angles are sorted by their first bond: the sum over angles is a segment sum
-            return bc.mlp.fused([(x_dir, part.e1), (qj, part.b2)], ang, wa_b, bw_angle, part.e1)
+            return bc.mlp.fused([(x_dir, part.e1), (qj, part.b2)], xs[0], wa_b, bw_angle, part.e1)
 
-        agg = scatter(_run_parts(bond_msgs, parts, angles), plan.s_bond)
+        agg = scatter(_run_parts(bond_msgs, parts, x_parts), plan.s_bond)
         new_bond = F.linear(agg, bc.w_out) + bond_s
         if last:
             return new_bond, angle
@@ -400,9 +419,11 @@ class CHGNetModel(nn.Module):
         rj = F.linear(new_bond, au.mlp.cols(b, 2 * b))
         y_dir = gather_sum([(ri, plan.s_bond), (pc_a, plan.s_center)])
         wa_a = au.mlp.cols(2 * b, 2 * b + gdim)
+        if basis is not None:
+            wa_a = wa_a @ emb
 
-        def angle_new(part: _AnglePart, ang, y_dir=y_dir, rj=rj):
-            return au.mlp.fused([(y_dir, part.e1), (rj, part.b2)], ang, wa_a, seg=part.e1, reduce=False,
-                                residual=True)
+        def angle_new(part: _AnglePart, xs, y_dir=y_dir, rj=rj):
+            return au.mlp.fused([(y_dir, part.e1), (rj, part.b2)], xs[0], wa_a, seg=part.e1, reduce=False,
+                                residual=True, x_res=xs[1])
 
-        return new_bond, _run_parts_cat(angle_new, parts, angles)
+        return new_bond, _run_parts_cat(angle_new, parts, x_parts)
