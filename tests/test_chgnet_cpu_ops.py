@@ -50,6 +50,20 @@ def _mlp(rng, hidden):
     return mlp
 
 
+def _assert_matches(out_k, g_k, out_t, g_t):
+    """Kernel against torch path: outputs and gradients to float32 rounding (None gradients count as zero)."""
+    assert out_k.shape == out_t.shape
+    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
+    for a, b in zip(g_k, g_t):
+        if a is None and b is None:  # an input the output does not depend on
+            continue
+        b = torch.zeros_like(a) if b is None else b
+        a = torch.zeros_like(b) if a is None else a
+        s = float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+
+
 CASES = [  # rows, n_seg, hidden, n_tables, dense x, weight w, reduce (else residual rows)
     (0, 4, 64, 3, False, True, True),
     (1, 1, 64, 3, False, True, True),
@@ -85,13 +99,7 @@ def test_gated_matches_torch(rows, n_seg, hidden, n_tab, dense, weight, reduce, 
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
-    assert out_k.shape == out_t.shape
-    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
-    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
-    for a, b in zip(g_k, g_t):
-        b = torch.zeros_like(a) if b is None else b
-        s = float(b.abs().max()) if b.numel() else 1.0
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+    _assert_matches(out_k, g_k, out_t, g_t)
 
 
 @pytest.mark.parametrize("rows,n_seg,n_b2,n_tab,dense", [(0, 5, 4, 2, True), (1, 1, 1, 2, True), (503, 40, 33, 2, True),
@@ -119,13 +127,7 @@ def test_gathered_weight_matches_torch(rows, n_seg, n_b2, n_tab, dense, threads)
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
-    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
-    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
-    for a, b in zip(g_k, g_t):
-        b = torch.zeros_like(a) if b is None else b
-        a = torch.zeros_like(b) if a is None else a
-        s = float(b.abs().max()) if b.numel() else 1.0
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+    _assert_matches(out_k, g_k, out_t, g_t)
 
 
 @pytest.mark.parametrize("rows,hidden,reduce,k", [(0, 0, False, 31), (1, 0, False, 31), (211, 0, False, 31),
@@ -158,15 +160,7 @@ def test_narrow_input_with_separate_residual_matches_torch(rows, hidden, reduce,
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
-    scale = float(out_t.abs().max()) if out_t.numel() else 1.0
-    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
-    for a, b in zip(g_k, g_t):
-        if a is None and b is None:  # the features when they are not the residual
-            continue
-        b = torch.zeros_like(a) if b is None else b
-        a = torch.zeros_like(b) if a is None else a
-        s = float(b.abs().max()) if b.numel() else 1.0
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * max(s, 1.0))
+    _assert_matches(out_k, g_k, out_t, g_t)
 
 
 @pytest.mark.parametrize("split_at", [0, 1, "mid", "all"])
