@@ -18,7 +18,6 @@ and the gated tail (layer norms, activations, weighting, aggregation) run as Tri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -342,10 +341,10 @@ class CHGNetModel(nn.Module):
                 unit = vec[:ns] / dist[:ns, None]
                 u_dir = gather(unit, plan.s_bond) * plan.s_orient[:, None]  # centre -> neighbour direction
                 cos = (gather(u_dir, plan.a_e1) * gather(u_dir, plan.a_e2)).sum(1)
-                basis = self._angular(cos, self.angle_freq.to(gdt)).to(dtype)
+                ang_basis = self._angular(cos, self.angle_freq.to(gdt)).to(dtype)
                 # the first block also gets the 31-wide basis: its angle features are a linear map of it,
                 # so its projections of them are cheaper products of the basis
-                angle = (F.linear(basis, self.angle_embedding), basis)
+                angle = (F.linear(ang_basis, self.angle_embedding), ang_basis)
                 # an angle's weight is bw_dir[e1] * bw_bg[b2], formed where it is used (in the CPU kernel)
                 bw_angle = (gather(bw_bg, plan.s_bond), bw_bg)
             h = self.atom_embedding.index_select(0, g.atomic_numbers - 1)
@@ -389,12 +388,12 @@ class CHGNetModel(nn.Module):
         pc_b, pc_a = pc.split(w_bc, -1) if not last else (pc, None)
         parts = plan.angle_parts
         sizes = [p.hi - p.lo for p in parts]
-        basis = None
+        ang_basis = None
         if isinstance(angle, tuple):  # (features, basis): features = basis @ angle_embedding.T
-            angle, basis = angle
+            angle, ang_basis = angle
         angles = [angle] if len(parts) == 1 else list(angle.split(sizes))
-        if basis is not None:
-            bases = [basis] if len(parts) == 1 else list(basis.split(sizes))
+        if ang_basis is not None:
+            bases = [ang_basis] if len(parts) == 1 else list(ang_basis.split(sizes))
             x_parts = list(zip(bases, angles))
         else:
             x_parts = [(a_, None) for a_ in angles]
@@ -404,7 +403,7 @@ class CHGNetModel(nn.Module):
         qj = F.linear(bond_s, bc.mlp.cols(b, 2 * b))
         x_dir = gather_sum([(qi, plan.s_bond), (pc_b, plan.s_center)])
         wa_b = bc.mlp.cols(2 * b, 2 * b + gdim)
-        if basis is not None:
+        if ang_basis is not None:
             wa_b = wa_b @ emb
 
         def bond_msgs(part: _AnglePart, xs, x_dir=x_dir, qj=qj):
@@ -419,7 +418,7 @@ class CHGNetModel(nn.Module):
         rj = F.linear(new_bond, au.mlp.cols(b, 2 * b))
         y_dir = gather_sum([(ri, plan.s_bond), (pc_a, plan.s_center)])
         wa_a = au.mlp.cols(2 * b, 2 * b + gdim)
-        if basis is not None:
+        if ang_basis is not None:
             wa_a = wa_a @ emb
 
         def angle_new(part: _AnglePart, xs, y_dir=y_dir, rj=rj):
