@@ -8,7 +8,16 @@
 // and its backward (gradients of the tables' rows, X and w; the weights are frozen). Rows are
 // processed six at a time in registers; nothing of width 128 is written per row except what the
 // backward needs (SiLU'(pre) and y, when the caller asks to save them) and the row gradients.
+// Variants the model uses to avoid whole passes over (rows, 64-128) tensors:
+//   - a table may come in two pieces (short and long bonds), read as if concatenated;
+//   - the edge weight may be a product of two gathered tables, w[r] = wt0[idx0[r]] * wt1[idx1[r]];
+//   - X may be narrow (<= 32: the angular basis the first block's angle features are a linear map of),
+//     with the residual from a separate 64-wide input;
+//   - the backward sums the gradients of table 0 (the segment table) and of table 1 (small: atoms, short
+//     bonds; one copy per thread) itself, so that only table 2 needs row gradients and a segment sum.
 // segsum: rows (optionally through a permutation) summed into sorted segments.
+// multi_linear_fwd / _bwd: several 128-wide projections of one narrow input (the long bonds' basis).
+// counting_argsort, neighbor_pairs: graph construction.
 //
 // Threads: OpenMP, from the libgomp torch already loaded (same soname, so one thread pool).
 

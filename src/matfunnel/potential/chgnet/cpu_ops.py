@@ -4,8 +4,12 @@ On the CPU the model's time went to memory-bound elementwise passes (gathers, Si
 gates, segment sums and their backwards; each reads and writes rows of 64-128 floats) rather than to
 its matrix products. :func:`gated` does a whole gated MLP per row in registers: the gathered first
 layer, the hidden layer, both layer norms and activations, the edge weight and the segment sum, and
-its backward in a second pass that reads back only the saved pre-activations. :func:`segsum` is a
-multi-threaded segment sum through a permutation.
+its backward in a second pass that reads back only the saved pre-activations. Tables may come in two
+pieces, the edge weight may be a product of two gathered tables, and the input may be a narrow basis
+with a separate residual (see :func:`gated`), so the model never builds those (rows, 64-128) tensors; the
+backward sums the small tables' gradients itself. :func:`segsum` is a multi-threaded segment sum through a
+permutation, :func:`multi_linear` several 128-wide projections of one narrow input, and
+:func:`counting_argsort` the index sorts of graph construction.
 
 The kernels are C++ compiled on first use with the system's ``g++`` (``-O3 -march=native -fopenmp``)
 into a cache folder (``MATFUNNEL_EXT_DIR``, default ``~/.cache/matfunnel/ext``) keyed by the source, the
