@@ -338,6 +338,14 @@ static inline LnStat ln_stat(const float* y, float eps) {
     return {mean, 1.0f / std::sqrt(var + eps)};
 }
 
+// both halves' statistics for the rows of a tile
+static inline void tile_ln_stats(const float (*y)[128], int nb, float eps, LnStat* stc, LnStat* stg) {
+    for (int i = 0; i < nb; ++i) {
+        stc[i] = ln_stat(y[i], eps);
+        stg[i] = ln_stat(y[i] + 64, eps);
+    }
+}
+
 struct LnOut {
     v16 z[4];
     float rstd;
@@ -384,10 +392,7 @@ extern "C" void gated_fwd(void** p, const int64_t* iv, float eps) {
             int nb = (int)(hi - r0 < TILE ? hi - r0 : TILE);
             first_layers(a, r0, nb, pre, y, a.save_pre ? ds : nullptr);
             LnStat stc[TILE], stg[TILE];
-            for (int i = 0; i < nb; ++i) {
-                stc[i] = ln_stat(y[i], eps);
-                stg[i] = ln_stat(y[i] + 64, eps);
-            }
+            tile_ln_stats(y, nb, eps, stc, stg);
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
                 if (a.save_y) stream_row(a.save_y + r * 128, y[i], 128);
@@ -444,10 +449,7 @@ extern "C" void gated_bwd(void** p, const int64_t* iv, float eps) {
                 first_layers(a, r0, nb, y2, y, pre);  // pre <- silu'(pre)
             }
             LnStat stc[TILE], stg[TILE];
-            for (int i = 0; i < nb; ++i) {
-                stc[i] = ln_stat(y[i], eps);
-                stg[i] = ln_stat(y[i] + 64, eps);
-            }
+            tile_ln_stats(y, nb, eps, stc, stg);
             for (int i = 0; i < nb; ++i) {
                 int64_t r = r0 + i;
                 const float* go = a.mode == 0 ? a.gout + a.seg[r] * 64 : a.gout + r * 64;
@@ -677,42 +679,18 @@ extern "C" int64_t neighbor_pairs(const double* frac, const double* lattice, con
 // out[r, :K] = sum_t g[t][r, :] @ W[t] for n_tab tables g[t] (n, 128) and weights W[t] (128, 32), the
 // columns past K zero (K <= 32): the input gradient of several 128-wide projections of one narrow input
 // (the long bonds' radial basis, K = 31, which general GEMMs handle poorly)
-template <int NB>
-static void multi_linear_bwd_tile(const float* const* g, const float* const* W, int n_tab, int64_t r0, int K,
-                                  float* out) {
-    v16 acc[NB][2] = {};  // NB is a constant: the accumulators stay in registers
-    for (int t = 0; t < n_tab; ++t) {
-        const float* gt = g[t] + r0 * 128;
-        const float* w = W[t];
-        for (int c = 0; c < 128; ++c) {
-            v16 b0 = ld(w + 32 * c), b1 = ld(w + 32 * c + 16);
-#pragma GCC unroll 8
-            for (int i = 0; i < NB; ++i) {
-                float a = gt[i * 128 + c];
-                acc[i][0] += a * b0;
-                acc[i][1] += a * b1;
-            }
-        }
-    }
-    for (int i = 0; i < NB; ++i) {
-        float tmp[32] __attribute__((aligned(64)));
-        st(tmp, acc[i][0]);
-        st(tmp + 16, acc[i][1]);
-        std::memcpy(out + (r0 + i) * K, tmp, sizeof(float) * K);
-    }
-}
-
 extern "C" void multi_linear_bwd(const float* const* g, const float* const* W, int n_tab, int64_t n, int K,
                                  float* out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r0 = 0; r0 < n; r0 += TILE) {
-        switch (n - r0 < TILE ? (int)(n - r0) : TILE) {
-            case 6: multi_linear_bwd_tile<6>(g, W, n_tab, r0, K, out); break;
-            case 5: multi_linear_bwd_tile<5>(g, W, n_tab, r0, K, out); break;
-            case 4: multi_linear_bwd_tile<4>(g, W, n_tab, r0, K, out); break;
-            case 3: multi_linear_bwd_tile<3>(g, W, n_tab, r0, K, out); break;
-            case 2: multi_linear_bwd_tile<2>(g, W, n_tab, r0, K, out); break;
-            default: multi_linear_bwd_tile<1>(g, W, n_tab, r0, K, out); break;
+        const int nb = (int)(n - r0 < TILE ? n - r0 : TILE);
+        v16 acc[TILE][2] = {};
+        for (int t = 0; t < n_tab; ++t) mmvn<2>(nb, g[t] + r0 * 128, 128, 128, W[t], 32, acc);
+        for (int i = 0; i < nb; ++i) {
+            float tmp[32] __attribute__((aligned(64)));
+            st(tmp, acc[i][0]);
+            st(tmp + 16, acc[i][1]);
+            std::memcpy(out + (r0 + i) * K, tmp, sizeof(float) * K);
         }
     }
 }

@@ -6,9 +6,9 @@ formulas makes about ten passes over (rows, 31) tensors in the backward, one of 
 here the backward is two weighted row sums of quantities the forward keeps (the sines and cosines; the
 radial basis needs one extra ``cos``), which matters on the CPU where these are memory-bound passes.
 
-The forwards evaluate exactly the formulas of :class:`~.model.CHGNetModel` in the same order, so the
-outputs are bitwise those of the autograd versions; the gradients agree to rounding (tested in
-``tests/test_chgnet_parity.py``). With frequencies that require gradients (training) the model keeps
+The forwards and the autograd versions share one implementation of the formulas, so the outputs are
+bitwise the same; the gradients agree to rounding (tested in
+``tests/test_chgnet_basis.py``). With frequencies that require gradients (training) the model keeps
 the autograd versions.
 """
 
@@ -20,38 +20,48 @@ import torch
 from torch import Tensor
 
 
-def radial_reference(d: Tensor, freq: Tensor, cutoff: float, p: int) -> Tensor:
-    """sqrt(2/c) sin(f d / c) / d times the polynomial envelope of d / c (zero from the cutoff on)."""
-    d = d[:, None]
-    out = math.sqrt(2.0 / cutoff) * torch.sin(freq * (d * (1.0 / cutoff))) / d
-    x = d / cutoff
+def _envelope(x: Tensor, p: int) -> Tensor:
+    """CHGNet's polynomial cutoff envelope of x = d / cutoff (before zeroing from x = 1 on)."""
     xp = x**p
-    env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
-    return out * torch.where(x < 1, env, torch.zeros_like(x))
+    return 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+
+
+def _radial_parts(d: Tensor, freq: Tensor, cutoff: float, p: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The radial basis and the arguments and sines it was made of (kept for the backward)."""
+    d = d[:, None]
+    arg = freq * (d * (1.0 / cutoff))
+    sin = torch.sin(arg)
+    out = math.sqrt(2.0 / cutoff) * sin / d
+    x = d / cutoff
+    return out * torch.where(x < 1, _envelope(x, p), torch.zeros_like(x)), arg, sin
+
+
+def _angular_parts(cos: Tensor, freq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The angular basis and the sines and cosines it was made of (kept for the backward)."""
+    theta = torch.acos(cos * (1 - 1e-6))
+    t = theta[:, None] * freq
+    s, co = torch.sin(t), torch.cos(t)
+    c0 = cos.new_full((cos.shape[0], 1), 1 / math.sqrt(2.0))
+    return torch.cat([c0, s, co], 1) / math.sqrt(math.pi), s, co
+
+
+def radial_reference(d: Tensor, freq: Tensor, cutoff: float, p: int) -> Tensor:
+    """sqrt(2/c) sin(f d / c) / d times the polynomial envelope of d / c (zero from the cutoff on); autograd."""
+    return _radial_parts(d, freq, cutoff, p)[0]
 
 
 def angular_reference(cos: Tensor, freq: Tensor) -> Tensor:
-    """[1/sqrt(2), sin(theta f), cos(theta f)] / sqrt(pi), theta = acos(cos (1 - 1e-6))."""
-    theta = torch.acos(cos * (1 - 1e-6))
-    t = theta[:, None] * freq
-    c0 = cos.new_full((cos.shape[0], 1), 1 / math.sqrt(2.0))
-    return torch.cat([c0, torch.sin(t), torch.cos(t)], 1) / math.sqrt(math.pi)
+    """[1/sqrt(2), sin(theta f), cos(theta f)] / sqrt(pi), theta = acos(cos (1 - 1e-6)); autograd."""
+    return _angular_parts(cos, freq)[0]
 
 
 class _Radial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d: Tensor, freq: Tensor, cutoff: float, p: int) -> Tensor:
-        # radial_reference, step by step, keeping the sines for the backward
-        d2 = d[:, None]
-        arg = freq * (d2 * (1.0 / cutoff))
-        sin = torch.sin(arg)
-        out = math.sqrt(2.0 / cutoff) * sin / d2
-        x = d2 / cutoff
-        xp = x**p
-        env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+        out, arg, sin = _radial_parts(d, freq, cutoff, p)
         ctx.save_for_backward(d, freq, arg, sin)
         ctx.cutoff, ctx.p = cutoff, p
-        return out * torch.where(x < 1, env, torch.zeros_like(x))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -59,8 +69,7 @@ class _Radial(torch.autograd.Function):
         c, p = ctx.cutoff, ctx.p
         k = math.sqrt(2.0 / c)
         x = d / c
-        xp = x**p
-        env = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+        env = _envelope(x, p)
         denv = -(p * (p + 1) * (p + 2) / 2) * x ** (p - 1) * (1 - x) ** 2  # d env / dx
         inside = (x < 1).to(d.dtype)
         # d out_j / dd = k [ cos(arg_j) f_j / c * env / d + sin(arg_j) (denv / (c d) - env / d^2) ]
@@ -74,12 +83,9 @@ class _Radial(torch.autograd.Function):
 class _Angular(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cos: Tensor, freq: Tensor) -> Tensor:
-        theta = torch.acos(cos * (1 - 1e-6))
-        t = theta[:, None] * freq
-        s, co = torch.sin(t), torch.cos(t)
-        c0 = cos.new_full((cos.shape[0], 1), 1 / math.sqrt(2.0))
+        out, s, co = _angular_parts(cos, freq)
         ctx.save_for_backward(cos, freq, s, co)
-        return torch.cat([c0, s, co], 1) / math.sqrt(math.pi)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):

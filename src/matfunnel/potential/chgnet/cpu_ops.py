@@ -159,6 +159,11 @@ def segsum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
     return out
 
 
+def _ptrs(tensors: list[Tensor]):
+    """A C array of the tensors' data pointers."""
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
 class _MultiLinear(torch.autograd.Function):
     """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights, forward and
     backward (the gradient of ``x``) each one C++ pass over all the outputs."""
@@ -171,8 +176,7 @@ class _MultiLinear(torch.autograd.Function):
         outs = [x.new_empty((n, 128)) for _ in range(n_out)]
         if n:
             bs = [b.contiguous() for b in wb[n_out:]]
-            arr = lambda ts: (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # noqa: E731
-            library().multi_linear_fwd(x.data_ptr(), x.shape[1], n, arr(transposed), arr(bs), n_out, arr(outs),
+            library().multi_linear_fwd(x.data_ptr(), x.shape[1], n, _ptrs(transposed), _ptrs(bs), n_out, _ptrs(outs),
                                        torch.get_num_threads())
         return tuple(outs)
 
@@ -183,9 +187,8 @@ class _MultiLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0] and use:
             n = use[0][0].shape[0]
             x_grad = use[0][0].new_empty((n, ctx.k))
-            gp = (ctypes.c_void_p * len(use))(*[g.data_ptr() for g, _ in use])
-            wp = (ctypes.c_void_p * len(use))(*[w.data_ptr() for _, w in use])
-            library().multi_linear_bwd(gp, wp, len(use), n, ctx.k, x_grad.data_ptr(), torch.get_num_threads())
+            library().multi_linear_bwd(_ptrs([g for g, _ in use]), _ptrs([w for _, w in use]), len(use), n, ctx.k,
+                                       x_grad.data_ptr(), torch.get_num_threads())
         return (x_grad, None, None) + (None,) * (2 * len(ctx.padded))
 
 
@@ -207,7 +210,7 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
 def counting_argsort(x: Tensor) -> Tensor | None:
     """Stable argsort of a 1-d int64 CPU tensor by counting sort (O(n); None when the keys span too wide a
     range or the kernels are off)."""
-    if not (_switch[0] and x.device.type == "cpu" and x.dtype == torch.int64) or library() is None:
+    if x.dtype != torch.int64 or not available(x.device):
         return None
     x = x.contiguous()
     out = torch.empty_like(x)

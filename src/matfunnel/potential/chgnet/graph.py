@@ -91,8 +91,6 @@ def argsort_stable(x: Tensor) -> Tensor:
     if x.device.type == "cpu":
         import numpy as np
 
-        from matfunnel.potential.chgnet import cpu_ops
-
         order = cpu_ops.counting_argsort(x)
         if order is not None:
             return order

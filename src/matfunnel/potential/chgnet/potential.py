@@ -194,15 +194,12 @@ class ChgnetPotential(Potential):
             keep_freed_memory()
 
     # ---- batching --------------------------------------------------------------------------
-    def _too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
+    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
+        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
         if n_atoms > self.max_atoms or edges + angles > self.max_items:
             return True
         return (self.max_edges is not None and edges > self.max_edges) or (
             self.max_angles is not None and angles > self.max_angles)
-
-    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
-        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
-        return self._too_big(n_atoms, edges, angles)
 
     def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
         """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
@@ -213,7 +210,7 @@ class ChgnetPotential(Potential):
         """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
         cfg = self.model.cfg
         est = estimate_sizes(n_atoms, volumes, cfg.atom_graph_cutoff, cfg.bond_graph_cutoff)
-        return pack_greedy(n_atoms, est, self._too_big)
+        return pack_greedy(n_atoms, est, self.too_big)
 
     def chunk_for(self, n_edges: int, n_angles: int) -> int | None:
         """Chunk size (items) for a graph of ``n_edges`` directed edges and ``n_angles`` angles; None when it
@@ -226,7 +223,7 @@ class ChgnetPotential(Potential):
         """
         n_items = n_edges + n_angles
         if self.chunk is not None:
-            return self.chunk if self._too_big(0, n_edges, n_angles) else None
+            return self.chunk if self.too_big(0, n_edges, n_angles) else None
         if n_items <= self.max_items * CHUNK_SLACK:
             return None
         scale = 2 if self.dtype == torch.float64 else 1
