@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
     ap.add_argument("--relax", type=int, default=0, help="profile relax_batched on this many relax-like structures")
     ap.add_argument("--relax-steps", type=int, default=60)
+    ap.add_argument("--syncs", type=int, default=0,
+                    help="on this many relax-like structures: host synchronisations of one engine evaluation (where), "
+                         "its wall time and the GPU's busy time")
     ap.add_argument("--relax-like", type=int, default=100, help="structures in the relax-like batch (0: none)")
     args = ap.parse_args()
 
@@ -152,6 +155,43 @@ def main() -> None:
             print(ev.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
             print(ev.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
+    if args.syncs:
+        import warnings
+
+        from matfunnel.engine.state import from_structures
+
+        st = from_structures(relax_like(args.syncs), dev)
+
+        def ev():
+            return pot.evaluate(st.numbers, st.positions, st.cell, st.n_atoms)
+        ev()
+        _sync()
+        t_wall = _median_time(ev)
+        sites: dict = {}
+        if gpu:
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ev()
+                _sync()
+            torch.cuda.set_sync_debug_mode(0)
+            for w in caught:
+                if "synchroniz" not in str(w.message):
+                    continue
+                key = f"{w.filename}:{w.lineno}"
+                sites[key] = sites.get(key, 0) + 1
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with profile(activities=acts) as prof:
+            ev()
+            _sync()
+        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+        print(f"\n== one engine evaluation of {args.syncs} relax-like structures ({int(st.n_atoms.sum())} atoms): "
+              f"wall {t_wall * 1e3:.1f} ms, GPU busy {busy:.1f} ms (profiled), {sum(sites.values())} synchronisations")
+        for key, c in sorted(sites.items(), key=lambda kv: -kv[1]):
+            print(f"  {c:4d}  {key}")
+
     if args.relax:
         import cProfile
         import pstats
@@ -173,7 +213,8 @@ def main() -> None:
         print(f"\n== relax_batched profile: {len(structs)} structures ({sum(len(s) for s in structs)} atoms), "
               f"at most {args.relax_steps} steps: {wall:.2f} s (cProfile on), {steps} structure-steps, "
               f"{atom_steps / wall:,.0f} atom-steps/s")
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(28)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
     print("\n== largest structure (rocksalt supercells, chunked when over the budget)")
     print(f"{'atoms':>8}{'time s':>9}{'us/atom':>9}{'peak GiB':>10}")

@@ -114,6 +114,9 @@ def main(argv=None) -> int:
                     help="run (a) and (b) on the first REF_N structures only (the same random sample); speed-ups "
                          "are then ratios of structures/hour")
     ap.add_argument("--wbm", type=int, default=257_487, help="structures in the IS2RE task, for the extrapolation")
+    ap.add_argument("--max-atoms", type=int, default=None, help="the potential's atom cap per batch (its default if unset)")
+    ap.add_argument("--split", action="store_true",
+                    help="also report the time inside potential evaluations (synchronised) against the engine's own")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")  # pymatgen/scipy chatter on every ASE step
     if args.threads:
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     from matfunnel.engine import AtomBudget, relax_batched, relax_structures
     from matfunnel.potential import load_potential
 
-    pot = load_potential(args.potential, args.device)
+    pot = load_potential(args.potential, args.device, **({"max_atoms": args.max_atoms} if args.max_atoms else {}))
     structs = make_structures(args.n, args.seed)
     sizes = [len(s) for s in structs]
     budget = AtomBudget(pot)
@@ -131,9 +134,31 @@ def main(argv=None) -> int:
           f"max {args.max_steps} steps; batch budget {'plan_batches' if budget.plan else budget.max_atoms}")
     pot.predict(structs[:2])  # warm-up
 
+    split = {"eval": 0.0, "calls": 0, "atoms": 0}
+    if args.split:
+        import matfunnel.engine.runner as runner
+
+        inner = runner.evaluate
+
+        def timed(state, potential, *a, **kw):
+            _sync(args.device)
+            t = time.perf_counter()
+            out = inner(state, potential, *a, **kw)
+            _sync(args.device)
+            split["eval"] += time.perf_counter() - t
+            split["calls"] += 1
+            split["atoms"] += int(state.positions.shape[0])
+            return out
+
+        runner.evaluate = timed
+    finished_at: list[float] = [0.0] * len(structs)
     _sync(args.device)
     t0 = time.perf_counter()
-    batched = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps)
+
+    def on_result(i, res):
+        finished_at[i] = time.perf_counter() - t0
+
+    batched = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps, on_result=on_result)
     _sync(args.device)
     wall_b = time.perf_counter() - t0
     rows = {"batched": summarize("batched", batched, wall_b)}
@@ -142,6 +167,23 @@ def main(argv=None) -> int:
     print(f"batched: {atom_steps / wall_b:,.0f} atom-steps/s ({atom_steps:,} atom-steps: mean "
           f"{atom_steps / len(structs):.0f} per structure); at this rate {args.wbm:,} structures like these take "
           f"{args.wbm * per_struct / 3600:.2f} h")
+    # steady state: until the last structure enters the batch the device is full; after it, the batch drains
+    # (the tail). A structure's atom-steps are spread evenly over its time in the batch.
+    entered = [f - (r.wall_time or 0.0) for f, r in zip(finished_at, batched)]
+    t_full = max(entered)
+    done = sum(len(s) * (r.n_steps or 0) * min(1.0, max(0.0, (t_full - e) / max(f - e, 1e-9)))
+               for s, r, e, f in zip(structs, batched, entered, finished_at))
+    if t_full > 0.1 * wall_b and done > 0:
+        steady = done / t_full
+        tail = wall_b - t_full
+        est = args.wbm * (atom_steps / len(structs)) / steady + tail
+        print(f"batched, steady state (until the last structure entered, {t_full:.1f} s of {wall_b:.1f} s): "
+              f"{steady:,.0f} atom-steps/s; tail {tail:.1f} s. {args.wbm:,} structures like these: "
+              f"{est / 3600:.2f} h (steady rate for all, plus one tail)")
+    if args.split:
+        print(f"inside potential evaluations: {split['eval']:.1f} s of {wall_b:.1f} s over {split['calls']} calls "
+              f"(mean {split['atoms'] / max(split['calls'], 1):,.0f} atoms, {1e3 * split['eval'] / max(split['calls'], 1):.1f} ms"
+              f" per call); engine and host work: {wall_b - split['eval']:.1f} s")
     ref_structs = structs[: args.ref_n] if args.ref_n else structs
     ref_batched = batched[: len(ref_structs)]
     if args.ref_n:

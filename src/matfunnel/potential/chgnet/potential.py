@@ -185,7 +185,10 @@ class ChgnetPotential(Potential):
         self.bytes_per_item = (BYTES_PER_ITEM_FUSED if fused else BYTES_PER_ITEM_GPU if triton_path
                                else BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1))
         self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
-        self.max_atoms = max_atoms or (20_000 if gpu else 4_000)
+        # on a GPU the item budget is what binds for crystals (relax-like cells: ~120 items per atom); the atom
+        # cap only bounds the per-atom tensors of sparse cells. A fixed 20k cap left an H100 a third idle in
+        # batched relaxations (benchmarks/NOTES.md, fifth session).
+        self.max_atoms = max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
         self.max_edges = max_edges
         self.max_angles = max_angles
         self.chunk = chunk
