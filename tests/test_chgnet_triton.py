@@ -44,7 +44,7 @@ def _index(rng, n_rows, n_targets, *, sort, empty_every=3):
 
 @pytest.mark.parametrize("n_rows,n_targets,width,sort", [
     (0, 5, 8, True), (1, 1, 3, False), (37, 11, 64, True), (200, 13, 64, False), (150, 40, 9, False),
-    (64, 200, 128, True),
+    (64, 200, 128, True), (301, 97, 64, False), (500, 61, 9, True), (700, 33, 3, False),
 ])
 def test_scatter_and_gather_match_torch(use_triton, n_rows, n_targets, width, sort):
     rng = np.random.default_rng(n_rows * 1000 + width)
@@ -105,7 +105,7 @@ def _gated_torch(y, w, ln, eps, seg):
 
 @pytest.mark.parametrize("n_rows,n_seg,f,with_w,segments", [
     (0, 4, 64, True, True), (1, 1, 64, False, False), (90, 12, 64, True, True), (257, 9, 64, False, False),
-    (70, 30, 24, True, True), (33, 0, 64, True, False),
+    (70, 30, 24, True, True), (33, 0, 64, True, False), (333, 101, 64, True, True),
 ])
 def test_gated_kernel_matches_torch(n_rows, n_seg, f, with_w, segments):
     rng = np.random.default_rng(n_rows + f)

@@ -26,23 +26,26 @@ def gather_sum_kernel(out_ptr, x0_ptr, x1_ptr, x2_ptr, d_ptr, i0_ptr, i1_ptr, i2
 
 
 @triton.jit
-def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, D,
-                       PERM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    seg = tl.program_id(0)
+def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, n_seg, D,
+                       PERM: tl.constexpr, SEGS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    # SEGS consecutive segments per program (a bond's handful of rows would leave most of a program idle)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
-    lo = tl.load(off_ptr + seg)
-    hi = tl.load(off_ptr + seg + 1)
-    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=out_ptr.dtype.element_ty)  # float32, or float64 (geometry)
-    for start in range(lo, hi, BLOCK_R):
-        k = start + tl.arange(0, BLOCK_R)
-        km = k < hi
-        if PERM:
-            src = tl.load(perm_ptr + k, mask=km, other=0).to(tl.int64)
-        else:
-            src = k.to(tl.int64)
-        acc += tl.load(x_ptr + src[:, None] * D + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-    tl.store(out_ptr + seg.to(tl.int64) * D + cols, tl.sum(acc, 0), mask=cm)
+    for q in tl.static_range(SEGS):
+        seg = tl.program_id(0) * SEGS + q
+        # past the last segment: an empty range (offsets[n_seg] twice), nothing stored
+        lo = tl.load(off_ptr + tl.minimum(seg, n_seg))
+        hi = tl.load(off_ptr + tl.minimum(seg + 1, n_seg))
+        acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=out_ptr.dtype.element_ty)  # float32, or float64 (geometry)
+        for start in range(lo, hi, BLOCK_R):
+            k = start + tl.arange(0, BLOCK_R)
+            km = k < hi
+            if PERM:
+                src = tl.load(perm_ptr + k, mask=km, other=0).to(tl.int64)
+            else:
+                src = k.to(tl.int64)
+            acc += tl.load(x_ptr + src[:, None] * D + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
+        tl.store(out_ptr + seg.to(tl.int64) * D + cols, tl.sum(acc, 0), mask=cm & (seg + 0 * cols < n_seg))
 
 
 @triton.jit
@@ -55,8 +58,23 @@ def layer_norm_rows(x, m2, g, b, F, eps):
 
 
 @triton.jit
-def gated_fwd_kernel(out_ptr, y_ptr, w_ptr, off_ptr, gc_ptr, bc_ptr, gg_ptr, bg_ptr, n_rows, F, eps,
-                     SEGMENTS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr):
+def _gated_rows(y_ptr, w_ptr, rows, rm, cols, cm, gc, bc, gg, bg, F, eps, HAS_W: tl.constexpr):
+    """The message of ``rows`` (masked by ``rm``; zero outside the mask)."""
+    m2 = rm[:, None] & cm[None, :]
+    core = tl.load(y_ptr + rows[:, None] * (2 * F) + cols[None, :], mask=m2, other=0.0)
+    gate = tl.load(y_ptr + rows[:, None] * (2 * F) + F + cols[None, :], mask=m2, other=0.0)
+    _, _, yc = layer_norm_rows(core, m2, gc, bc, F, eps)
+    _, _, yg = layer_norm_rows(gate, m2, gg, bg, F, eps)
+    msg = yc * tl.sigmoid(yc) * tl.sigmoid(yg)
+    if HAS_W:
+        msg *= tl.load(w_ptr + rows[:, None] * F + cols[None, :], mask=m2, other=0.0)
+    return tl.where(m2, msg, 0.0)
+
+
+@triton.jit
+def gated_fwd_kernel(out_ptr, y_ptr, w_ptr, off_ptr, gc_ptr, bc_ptr, gg_ptr, bg_ptr, n_rows, n_seg, F, eps,
+                     SEGMENTS: tl.constexpr, HAS_W: tl.constexpr, SEGS: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_F: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_F)
     cm = cols < F
@@ -65,30 +83,21 @@ def gated_fwd_kernel(out_ptr, y_ptr, w_ptr, off_ptr, gc_ptr, bc_ptr, gg_ptr, bg_
     gg = tl.load(gg_ptr + cols, mask=cm, other=0.0)
     bg = tl.load(bg_ptr + cols, mask=cm, other=0.0)
     if SEGMENTS:
-        lo = tl.load(off_ptr + pid)
-        hi = tl.load(off_ptr + pid + 1)
+        # SEGS consecutive segments per program, each summed over tiles of BLOCK_R rows
+        for q in tl.static_range(SEGS):
+            seg = pid * SEGS + q
+            lo = tl.load(off_ptr + tl.minimum(seg, n_seg))
+            hi = tl.load(off_ptr + tl.minimum(seg + 1, n_seg))
+            acc = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.float32)
+            for start in range(lo, hi, BLOCK_R):
+                rows = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
+                acc += _gated_rows(y_ptr, w_ptr, rows, rows < hi, cols, cm, gc, bc, gg, bg, F, eps, HAS_W)
+            tl.store(out_ptr + seg.to(tl.int64) * F + cols, tl.sum(acc, 0), mask=cm & (seg + 0 * cols < n_seg))
     else:
-        lo = pid * BLOCK_R
-        hi = tl.minimum(lo + BLOCK_R, n_rows)
-    acc = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_R):
-        rows = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
-        rm = rows < hi
-        m2 = rm[:, None] & cm[None, :]
-        core = tl.load(y_ptr + rows[:, None] * (2 * F) + cols[None, :], mask=m2, other=0.0)
-        gate = tl.load(y_ptr + rows[:, None] * (2 * F) + F + cols[None, :], mask=m2, other=0.0)
-        _, _, yc = layer_norm_rows(core, m2, gc, bc, F, eps)
-        _, _, yg = layer_norm_rows(gate, m2, gg, bg, F, eps)
-        msg = yc * tl.sigmoid(yc) * tl.sigmoid(yg)
-        if HAS_W:
-            msg *= tl.load(w_ptr + rows[:, None] * F + cols[None, :], mask=m2, other=0.0)
-        msg = tl.where(m2, msg, 0.0)
-        if SEGMENTS:
-            acc += msg
-        else:
-            tl.store(out_ptr + rows[:, None] * F + cols[None, :], msg, mask=m2)
-    if SEGMENTS:
-        tl.store(out_ptr + pid.to(tl.int64) * F + cols, tl.sum(acc, 0), mask=cm)
+        rows = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        rm = rows < n_rows
+        msg = _gated_rows(y_ptr, w_ptr, rows, rm, cols, cm, gc, bc, gg, bg, F, eps, HAS_W)
+        tl.store(out_ptr + rows[:, None] * F + cols[None, :], msg, mask=rm[:, None] & cm[None, :])
 
 
 @triton.jit

@@ -55,10 +55,19 @@ def segment_sum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
     if n_seg == 0 or d == 0:
         return out.zero_().reshape(n_seg, *tail)
     block_d = min(_pow2(d), 128)
-    grid = (n_seg, _cdiv(d, block_d))
-    _k("segment_sum")[grid](out, x2, perm if perm is not None else offsets, offsets, d,
-                            PERM=perm is not None, BLOCK_R=16, BLOCK_D=block_d)
+    n_rows = perm.shape[0] if perm is not None else x2.shape[0]
+    block_r, segs = _segment_tiles(n_rows, n_seg, max(16, 2048 // block_d))
+    grid = (_cdiv(n_seg, segs), _cdiv(d, block_d))
+    _k("segment_sum")[grid](out, x2, perm if perm is not None else offsets, offsets, n_seg, d,
+                            PERM=perm is not None, SEGS=segs, BLOCK_R=block_r, BLOCK_D=block_d)
     return out.reshape(n_seg, *tail)
+
+
+def _segment_tiles(n_rows: int, n_seg: int, max_rows: int) -> tuple[int, int]:
+    """Rows per tile and segments per program for segments of ``n_rows / n_seg`` rows on average: a tile about
+    one average segment long, and short segments several to a program (at least 16 rows of work each)."""
+    block_r = min(max(_pow2(-(-n_rows // max(n_seg, 1))), 2), max_rows)
+    return block_r, max(1, min(8, 16 // block_r))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -95,13 +104,16 @@ class _Gated(torch.autograd.Function):
         segments = offsets is not None
         n_rows = y.shape[0]
         block_f = _pow2(f)
-        block_r = max(1, 2048 // block_f)
+        block_r, segs = max(1, 2048 // block_f), 1
         n_out = offsets.shape[0] - 1 if segments else n_rows
+        if segments:
+            block_r, segs = _segment_tiles(n_rows, n_out, block_r)
         out = y.new_empty(n_out, f)
         if n_out:
-            grid = (n_out,) if segments else (_cdiv(n_rows, block_r),)
-            _k("gated_fwd")[grid](out, y, w if w is not None else y, offsets if segments else y, *ln, n_rows, f, eps,
-                                  SEGMENTS=segments, HAS_W=w is not None, BLOCK_R=block_r, BLOCK_F=block_f)
+            grid = (_cdiv(n_out, segs),) if segments else (_cdiv(n_rows, block_r),)
+            _k("gated_fwd")[grid](out, y, w if w is not None else y, offsets if segments else y, *ln, n_rows, n_out, f,
+                                  eps, SEGMENTS=segments, HAS_W=w is not None, SEGS=segs, BLOCK_R=block_r,
+                                  BLOCK_F=block_f)
         ctx.save_for_backward(y, w, *ln, seg_of_row)
         ctx.eps, ctx.segments, ctx.has_w = eps, segments, w is not None
         return out
