@@ -242,3 +242,21 @@ def test_min_distances_match_brute_force(rng, cpp):
         else:
             assert d == float("inf")
     assert torch.isfinite(torch.tensor(got)).sum() >= 3  # the check sees real overlaps in this set
+
+
+def test_overlap_found_on_the_potentials_graph_at_the_first_step():
+    """chgnet-0.3.0 reports the minimum distance on its own graph: no all-pairs check before the batch, the
+    overlap is reported at step 0 as the cause (not as the huge forces it gives); coincident atoms, which
+    a graph cannot see, are still rejected before."""
+    from matfunnel.potential import load_potential
+
+    pot = load_potential("chgnet-0.3.0")
+    assert pot.distances_on_graph
+    good = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    close = Structure(Lattice.cubic(4.2), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.52, 0.5, 0.5]])
+    same = Structure(Lattice.cubic(4.2), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    res = relax_batched([good, close, same], pot, labels=["good", "close", "same"], fmax=0.05, max_steps=100)
+    assert res[0].converged, res[0].error
+    assert "'close'" in res[1].error and "closer than" in res[1].error and "step 0" in res[1].error
+    assert res[1].n_steps == 0 and res[1].initial_structure["sites"]
+    assert "'same'" in res[2].error and "same point" in res[2].error

@@ -81,3 +81,26 @@ def test_disordered_and_dummy_species_are_rejected_by_name():
     assert "'dummy'" in out[2]["error"] and "X not covered" in out[2]["error"]
     assert np.isfinite(out[3]["energy"])  # oxidation-state decorations are fine
     assert site_numbers(ionic).tolist() == list(ionic.atomic_numbers) == [12, 8]
+
+
+def test_coincident_atoms_and_element_table_agree_with_brute_force(rng):
+    """The one-integer-per-point duplicate check and the element lookup table, on fresh random cells."""
+    from pymatgen.core import Lattice, Structure
+
+    from matfunnel.potential.validate import coincident_atoms, validate_structure
+
+    for _ in range(40):
+        n = int(rng.integers(2, 12))
+        frac = rng.random((n, 3))
+        if rng.random() < 0.5:  # a duplicate, possibly through a periodic image (x and x + 1)
+            a, b = rng.choice(n, 2, replace=False)
+            frac[b] = frac[a] + rng.integers(-1, 2, size=3)
+        s = Structure(Lattice(np.eye(3) * 5 + rng.normal(0, 0.3, (3, 3))), ["Na"] * n, frac)
+        wrapped = np.mod(frac, 1.0)
+        diff = np.abs(wrapped[:, None] - wrapped[None])
+        diff = np.minimum(diff, 1 - diff).max(2) + np.eye(n)
+        assert coincident_atoms(s) == bool((diff < 1e-7).any())
+    ok = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    validate_structure(ok, "ok", {11, 17}, check_distances=False)
+    with pytest.raises(StructureError, match="element.*Cl.*not covered"):
+        validate_structure(ok, "nacl", {11, 12}, check_distances=False)

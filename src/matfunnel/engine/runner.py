@@ -139,6 +139,8 @@ def relax_batched(
     the batch budget; ``check_distance_every`` steps between minimum-distance checks. Returns one
     :class:`RelaxResult` per input, in input order; ``wall_time`` is the time the structure spent in
     the batch (shared with its batch mates).
+
+    Structures are validated when the batch reaches them, not all before the first step.
     """
     n = len(structures)
     labels = list(labels) if labels is not None else [None] * n
@@ -151,6 +153,9 @@ def relax_batched(
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="relax", unit="struct")
+    # a potential that measures the minimum distance on its own graph reports it with every evaluation, so the
+    # first step checks it (free) instead of an all-pairs distance matrix per structure up front
+    graph_distances = bool(getattr(potential, "distances_on_graph", False)) and bool(check_distance_every)
 
     def finish(i: int, res: RelaxResult) -> None:
         res.wall_time = time.perf_counter() - entered.get(i, time.perf_counter())
@@ -165,28 +170,47 @@ def relax_batched(
         init = s.as_dict() if isinstance(s, Structure) else {}
         return RelaxResult(label=labels[i], formula=formula, initial_structure=init)
 
-    symmetrizer = Symmetrizer(symprec) if symmetry else None
-    queue: deque[int] = deque()
-    for i, obj in enumerate(structures):
-        t0 = time.perf_counter()
+    def prepare(i: int):
+        """(structure, label, error) of input ``i``."""
+        label = labels[i]
         try:
-            s = as_structure(obj, labels[i])
-            labels[i] = labels[i] or structure_label(s, i)
-            validate_structure(s, labels[i], potential.supported_elements)
+            s = as_structure(structures[i], label)
+            label = label or structure_label(s, i)
+            validate_structure(s, label, potential.supported_elements, check_distances=not graph_distances)
+            return s, label, None
+        except StructureError as exc:
+            return None, label or f"structure#{i}", str(exc)
+
+    def failed_doc(i: int, error: str) -> RelaxResult:
+        res = blank(i, structures[i] if inputs[i] is None else inputs[i])
+        res.error = error
+        return res
+
+    symmetrizer = Symmetrizer(symprec) if symmetry else None
+    queue: deque[int] = deque(range(n))
+    ready: set[int] = set()
+    budget = AtomBudget(potential, max_atoms)
+
+    def head() -> int | None:
+        """The first queued structure, validated and registered with the budget (invalid ones leave first)."""
+        while queue:
+            i = queue[0]
+            if i in ready:
+                return i
+            s, labels[i], error = prepare(i)
+            if error is not None:
+                queue.popleft()
+                entered[i] = time.perf_counter()
+                finish(i, failed_doc(i, error))
+                continue
             inputs[i] = s
             if symmetrizer is not None:
                 symmetrizer.add(i, s)
-            queue.append(i)
-        except StructureError as exc:
-            labels[i] = labels[i] or f"structure#{i}"
-            entered[i] = t0
-            res = blank(i, obj)
-            res.error = str(exc)
-            finish(i, res)
+            budget.register(i, len(s), float(s.volume))
+            ready.add(i)
+            return i
+        return None
 
-    budget = AtomBudget(potential, max_atoms)
-    for i in queue:
-        budget.register(i, len(inputs[i]), float(inputs[i].volume))
     active: FireState | None = None
     it = 0
 
@@ -195,7 +219,7 @@ def relax_batched(
             return active
         tally = budget.tally([] if active is None else active.ids.tolist())
         take = []
-        while queue and budget.add(tally, queue[0]):
+        while head() is not None and budget.add(tally, queue[0]):
             take.append(queue.popleft())
         if not take:
             return active
@@ -216,7 +240,7 @@ def relax_batched(
         reasons = failure_reasons(
             active, torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1),
             torch.isfinite(active.forces).all(1),
-            bool(check_distance_every) and it % check_distance_every == 0 and it > 0)
+            bool(check_distance_every) and it % check_distance_every == 0 and (it > 0 or graph_distances))
         steps = active.n_steps.tolist()
         ok = torch.tensor([r is None for r in reasons], device=active.device)
         active = fire_forces(active)

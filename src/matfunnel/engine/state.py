@@ -262,13 +262,14 @@ def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_d
         dmin_t = min_distances(state.positions, state.cell, state.batch, nb)
     finite_l, fabs_l, dmin = torch.stack([finite.to(fabs.dtype), fabs, dmin_t.to(fabs.dtype)]).tolist()
     for b in range(nb):
+        # the cause before its symptoms: overlapping atoms first, then the NaN or huge forces they give
         if reasons[b] is not None:
             reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
+        elif dmin[b] < MIN_DISTANCE:
+            reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin[b]:.3f} A) "
+                          f"at step {steps[b]}")
         elif not finite_l[b]:
             reasons[b] = f"NaN energy/forces at step {steps[b]}"
         elif fabs_l[b] > MAX_FORCE:
             reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
-        elif dmin[b] < MIN_DISTANCE:
-            reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin[b]:.3f} A) "
-                          f"at step {steps[b]}")
     return reasons

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Structure
@@ -62,8 +63,8 @@ def validate_structure(
     if vol < 1e-3:
         raise StructureError(label, f"the cell is degenerate (volume {vol:.3g} A^3)")
     if supported_elements is not None:
-        supported = set(supported_elements)
-        if not np.isin(numbers, np.fromiter(supported, dtype=np.int64)).all():
+        supported = frozenset(supported_elements)
+        if not _covered(supported)[numbers].all():
             bad = sorted({site.specie.symbol for site in struct if getattr(site.specie, "Z", 0) not in supported})
             raise StructureError(label, f"element(s) {', '.join(bad)} not covered by the potential")
     if not check_distances:
@@ -91,12 +92,23 @@ def site_numbers(struct: Structure) -> np.ndarray | None:
     return out
 
 
+@lru_cache(maxsize=8)
+def _covered(supported: frozenset) -> np.ndarray:
+    """Lookup table: ``table[z]`` is whether atomic number ``z`` (0-127; 0 = a dummy species) is supported."""
+    table = np.zeros(128, dtype=bool)
+    table[[z for z in supported if 0 < z < 128]] = True
+    return table
+
+
 def coincident_atoms(struct: Structure, tol: float = 1e-6) -> bool:
     """Whether two atoms sit on the same point (fractional coordinates equal modulo 1 to ``tol``)."""
     if len(struct) < 2:
         return False
-    key = np.round(np.mod(struct.frac_coords, 1.0) / tol).astype(np.int64) % int(round(1 / tol))
-    return len(np.unique(key, axis=0)) < len(struct)
+    m = int(round(1 / tol))
+    key = np.round(np.mod(struct.frac_coords, 1.0) / tol).astype(np.int64) % m
+    # one integer per point (m**3 < 2**63 for tol >= 1e-6): a 1-d sort instead of unique rows
+    flat = (key[:, 0] * m + key[:, 1]) * m + key[:, 2] if m <= 2_000_000 else key
+    return len(np.unique(flat, axis=0)) < len(struct)
 
 
 def min_pair_distance(struct: Structure) -> float:
