@@ -229,7 +229,7 @@ def test_whole_model_matches_torch_path():
 
 
 def test_neighbor_pairs_match_torch_cell_lists():
-    from matfunnel.potential.chgnet import graph
+    from matfunnel.potential import neighbors
     from matfunnel.potential.chgnet.testing import supercell
 
     rng = np.random.default_rng()
@@ -245,11 +245,13 @@ def test_neighbor_pairs_match_torch_cell_lists():
         return {(a, b, tuple(m)): dist for a, b, m, dist in
                 zip(i.tolist(), j.tolist(), img.round().long().tolist(), d.tolist())}
 
-    ref = pairs(graph.neighbor_pairs(frac, lat, batch, 6.0))
-    ours = pairs(cpu_ops.neighbor_pairs(frac, lat, n, 6.0, graph.SELF_TOL))
+    ref = pairs(neighbors.neighbor_pairs(frac, lat, batch, 6.0))
+    ours = pairs(cpu_ops.neighbor_pairs(frac, lat, n, 6.0, neighbors.SELF_TOL))
     assert len(ref) > 1000
     assert ours.keys() == ref.keys()
     assert max(abs(ours[k] - ref[k]) for k in ref) < 1e-12
+    # the dispatching entry point picks the C++ search here and gives the same pairs
+    assert pairs(neighbors.pairs_within(frac, lat, n, 6.0)).keys() == ref.keys()
 
 
 @pytest.mark.parametrize("n,k", [(0, 31), (1, 31), (257, 31), (100, 7)])

@@ -212,13 +212,12 @@ def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int
     """(B,) smallest interatomic distance of each structure up to ``cutoff`` A (``inf`` when no two atoms, or no
     atom and its own periodic image, are that close).
 
-    A cell-list neighbour search at the small cutoff (the C++ one on the CPU, the batched torch one elsewhere),
+    A cell-list neighbour search at the small cutoff (:mod:`matfunnel.potential.neighbors`),
     so the cost is linear in the atoms whatever the cell. Used for potentials that do not report the distance
     themselves (:attr:`Evaluation.min_distance`); what the engine asks is only whether it is under
     ``MIN_DISTANCE``.
     """
-    from matfunnel.potential.chgnet import cpu_ops
-    from matfunnel.potential.chgnet.graph import SELF_TOL, neighbor_pairs
+    from matfunnel.potential.neighbors import pairs_within
 
     dev = positions.device
     out = torch.full((n_systems,), float("inf"), dtype=DTYPE, device=dev)
@@ -226,10 +225,7 @@ def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int
         return out
     frac = torch.linalg.solve(cell.transpose(1, 2)[batch], positions.unsqueeze(2)).squeeze(2)  # r = L^T f
     counts = torch.bincount(batch, minlength=n_systems)
-    if cpu_ops.available(dev):
-        i, _, _, d = cpu_ops.neighbor_pairs(frac, cell, counts, cutoff, SELF_TOL)
-    else:
-        i, _, _, d = neighbor_pairs(frac, cell, batch, cutoff)
+    i, _, _, d = pairs_within(frac, cell, counts, cutoff, batch)
     return out.scatter_reduce_(0, batch[i.to(dev)], d.to(device=dev, dtype=DTYPE), reduce="amin")
 
 

@@ -1,10 +1,5 @@
-"""Batched crystal-graph construction in pure torch (CPU or GPU).
-
-Many periodic structures are processed at once with a batched cell list: every structure's cell is
-cut into bins at least ``cutoff`` wide (or a single bin when the cell is thinner than the cutoff, in
-which case enough periodic images are visited), each atom visits the bins around its own, and the
-candidate pairs are filtered by distance. There is no per-structure Python loop; work is split into
-chunks only by the number of candidate pairs, so 10k-atom structures fit in memory.
+"""Batched crystal-graph construction in pure torch (CPU or GPU), on the neighbour search of
+:mod:`matfunnel.potential.neighbors`.
 
 Conventions (the same neighbour sets chgnet builds):
 
@@ -28,10 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from matfunnel.potential.chgnet import cpu_ops
+from matfunnel.potential.neighbors import SELF_TOL, argsort_stable, exclusive_cumsum, expand_counts, pairs_within
 
-#: pairs of atoms closer than this are the same point (pymatgen's numerical_tol)
-SELF_TOL = 1e-8
+__all__ = ["SELF_TOL", "GraphBatch", "argsort_stable", "build_angles", "build_graph", "estimate_sizes"]
 
 
 @dataclass
@@ -81,138 +75,6 @@ class GraphBatch:
         return GraphBatch(**kw)
 
 
-def argsort_stable(x: Tensor) -> Tensor:
-    """Stable argsort of a 1-d integer tensor.
-
-    torch's CPU sort of int64 is very slow (about 280 ms for 87k values on 2 cores, against about
-    10 ms for numpy's), so CPU tensors are sorted by a C++ counting sort where the keys are indices into
-    a table (about 0.3 ms for 143k keys), else by numpy.
-    """
-    if x.device.type == "cpu":
-        import numpy as np
-
-        order = cpu_ops.counting_argsort(x)
-        if order is not None:
-            return order
-
-        return torch.from_numpy(np.argsort(x.numpy(), kind="stable"))
-    return torch.argsort(x, stable=True)
-
-
-def _excl_cumsum(x: Tensor) -> Tensor:
-    out = torch.zeros_like(x)
-    if x.numel() > 1:
-        torch.cumsum(x[:-1], 0, out=out[1:])
-    return out
-
-
-def _expand(counts: Tensor) -> tuple[Tensor, Tensor]:
-    """For counts c_k return (owner k, rank within owner) for sum(c) items."""
-    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
-    rank = torch.arange(owner.shape[0], device=counts.device) - _excl_cumsum(counts)[owner]
-    return owner, rank
-
-
-def cell_geometry(lattice: Tensor, cutoff: float, max_bins: int = 64) -> tuple[Tensor, Tensor]:
-    """Bins per axis and bin search radius per axis for each lattice (B, 3, 3)."""
-    a0, a1, a2 = lattice[:, 0], lattice[:, 1], lattice[:, 2]
-    vol = torch.linalg.det(lattice).abs()
-    areas = torch.stack(
-        [torch.linalg.cross(a1, a2).norm(dim=1), torch.linalg.cross(a2, a0).norm(dim=1),
-         torch.linalg.cross(a0, a1).norm(dim=1)], dim=1)
-    spacing = vol[:, None] / areas  # distance between lattice planes
-    nbins = torch.clamp(torch.floor(spacing / cutoff), 1, max_bins).long()
-    width = spacing / nbins
-    reach = torch.ceil(cutoff / width * (1 + 1e-9)).long()
-    return nbins, reach
-
-
-def neighbor_pairs(
-    frac: Tensor, lattice: Tensor, batch: Tensor, cutoff: float, max_candidates: int = 4_000_000
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Canonical undirected pairs within ``cutoff`` for a batch of periodic structures.
-
-    Returns ``(i, j, image, distance)``; ``image`` (float64) is relative to ``frac`` as given.
-    """
-    dev = frac.device
-    frac = frac.to(torch.float64)
-    lattice = lattice.to(torch.float64)
-    n_struct = lattice.shape[0]
-    nbins, reach = cell_geometry(lattice, cutoff)
-    shift = torch.floor(frac)
-    fw = frac - shift  # wrapped into [0, 1]
-    nb_a = nbins[batch]
-    cell = torch.minimum((fw * nb_a).long(), nb_a - 1).clamp_(min=0)
-    bins_per = nbins.prod(dim=1)
-    bin_off = _excl_cumsum(bins_per)
-    total_bins = int(bins_per.sum())
-
-    def gbin(b, c):
-        nb = nbins[b]
-        return bin_off[b] + (c[:, 0] * nb[:, 1] + c[:, 1]) * nb[:, 2] + c[:, 2]
-
-    abin = gbin(batch, cell)
-    order = argsort_stable(abin)
-    counts = torch.bincount(abin, minlength=total_bins)
-    start = _excl_cumsum(counts)
-
-    # every (atom, bin offset) pair
-    span = 2 * reach + 1
-    n_off = span.prod(dim=1)
-    a_idx, t = _expand(n_off[batch])
-    ab = batch[a_idx]
-    sp = span[ab]
-    d2 = t % sp[:, 2]
-    t = t // sp[:, 2]
-    d1 = t % sp[:, 1]
-    d0 = t // sp[:, 1]
-    delta = torch.stack([d0, d1, d2], 1) - reach[ab]
-    c = cell[a_idx] + delta
-    nb = nbins[ab]
-    img = torch.div(c, nb, rounding_mode="floor")
-    tb = gbin(ab, c - img * nb)
-    cnt = counts[tb]
-
-    r2 = cutoff * cutoff
-    out_i, out_j, out_img, out_d = [], [], [], []
-    csum = torch.cumsum(cnt, 0)
-    total = int(csum[-1]) if csum.numel() else 0
-    # chunk over (atom, offset) pairs so that at most ~max_candidates pairs exist at once
-    bounds = [0]
-    if total > max_candidates:
-        cuts = torch.searchsorted(csum, torch.arange(max_candidates, total, max_candidates, device=dev))
-        bounds += [int(x) for x in cuts.tolist()]
-    bounds.append(cnt.shape[0])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi <= lo:
-            continue
-        owner, rank = _expand(cnt[lo:hi])
-        owner += lo
-        i = a_idx[owner]
-        j = order[start[tb[owner]] + rank]
-        im = img[owner]
-        sh = shift[i] - shift[j]
-        image = im.to(torch.float64) + sh  # relative to the unwrapped input coordinates
-        # canonical direction only: i < j, or self-image with positive image
-        same = i == j
-        lexpos = (image[:, 0] > 0) | ((image[:, 0] == 0) & ((image[:, 1] > 0) | ((image[:, 1] == 0) & (image[:, 2] > 0))))
-        keep = (i < j) | (same & lexpos)
-        i, j, image, im = i[keep], j[keep], image[keep], im[keep]
-        b = batch[i]
-        vec = ((fw[j] + im - fw[i]).unsqueeze(2) * lattice[b]).sum(1)
-        dist2 = (vec * vec).sum(1)
-        ok = (dist2 <= r2) & (dist2 > SELF_TOL**2)
-        out_i.append(i[ok])
-        out_j.append(j[ok])
-        out_img.append(image[ok])
-        out_d.append(dist2[ok].sqrt())
-    if not out_i:
-        z = torch.zeros(0, dtype=torch.long, device=dev)
-        return z, z, torch.zeros(0, 3, dtype=torch.float64, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)
-    del n_struct
-    return torch.cat(out_i), torch.cat(out_j), torch.cat(out_img), torch.cat(out_d)
-
-
 def build_angles(src: Tensor, dst: Tensor, n_short: int, n_atoms_total: int):
     """Angles over the short (bond-graph) edges ``[0, n_short)``.
 
@@ -228,9 +90,9 @@ def build_angles(src: Tensor, dst: Tensor, n_short: int, n_atoms_total: int):
     order = argsort_stable(center)
     c_sorted = center[order]
     k = torch.bincount(c_sorted, minlength=n_atoms_total)
-    gstart = _excl_cumsum(k)
+    gstart = exclusive_cumsum(k)
     pos = torch.arange(c_sorted.shape[0], device=dev) - gstart[c_sorted]
-    e1, t = _expand(k[c_sorted] - 1)
+    e1, t = expand_counts(k[c_sorted] - 1)
     t = t + (t >= pos[e1]).long()
     e2 = gstart[c_sorted[e1]] + t
     d1, d2 = order[e1], order[e2]
@@ -257,10 +119,7 @@ def build_graph(
         batch = torch.repeat_interleave(torch.arange(n_atoms.shape[0], device=dev), n_atoms)
         frac = frac.to(torch.float64)
         lattice = lattice.to(device=dev, dtype=torch.float64)
-        if cpu_ops.available(frac.device):
-            i, j, image, dist = cpu_ops.neighbor_pairs(frac, lattice, n_atoms, cutoff, SELF_TOL)
-        else:
-            i, j, image, dist = neighbor_pairs(frac, lattice, batch, cutoff, max_candidates)
+        i, j, image, dist = pairs_within(frac, lattice, n_atoms, cutoff, batch, max_candidates)
         short = dist < bond_cutoff
         # short bonds first, each group ordered by centre atom
         key = (~short).long() * (batch.shape[0] + 1) + i
