@@ -2,7 +2,8 @@
 # Everything the GPU issues ask for, in one call on a lent CUDA machine (whose Python has torch and triton but
 # not pymatgen/ase/chgnet: those come as wheels in .whl/, see benchmarks/NOTES.md "GPU runs").
 #
-#   bash benchmarks/gpu_suite.sh [stage ...]     stages: info tests check profile potential relax is2re (default: all)
+#   bash benchmarks/gpu_suite.sh [stage ...]     stages: info calibrate tests check profile potential relax is2re
+#                                                (default: all)
 #
 # Logs go to $OUT (the device tool's output folder) or ./gpu_out.
 set -u
@@ -17,7 +18,7 @@ else
   export PYTHONPATH=src
 fi
 PY=${PYTHON:-python3}
-stages=${*:-info tests check profile potential relax is2re}
+stages=${*:-info calibrate tests check profile potential relax is2re}
 for stage in $stages; do
   echo "=================== $stage ($(date +%T))"
   case $stage in
@@ -25,6 +26,8 @@ for stage in $stages; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
       $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
       ;;
+    calibrate)
+      MATFUNNEL_CACHE=$OUTDIR $PY -m matfunnel.cli calibrate --device cuda --force 2>&1 | tee "$OUTDIR/calibrate.txt" ;;
     tests)
       MATFUNNEL_TEST_DEVICE=cuda $PY -m pytest -q -s -p no:cacheprovider tests/test_chgnet_triton.py \
         tests/test_matris_triton.py tests/test_chgnet_parity.py 2>&1 | tee "$OUTDIR/gpu_tests.txt" | grep -E "parity|passed|failed|Error|error" ;;

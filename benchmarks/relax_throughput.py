@@ -132,6 +132,10 @@ def main(argv=None) -> int:
     print(f"{args.n} structures, {min(sizes)}-{max(sizes)} atoms (mean {np.mean(sizes):.1f}); potential "
           f"{args.potential} on {args.device}, torch threads {torch.get_num_threads()}; fmax {args.fmax} eV/A, "
           f"max {args.max_steps} steps; batch budget {'plan_batches' if budget.plan else budget.max_atoms}")
+    cal = getattr(pot, "calibration", None)
+    if cal is not None:
+        print(f"memory model: {cal['bytes_per_item']} bytes per item measured on this device ({cal['source']}), "
+              f"{pot.bytes_per_item} used, {pot.max_items:,} items per batch")
     pot.predict(structs[:2])  # warm-up
 
     split = {"eval": 0.0, "calls": 0, "atoms": 0}

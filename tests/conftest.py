@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+# the per-device memory calibration is measured once per test session into a fresh cache, never read from or
+# written to the user's (subprocesses of the tests inherit it)
+os.environ["MATFUNNEL_CACHE"] = tempfile.mkdtemp(prefix="matfunnel-cache-")
+atexit.register(shutil.rmtree, os.environ["MATFUNNEL_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from matfunnel.potential import calibration
 from matfunnel.potential.chgnet.potential import BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED, ChgnetPotential
 from matfunnel.potential.chgnet.testing import random_structure, supercell
 
@@ -74,8 +76,12 @@ def test_evaluate_reports_bad_structures(pot):
 
 
 def test_batches_follow_the_memory_budget():
-    per_item = ChgnetPotential(memory_budget=1 << 30).bytes_per_item
-    assert per_item in (BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED)
+    p = ChgnetPotential(memory_budget=1 << 30)
+    per_item = p.bytes_per_item
+    if p.calibration is None:  # measuring failed: the built-in estimate
+        assert per_item in (BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED)
+    else:
+        assert per_item == int(p.calibration["bytes_per_item"] * calibration.MARGIN)
     small = ChgnetPotential(memory_budget=20_000 * per_item)  # 20,000 items per batch
     assert small.max_items == 20_000
     rng = np.random.default_rng(8)
@@ -117,3 +123,49 @@ def test_large_structure_runs_chunked():
     # periodic cell: forces sum to ~zero
     assert float(ev.forces.sum(0).abs().max()) < 1e-2
     print(f"{len(s)} atoms chunked in {took:.1f} s")
+
+
+def test_memory_model_is_calibrated_once_per_device(tmp_path, monkeypatch, caplog):
+    """The bytes per item are measured on this machine (two probe cells in a child process on the CPU), cached,
+    and reused; the measured line predicts the peak of a third cell; a failed measurement keeps the estimate."""
+    import subprocess
+    import sys
+
+    from matfunnel.potential.chgnet import memprobe
+
+    monkeypatch.setenv("MATFUNNEL_CACHE", str(tmp_path))
+    p = ChgnetPotential(memory_budget=1 << 30, calibrate=True)
+    rec = p.calibration
+    assert rec["source"] == "measured" and rec["key"] == p.calibration_key()
+    assert calibration.load(p.calibration_key())["bytes_per_item"] == rec["bytes_per_item"]
+    assert p.bytes_per_item == int(rec["bytes_per_item"] * calibration.MARGIN)
+    assert p.max_items == (1 << 30) // p.bytes_per_item
+    # linear in the items: a cell between the two probes peaks where the line through them says (10%)
+    mid = (memprobe.SIZES["cpu"][0] + memprobe.SIZES["cpu"][1]) // 2
+    out = subprocess.run([sys.executable, "-m", "matfunnel.potential.chgnet.memprobe", "float32",
+                          str(memprobe.SIZES["cpu"][0]), str(mid), str(memprobe.SIZES["cpu"][1])],
+                         capture_output=True, text=True, check=True, timeout=300)
+    (n0, b0), (n1, b1), (n2, b2) = json.loads(out.stdout.strip().splitlines()[-1])
+    predicted = b0 + (b2 - b0) / (n2 - n0) * (n1 - n0)
+    assert abs(b1 - predicted) < 0.1 * (b2 - b0), (n0, b0, n1, b1, n2, b2)
+    # the next potential on this device reads the cache: nothing is measured
+    monkeypatch.setattr(memprobe, "measure_cpu", lambda *a, **k: pytest.fail("measured again"))
+    again = ChgnetPotential(memory_budget=1 << 30)
+    assert again.calibration["source"] == "cache" and again.bytes_per_item == p.bytes_per_item
+
+    def broken(*a, **k):
+        raise subprocess.CalledProcessError(1, "probe")
+    monkeypatch.setattr(memprobe, "measure_cpu", broken)
+    with caplog.at_level("WARNING", logger="matfunnel.potential.calibration"):
+        assert again.calibrate(force=True) is None
+    assert "memory calibration" in caplog.text and "failed" in caplog.text
+    assert again.bytes_per_item == p.bytes_per_item  # the last good figure stays
+
+
+def test_calibrate_command_reports_the_memory_model(capsys):
+    from matfunnel.cli import main
+
+    assert main(["calibrate"]) == 0
+    out = capsys.readouterr().out
+    pot = ChgnetPotential()
+    assert pot.calibration_key() in out and f"{pot.calibration['bytes_per_item']} bytes per work item" in out

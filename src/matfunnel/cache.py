@@ -53,7 +53,17 @@ class ResultCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._con.execute("PRAGMA journal_mode=WAL")
+        # several processes opening a new file at once: switching it to WAL can fail with "database is locked"
+        # at once, without SQLite's busy wait, so that one statement is retried here
+        deadline = time.monotonic() + 60
+        for attempt in range(1_000_000):
+            try:
+                self._con.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(min(0.01 * 2**attempt, 0.5))
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(
             "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT, value TEXT, created REAL)"

@@ -147,6 +147,22 @@ def _add_benchmark(sub) -> None:
     s.set_defaults(func=cmd_benchmark_score)
 
 
+def cmd_calibrate(args) -> int:
+    """Measure (``--force``) or show this device's memory model for batch sizing."""
+    from matfunnel.potential import calibration, load_potential
+
+    pot = load_potential(args.potential, args.device, **({"calibrate": True} if args.force else {}))
+    rec = getattr(pot, "calibration", None)
+    if rec is None:
+        print(f"{args.potential} on {args.device}: no measurement (see the warning above); "
+              f"{getattr(pot, 'bytes_per_item', '?')} bytes per item assumed")
+        return 1
+    print(f"{rec['key']}: {rec['bytes_per_item']} bytes per work item ({rec['source']}, {rec['how']}, "
+          f"{rec['measured']}); batches use {pot.bytes_per_item} (x{calibration.MARGIN}) under a budget of "
+          f"{pot.memory_budget / 2**30:.1f} GiB = {pot.max_items:,} items; cache {calibration.cache_file()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="matfunnel", description="High-throughput materials discovery funnel")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -176,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_arguments(ph_sub.add_parser("compare", help="compare MLIP phonons with DFT references (phonopy folders)"))
     ph_sub.choices["compare"].set_defaults(func=cmd_phonons_compare)
+
+    c = sub.add_parser("calibrate", help="measure this device's memory per work item for batch sizing (cached)")
+    c.add_argument("--potential", default="chgnet-0.3.0")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--force", action="store_true", help="measure again even if a cached figure exists")
+    c.set_defaults(func=cmd_calibrate)
 
     _add_benchmark(sub)
     return p

@@ -152,6 +152,9 @@ class ChgnetPotential(Potential):
 
     ``threads``: ``"auto"`` (default) picks the CPU thread count from the machine's load for every call
     (see :func:`auto_threads`), an int fixes it, ``None`` leaves torch's setting alone.
+
+    ``calibrate``: the bytes per item come from a measurement on this device, made once and cached
+    (:meth:`calibrate`; default); ``True`` measures again, ``False`` keeps the built-in estimate.
     """
 
     name = "chgnet-0.3.0"
@@ -170,6 +173,7 @@ class ChgnetPotential(Potential):
         chunk: int | None = None,
         threads: int | str | None = "auto",
         keep_memory: bool | None = None,
+        calibrate: bool | None = None,
     ):
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -180,21 +184,63 @@ class ChgnetPotential(Potential):
         gpu = str(device).startswith("cuda")
         self.memory_budget = int(memory_budget or _default_budget(device))
         fused = not gpu and dtype == torch.float32 and cpu_ops.available(device)
-        #: bytes one directed edge or angle costs in a forward + backward pass (the memory model)
         triton_path = gpu and dtype == torch.float32 and triton_ops.available()
+        self.code_path = "fused" if fused else "triton" if triton_path else "torch"
+        #: bytes one directed edge or angle costs in a forward + backward pass (the memory model): measured on
+        #: this device by :meth:`calibrate`, else the figures measured in benchmarks/NOTES.md
         self.bytes_per_item = (BYTES_PER_ITEM_FUSED if fused else BYTES_PER_ITEM_GPU if triton_path
                                else BYTES_PER_ITEM * (2 if dtype == torch.float64 else 1))
-        self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
-        # on a GPU the item budget is what binds for crystals (relax-like cells: ~120 items per atom); the atom
-        # cap only bounds the per-atom tensors of sparse cells. A fixed 20k cap left an H100 a third idle in
-        # batched relaxations (benchmarks/NOTES.md, fifth session).
-        self.max_atoms = max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
+        self._max_atoms = max_atoms
         self.max_edges = max_edges
         self.max_angles = max_angles
         self.chunk = chunk
         self.threads = threads if not gpu else None
         if keep_memory if keep_memory is not None else not gpu:
             keep_freed_memory()
+        #: the calibration record in use (None: the built-in estimate)
+        self.calibration: dict | None = None
+        self._set_budget()
+        if calibrate is not False:
+            self.calibrate(force=bool(calibrate))
+
+    def _set_budget(self) -> None:
+        self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
+        # on a GPU the item budget is what binds for crystals (relax-like cells: ~120 items per atom); the atom
+        # cap only bounds the per-atom tensors of sparse cells. A fixed 20k cap left an H100 a third idle in
+        # batched relaxations (benchmarks/NOTES.md, fifth session).
+        gpu = str(self.device).startswith("cuda")
+        self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
+
+    def calibration_key(self) -> str:
+        from matfunnel.potential import calibration
+
+        dtype = str(self.dtype).split(".")[-1]
+        return f"{self.name}:{self.code_path}:{dtype}:{calibration.device_name(self.device)}:torch-{torch.__version__}"
+
+    def calibrate(self, force: bool = False) -> dict | None:
+        """Use this device's measured bytes per work item for batch sizing: from the cache, or measured now (once
+        per device and code path; ``force`` measures again). Returns the record, or None when measuring failed
+        (a warning; the built-in estimate stays). See :mod:`matfunnel.potential.calibration`."""
+        from matfunnel.potential import calibration
+        from matfunnel.potential.chgnet import memprobe
+
+        key = self.calibration_key()
+        rec, source = (None if force else calibration.load(key)), "cache"
+        if rec is None:
+            gpu = str(self.device).startswith("cuda")
+            try:
+                points = memprobe.measure_cuda(self) if gpu else memprobe.measure_cpu(self.dtype)
+                rec = calibration.record(points, "cuda max_memory_allocated" if gpu else "child process peak RSS")
+                source = "measured"
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the estimate, say so
+                calibration.log.warning("memory calibration of %s failed (%s: %s); using %d bytes per item",
+                                        key, type(exc).__name__, exc, self.bytes_per_item)
+                return None
+            calibration.save(key, rec)
+        self.bytes_per_item = max(1, int(rec["bytes_per_item"] * calibration.MARGIN))
+        self._set_budget()
+        self.calibration = {**rec, "key": key, "source": source}
+        return self.calibration
 
     # ---- batching --------------------------------------------------------------------------
     def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
