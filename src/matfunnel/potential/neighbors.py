@@ -42,12 +42,12 @@ def argsort_stable(x: Tensor) -> Tensor:
         order = _cpu_ops().counting_argsort(x)
         if order is not None:
             return order
-
         return torch.from_numpy(np.argsort(x.numpy(), kind="stable"))
     return torch.argsort(x, stable=True)
 
 
 def exclusive_cumsum(x: Tensor) -> Tensor:
+    """``[0, x0, x0 + x1, ...]`` (same length as ``x``)."""
     out = torch.zeros_like(x)
     if x.numel() > 1:
         torch.cumsum(x[:-1], 0, out=out[1:])
@@ -85,7 +85,6 @@ def neighbor_pairs(
     dev = frac.device
     frac = frac.to(torch.float64)
     lattice = lattice.to(torch.float64)
-    n_struct = lattice.shape[0]
     nbins, reach = cell_geometry(lattice, cutoff)
     shift = torch.floor(frac)
     fw = frac - shift  # wrapped into [0, 1]
@@ -157,7 +156,6 @@ def neighbor_pairs(
     if not out_i:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return z, z, torch.zeros(0, 3, dtype=torch.float64, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)
-    del n_struct
     return torch.cat(out_i), torch.cat(out_j), torch.cat(out_img), torch.cat(out_d)
 
 
