@@ -12,6 +12,7 @@ The cache is active when ``MATFUNNEL_RESULT_CACHE`` names a file (``matfunnel ru
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -56,7 +57,7 @@ class ResultCache:
         # several processes opening a new file at once: switching it to WAL can fail with "database is locked"
         # at once, without SQLite's busy wait, so that one statement is retried here
         deadline = time.monotonic() + 60
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 self._con.execute("PRAGMA journal_mode=WAL")
                 break

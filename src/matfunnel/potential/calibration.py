@@ -76,7 +76,8 @@ def save(key: str, record: dict) -> None:
 
 def slope(points: Sequence[tuple[int, int]]) -> float:
     """Bytes per item from (items, peak bytes) of two probes: the fixed part cancels."""
-    (n0, b0), (n1, b1) = sorted(points)[0], sorted(points)[-1]
+    pts = sorted(points)
+    (n0, b0), (n1, b1) = pts[0], pts[-1]
     if n1 <= n0:
         raise ValueError("the probes must differ in size")
     return (b1 - b0) / (n1 - n0)

@@ -26,6 +26,12 @@ def gather_sum_kernel(out_ptr, x0_ptr, x1_ptr, x2_ptr, d_ptr, i0_ptr, i1_ptr, i2
 
 
 @triton.jit
+def _segment_range(off_ptr, seg, n_seg):
+    """Rows [lo, hi) of segment ``seg``; past the last segment an empty range (offsets[n_seg] twice)."""
+    return tl.load(off_ptr + tl.minimum(seg, n_seg)), tl.load(off_ptr + tl.minimum(seg + 1, n_seg))
+
+
+@triton.jit
 def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, n_seg, D,
                        PERM: tl.constexpr, SEGS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     # SEGS consecutive segments per program (a bond's handful of rows would leave most of a program idle)
@@ -33,9 +39,7 @@ def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, n_seg, D,
     cm = cols < D
     for q in tl.static_range(SEGS):
         seg = tl.program_id(0) * SEGS + q
-        # past the last segment: an empty range (offsets[n_seg] twice), nothing stored
-        lo = tl.load(off_ptr + tl.minimum(seg, n_seg))
-        hi = tl.load(off_ptr + tl.minimum(seg + 1, n_seg))
+        lo, hi = _segment_range(off_ptr, seg, n_seg)  # nothing is stored past the last segment
         acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=out_ptr.dtype.element_ty)  # float32, or float64 (geometry)
         for start in range(lo, hi, BLOCK_R):
             k = start + tl.arange(0, BLOCK_R)
@@ -86,8 +90,7 @@ def gated_fwd_kernel(out_ptr, y_ptr, w_ptr, off_ptr, gc_ptr, bc_ptr, gg_ptr, bg_
         # SEGS consecutive segments per program, each summed over tiles of BLOCK_R rows
         for q in tl.static_range(SEGS):
             seg = pid * SEGS + q
-            lo = tl.load(off_ptr + tl.minimum(seg, n_seg))
-            hi = tl.load(off_ptr + tl.minimum(seg + 1, n_seg))
+            lo, hi = _segment_range(off_ptr, seg, n_seg)
             acc = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.float32)
             for start in range(lo, hi, BLOCK_R):
                 rows = (start + tl.arange(0, BLOCK_R)).to(tl.int64)

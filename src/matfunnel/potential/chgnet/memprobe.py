@@ -47,7 +47,7 @@ def measure_cuda(pot) -> list[tuple[int, int]]:
 
 
 def measure_cpu(dtype: torch.dtype, timeout: float = 300) -> list[tuple[int, int]]:
-    """Peak resident memory of the probes, in a child process (``ru_maxrss`` is exact only there)."""
+    """Peak resident memory of the probes, in a child process (a fresh process image has its own peak)."""
     name = str(dtype).split(".")[-1]
     sizes = SIZES["cpu"]
     try:
