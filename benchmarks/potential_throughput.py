@@ -26,12 +26,50 @@ import torch
 warnings.filterwarnings("ignore")
 
 
-def _agree(ref_preds, ours, structs):
-    e = max(abs(float(p["e"]) - o["energy"] / len(s)) for p, o, s in zip(ref_preds, ours, structs))
-    f = max(float(np.abs(p["f"] - o["forces"]).max()) for p, o in zip(ref_preds, ours))
-    st = max(float(np.abs(p["s"] - o["stress"]).max()) for p, o in zip(ref_preds, ours))
-    m = max(float(np.abs(p["m"] - o["magmoms"]).max()) for p, o in zip(ref_preds, ours))
-    return e, f, st, m
+#: the parity tolerances of issue 3 (float32): eV/atom, eV/A, GPa, muB
+TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}
+
+
+def _errors(ref: dict, ours: dict, n: int) -> dict:
+    """Max differences between chgnet's output dict and ours for one structure of n atoms."""
+    return {
+        "energy": abs(float(ref["e"]) - ours["energy"] / n),
+        "forces": float(np.abs(ref["f"] - ours["forces"]).max()),
+        "stress": float(np.abs(ref["s"] - ours["stress"]).max()),
+        "magmoms": float(np.abs(ref["m"] - ours["magmoms"]).max()),
+    }
+
+
+def _agree(ref_preds, ours, structs, device) -> None:
+    """Print the max differences; where one is over the tolerance, compare both with chgnet in float64."""
+    errs = [_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs)]
+    worst = {q: max(e[q] for e in errs) for q in TOL}
+    print(f"max |diff| over {len(structs)} structures: energy/atom {worst['energy']:.2e} eV, forces "
+          f"{worst['forces']:.2e} eV/A, stress {worst['stress']:.2e} GPa, magmoms {worst['magmoms']:.2e} muB")
+    over = [k for k, e in enumerate(errs) if any(e[q] > TOL[q] for q in TOL)]
+    if not over:
+        return
+    from matfunnel.potential.reference import ChgnetReference
+
+    # the reference's own float32 rounding (acos of nearly collinear bonds, sums in float32) is the usual
+    # cause: its float64 evaluation tells which of the two float32 models is off
+    ref64 = ChgnetReference(device=device, dtype="float64").predict_raw([structs[k] for k in over])
+    ours_64 = {q: 0.0 for q in TOL}
+    ref_64 = {q: 0.0 for q in TOL}
+    for k, r64 in zip(over, ref64):
+        p = ref_preds[k]
+        as_ours = {"energy": float(p["e"]) * len(structs[k]), "forces": p["f"], "stress": p["s"], "magmoms": p["m"]}
+        for q, v in _errors(r64, ours[k], len(structs[k])).items():
+            ours_64[q] = max(ours_64[q], v)
+        for q, v in _errors(r64, as_ours, len(structs[k])).items():
+            ref_64[q] = max(ref_64[q], v)
+    counts = ", ".join(f"{q} {sum(e[q] > TOL[q] for e in errs)}" for q in TOL)
+    print(f"over the tolerance against the reference (float32): {len(over)} structures ({counts}); on those,")
+    print("  max |diff| to the reference in float64:  ours (float32) " + ", ".join(
+        f"{q} {ours_64[q]:.2e}" for q in TOL) + ";  the reference (float32) " + ", ".join(
+        f"{q} {ref_64[q]:.2e}" for q in TOL))
+    within = all(ours_64[q] <= TOL[q] for q in TOL)
+    print(f"  ours is {'within' if within else 'NOT within'} the tolerance of the float64 reference on all of them")
 
 
 def _cpu_name() -> str:
@@ -119,7 +157,6 @@ def main() -> None:
                 ours.predict(structs)
                 t_tp, c_tp = min(t_tp, time.perf_counter() - t0), min(c_tp, time.process_time() - c0)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    e, f, s, m = _agree(ref_preds, our_preds, structs)
     print(f"{'model':<28}{'time s':>10}{'atoms/s':>12}{'cpu s':>10}")
     print(f"{'chgnet CHGNet (reference)':<28}{t_ref:>10.2f}{n_atoms / t_ref:>12.1f}{c_ref:>10.2f}")
     print(f"{'matfunnel chgnet-0.3.0':<28}{t_ours:>10.2f}{n_atoms / t_ours:>12.1f}{c_ours:>10.2f}")
@@ -129,8 +166,7 @@ def main() -> None:
     if len(pair_ratios) > 1:
         r = sorted(pair_ratios)
         print(f"speed-up of adjacent pairs: median {float(np.median(r)):.1f}x, range {r[0]:.1f}-{r[-1]:.1f}x")
-    print(f"max |diff| over {len(structs)} structures: energy/atom {e:.2e} eV, forces {f:.2e} eV/A, "
-          f"stress {s:.2e} GPa, magmoms {m:.2e} muB")
+    _agree(ref_preds, our_preds, structs, args.device)
 
     print("\ntime per atom (ours; reference up to 512 atoms)")
     print(f"{'atoms':>8}{'ours ms/atom':>14}{'ref ms/atom':>14}")

@@ -6,7 +6,6 @@ failure can be replayed with ``MATFUNNEL_TEST_SEED=<seed>``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import warnings
@@ -21,6 +20,7 @@ from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.potential import ChgnetPotential
 from matfunnel.potential.chgnet.testing import random_structure, supercell
 from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path, load_checkpoint
+from matfunnel.potential.reference import ChgnetReference
 
 warnings.filterwarnings("ignore")
 TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}
@@ -43,37 +43,10 @@ def ref32():
     return CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
 
 
-@contextlib.contextmanager
-def _chgnet_float64():
-    import chgnet.graph.converter as conv
-    import chgnet.graph.crystalgraph as cg
-    import chgnet.model.model as mm
-
-    saved = [(m, m.TORCH_DTYPE) for m in (conv, cg, mm)]
-    try:
-        for m, _ in saved:
-            m.TORCH_DTYPE = torch.float64
-        yield
-    finally:
-        for m, dt in saved:
-            m.TORCH_DTYPE = dt
-
-
 @pytest.fixture(scope="module")
 def ref64():
-    """chgnet's own model run in float64 (its dtype constants patched while it predicts)."""
-    from chgnet.model import CHGNet
-
-    model = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False).double()
-    get_energy = model.composition_model._get_energy
-    model.composition_model._get_energy = lambda feas: get_energy(feas.double())
-
-    def predict(structs):
-        with _chgnet_float64():
-            out = model.predict_structure(structs, task="efsm", batch_size=16)
-        return [out] if isinstance(out, dict) else out
-
-    return predict
+    """chgnet's own model run in float64 (its dtype constants switched while it predicts)."""
+    return ChgnetReference(dtype="float64").predict_raw
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +100,18 @@ def test_parity_float32(rng, ref32, ref64, ours32):
             worst[q] = max(worst[q], err[q])
     print(f"float32 parity ({DEVICE}) over {len(structs)} structures, max errors: "
           + ", ".join(f"{q} {v:.2e}" for q, v in worst.items()))
+
+
+def test_reference_float64_mode(rng, ref32, ref64):
+    """The float64 reference really computes in float64, and leaves chgnet's float32 mode as it was."""
+    s = random_structure(rng, 12, rattle=0.05)
+    r64 = ref64([s])[0]
+    assert r64["f"].dtype == np.float64 and r64["s"].dtype == np.float64
+    r32 = ref32.predict_structure(s, task="efsm")
+    assert r32["f"].dtype == np.float32
+    assert np.abs(r64["f"] - r32["f"]).max() < 1e-2  # the same model
+    with pytest.raises(ValueError, match="float16"):
+        ChgnetReference(dtype="float16")
 
 
 def test_parity_float64_exact_maths(rng, ref64, ours64):

@@ -1,10 +1,13 @@
 """``chgnet-reference``: the ``chgnet`` package's own model with its bundled 0.3.0 weights.
 
-Kept forever as the parity reference for matfunnel's own implementation.
+Kept forever as the parity reference for matfunnel's own implementation. ``dtype="float64"`` runs the
+same model in double precision (chgnet's dtype constants are switched while it predicts): the yardstick
+for float32 rounding noise, the reference's own included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -17,13 +20,22 @@ from matfunnel.potential.errors import StructureError
 class ChgnetReference(Potential):
     name = "chgnet-reference"
 
-    def __init__(self, device: str = "cpu", version: str = "0.3.0", batch_size: int = 16):
+    def __init__(self, device: str = "cpu", version: str = "0.3.0", batch_size: int = 16,
+                 dtype: str = "float32"):
         from chgnet.model import CHGNet
 
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
         self.device = device
         self.batch_size = batch_size
+        self.dtype = dtype
         self.model = CHGNet.load(model_name=version, use_device=device, verbose=False)
         self.model.eval()
+        if dtype == "float64":
+            self.model.double()
+            # the composition model's one-hot counts are built in float32 whatever the weights' dtype
+            get_energy = self.model.composition_model._get_energy
+            self.model.composition_model._get_energy = lambda feas: get_energy(feas.double())
         self.supported_elements = frozenset(range(1, self.model.composition_model.fc.in_features + 1)) \
             if hasattr(self.model.composition_model, "fc") else frozenset(range(1, 95))
 
@@ -42,12 +54,16 @@ class ChgnetReference(Potential):
                     outs.append({"error": str(err)})
         return outs
 
-    def _run(self, structures: list[Structure]) -> list[dict]:
-        with warnings.catch_warnings():  # chgnet warns about a tensor->scalar conversion on every call
-            warnings.simplefilter("ignore", UserWarning)
+    def predict_raw(self, structures: list[Structure]) -> list[dict]:
+        """chgnet's own output dicts (``e`` per atom, ``f``, ``s`` in GPa, ``m``), one per structure."""
+        precision = _chgnet_float64() if self.dtype == "float64" else contextlib.nullcontext()
+        with warnings.catch_warnings(), precision:
+            warnings.simplefilter("ignore", UserWarning)  # a tensor->scalar conversion warning on every call
             preds = self.model.predict_structure(structures, task="efsm", batch_size=self.batch_size)
-        if isinstance(preds, dict):
-            preds = [preds]
+        return [preds] if isinstance(preds, dict) else preds
+
+    def _run(self, structures: list[Structure]) -> list[dict]:
+        preds = self.predict_raw(structures)
         results = []
         for s, p in zip(structures, preds):
             n = len(s)
@@ -62,3 +78,21 @@ class ChgnetReference(Potential):
                 raise StructureError(s.properties.get("label", s.formula), "the potential returned NaN")
             results.append(res)
         return results
+
+
+@contextlib.contextmanager
+def _chgnet_float64():
+    """chgnet builds its graphs and outputs in the dtype of three module constants: float64 while inside."""
+    import torch
+    import chgnet.graph.converter as conv
+    import chgnet.graph.crystalgraph as cg
+    import chgnet.model.model as mm
+
+    saved = [(m, m.TORCH_DTYPE) for m in (conv, cg, mm)]
+    try:
+        for m, _ in saved:
+            m.TORCH_DTYPE = torch.float64
+        yield
+    finally:
+        for m, dt in saved:
+            m.TORCH_DTYPE = dt
