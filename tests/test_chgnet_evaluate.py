@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 
@@ -129,9 +128,8 @@ def test_memory_model_is_calibrated_once_per_device(tmp_path, monkeypatch, caplo
     """The bytes per item are measured on this machine (two probe cells in a child process on the CPU), cached,
     and reused; the measured line predicts the peak of a third cell; a failed measurement keeps the estimate."""
     import subprocess
-    import sys
 
-    from matfunnel.potential.chgnet import memprobe
+    from matfunnel.potential import memprobe
 
     monkeypatch.setenv("MATFUNNEL_CACHE", str(tmp_path))
     p = ChgnetPotential(memory_budget=1 << 30, calibrate=True)
@@ -141,11 +139,10 @@ def test_memory_model_is_calibrated_once_per_device(tmp_path, monkeypatch, caplo
     assert p.bytes_per_item == int(rec["bytes_per_item"] * calibration.MARGIN)
     assert p.max_items == (1 << 30) // p.bytes_per_item
     # linear in the items: a cell between the two probes peaks where the line through them says (10%)
-    mid = (memprobe.SIZES["cpu"][0] + memprobe.SIZES["cpu"][1]) // 2
-    out = subprocess.run([sys.executable, "-m", "matfunnel.potential.chgnet.memprobe", "float32",
-                          str(memprobe.SIZES["cpu"][0]), str(mid), str(memprobe.SIZES["cpu"][1])],
-                         capture_output=True, text=True, check=True, timeout=300)
-    (n0, b0), (n1, b1), (n2, b2) = json.loads(out.stdout.strip().splitlines()[-1])
+    spec = p.probe_spec()
+    lo, hi = memprobe.SIZES["cpu"]
+    spec.sizes = [lo, (lo + hi) // 2, hi]
+    (n0, b0), (n1, b1), (n2, b2) = memprobe.measure_cpu(spec)
     predicted = b0 + (b2 - b0) / (n2 - n0) * (n1 - n0)
     assert abs(b1 - predicted) < 0.1 * (b2 - b0), (n0, b0, n1, b1, n2, b2)
     # the next potential on this device reads the cache: nothing is measured
@@ -169,3 +166,20 @@ def test_calibrate_command_reports_the_memory_model(capsys):
     out = capsys.readouterr().out
     pot = ChgnetPotential()
     assert pot.calibration_key() in out and f"{pot.calibration['bytes_per_item']} bytes per work item" in out
+
+
+def test_probe_sizes_follow_a_memory_target():
+    """With a memory target the second probe is the largest ladder cell the first one's cost says fits; a target
+    that not even the second cell meets is an error (the calibration then keeps the built-in estimate)."""
+    from matfunnel.potential import memprobe
+
+    per_atom = 3_000_000  # bytes per atom of a made-up potential, 100 items per atom
+
+    def run(cell):
+        return 100 * len(cell), per_atom * len(cell)
+
+    (n0, b0), (n1, b1) = memprobe._by_target(run, target_bytes=per_atom * 150)
+    sizes = sorted({len(memprobe.probe_cell(n)) for n in memprobe.LADDER})
+    assert n0 == 100 * sizes[0] and n1 == 100 * max(s for s in sizes if s <= 150)
+    with pytest.raises(ValueError, match="second probe cell"):
+        memprobe._by_target(run, target_bytes=per_atom * (sizes[1] - 1))

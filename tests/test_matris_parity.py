@@ -175,3 +175,36 @@ def test_missing_checkpoint_message(tmp_path):
     assert release_url("10m-oam") in msg
     assert "https://github.com/HPC-AI-Team/MatRIS/releases/download/v1.0.0/MatRIS_10M_OAM.pth.tar" in msg
     assert str(missing) in msg and "checkpoint=" in msg and ".cache/matris" in msg
+
+
+def test_memory_model_calibrated_per_configuration(tmp_path, monkeypatch):
+    """MatRIS batches by a measured memory model too: bytes per item from two probe cells (in a child process on
+    the CPU), cached per configuration; batches are packed against the item budget."""
+    from matfunnel.potential import calibration
+    from matfunnel.potential.matris import MatrisConfig, MatrisModel
+    from matfunnel.potential.matris.potential import MatrisPotential
+
+    monkeypatch.setenv("MATFUNNEL_CACHE", str(tmp_path))
+    small = MatrisConfig(num_layers=2, node_feat_dim=32, edge_feat_dim=32, three_body_feat_dim=32, mlp_hidden_dims=32)
+    pot = MatrisPotential(module=MatrisModel(small), memory_budget=256 << 20)
+    rec = pot.calibration
+    assert rec is not None and rec["source"] == "measured", "the probe failed (see the log)"
+    (n0, b0), (n1, b1) = rec["probes"]
+    assert n1 > n0 and b1 > b0  # more items, more memory
+    assert pot.bytes_per_item == int(rec["bytes_per_item"] * calibration.MARGIN)
+    assert pot.max_items == (256 << 20) // pot.bytes_per_item
+    # another configuration is keyed apart (its memory per item differs; its weights do not matter)
+    wide = MatrisModel(MatrisConfig(num_layers=2))
+    assert MatrisPotential(module=wide, calibrate=False).calibration_key() != pot.calibration_key()
+    again = MatrisPotential(module=MatrisModel(small), memory_budget=256 << 20)
+    assert again.calibration["source"] == "cache" and again.bytes_per_item == pot.bytes_per_item
+    # packing: every planned batch of several structures stays within the item budget by the estimate
+    rng = np.random.default_rng(0)
+    n_atoms = rng.integers(8, 200, 60).tolist()
+    volumes = [n * rng.uniform(10, 20) for n in n_atoms]
+    pot.max_items = 20_000
+    batches = pot.plan_batches(n_atoms, volumes)
+    assert sorted(k for b in batches for k in b) == list(range(60)) and len(batches) > 1
+    for b in batches:
+        est = [pot.work_estimate(n_atoms[k], volumes[k]) for k in b]
+        assert len(b) == 1 or sum(e + a for e, a in est) <= pot.max_items

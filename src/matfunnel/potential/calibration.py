@@ -30,7 +30,7 @@ CACHE_ENV = "MATFUNNEL_CACHE"
 #: measured bytes per item are multiplied by this for the budget (allocator slack, other cells' shapes)
 MARGIN = 1.12
 #: a measurement outside this range is treated as failed (the built-in estimate is kept)
-PLAUSIBLE = (500, 100_000)
+PLAUSIBLE = (500, 2_000_000)
 
 
 def cache_file() -> Path:
@@ -101,3 +101,66 @@ def record(points: Sequence[tuple[int, int]], how: str) -> dict:
         raise ValueError(f"implausible {per_item:.0f} bytes per item from {list(points)}")
     return {"bytes_per_item": round(per_item), "probes": [list(p) for p in points], "how": how,
             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+class MemoryCalibrated:
+    """Batch sizing from a measured memory model, for a potential that packs batches by work items.
+
+    The potential sets ``name``, ``device``, ``dtype``, ``code_path``, ``bytes_per_item`` (its built-in
+    estimate) and ``calibration = None``, and provides ``memory_probe(cell) -> items`` (one unchunked
+    forward + backward), ``probe_spec()`` (how a child process builds it uncalibrated, for the CPU) and
+    ``_set_budget()`` (derives its item budget from ``bytes_per_item``).
+    """
+
+    #: GB that must be available for the CPU probes at their normal size (else the small pair)
+    probe_gb: float = 4.0
+
+    def calibration_key(self) -> str:
+        dtype = str(self.dtype).split(".")[-1]
+        return f"{self.name}:{self.code_path}:{dtype}:{device_name(self.device)}:torch-{torch.__version__}"
+
+    def _measure_memory(self) -> list[tuple[int, int]]:
+        from matfunnel.potential import memprobe
+
+        if str(self.device).startswith("cuda"):
+            return memprobe.measure_cuda(self)
+        spec = self.probe_spec()
+        scale = 2 if str(self.dtype).endswith("float64") else 1
+        spec.sizes = memprobe.cpu_sizes(self.probe_gb * scale)
+        return memprobe.measure_cpu(spec)
+
+    def calibrate(self, force: bool = False) -> dict | None:
+        """Use this device's measured bytes per work item for batch sizing: from the cache, or measured now (once
+        per device and code path; ``force`` measures again). Returns the record, or None when measuring failed
+        (a warning; the built-in estimate stays)."""
+        key = self.calibration_key()
+        rec, source = (None if force else load(key)), "cache"
+        if rec is None:
+            gpu = str(self.device).startswith("cuda")
+            try:
+                rec = record(self._measure_memory(),
+                             "cuda max_memory_allocated" if gpu else "child process peak RSS")
+                source = "measured"
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the estimate, say so
+                log.warning("memory calibration of %s failed (%s: %s); using %d bytes per item",
+                            key, type(exc).__name__, exc, self.bytes_per_item)
+                return None
+            save(key, rec)
+        self.bytes_per_item = max(1, int(rec["bytes_per_item"] * MARGIN))
+        self._set_budget()
+        self.calibration = {**rec, "key": key, "source": source}
+        return self.calibration
+
+
+def default_budget(device) -> int:
+    """Bytes one batch may use: half the free GPU memory, or 1/8 of the available RAM (1-4 GiB) on CPU."""
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * 0.5)
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:  # noqa: BLE001
+        avail = 16 << 30
+    return int(min(max(avail // 8, 1 << 30), 4 << 30))

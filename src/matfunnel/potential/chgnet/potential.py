@@ -13,6 +13,7 @@ import torch
 from pymatgen.core import Structure
 from torch import Tensor
 
+from matfunnel.potential import calibration
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.batching import pack_greedy
@@ -40,20 +41,6 @@ MAX_CHUNKS = 8
 #: the backward, so a batch 2% over its budget must not pay that (the budget itself is a soft 1/8 of the RAM
 #: or 1/2 of the free GPU memory)
 CHUNK_SLACK = 1.25
-
-
-def _default_budget(device: str) -> int:
-    """Bytes one batch may use: half the free GPU memory, or 1/8 of the available RAM (1-4 GiB) on CPU."""
-    if str(device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free * 0.5)
-    try:
-        import psutil
-
-        avail = psutil.virtual_memory().available
-    except Exception:  # noqa: BLE001
-        avail = 16 << 30
-    return int(min(max(avail // 8, 1 << 30), 4 << 30))
 
 
 @contextlib.contextmanager
@@ -138,7 +125,7 @@ def _rows(counts: list[int], structures: list[int], dev) -> Tensor:
     return torch.from_numpy(idx.astype(np.int64)).to(dev)
 
 
-class ChgnetPotential(Potential):
+class ChgnetPotential(calibration.MemoryCalibrated, Potential):
     """Batched CHGNet; numbers match ``chgnet-reference`` (float32 default, float64 selectable).
 
     Structures are packed into batches by an estimate of their work items (directed edges + angles)
@@ -182,7 +169,7 @@ class ChgnetPotential(Potential):
         self.model = load_checkpoint(checkpoint, version=version).to(device=device, dtype=dtype)
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
         gpu = str(device).startswith("cuda")
-        self.memory_budget = int(memory_budget or _default_budget(device))
+        self.memory_budget = int(memory_budget or calibration.default_budget(device))
         fused = not gpu and dtype == torch.float32 and cpu_ops.available(device)
         triton_path = gpu and dtype == torch.float32 and triton_ops.available()
         self.code_path = "fused" if fused else "triton" if triton_path else "torch"
@@ -211,36 +198,18 @@ class ChgnetPotential(Potential):
         gpu = str(self.device).startswith("cuda")
         self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
 
-    def calibration_key(self) -> str:
-        from matfunnel.potential import calibration
+    def probe_spec(self):
+        """How the CPU memory probe's child process builds this potential (see :mod:`..memprobe`)."""
+        from matfunnel.potential.memprobe import ProbeSpec
 
-        dtype = str(self.dtype).split(".")[-1]
-        return f"{self.name}:{self.code_path}:{dtype}:{calibration.device_name(self.device)}:torch-{torch.__version__}"
+        return ProbeSpec(f"{__name__}:_probe_potential", {"dtype": str(self.dtype).split(".")[-1]})
 
-    def calibrate(self, force: bool = False) -> dict | None:
-        """Use this device's measured bytes per work item for batch sizing: from the cache, or measured now (once
-        per device and code path; ``force`` measures again). Returns the record, or None when measuring failed
-        (a warning; the built-in estimate stays). See :mod:`matfunnel.potential.calibration`."""
-        from matfunnel.potential import calibration
-        from matfunnel.potential.chgnet import memprobe
-
-        key = self.calibration_key()
-        rec, source = (None if force else calibration.load(key)), "cache"
-        if rec is None:
-            gpu = str(self.device).startswith("cuda")
-            try:
-                points = memprobe.measure_cuda(self) if gpu else memprobe.measure_cpu(self.dtype)
-                rec = calibration.record(points, "cuda max_memory_allocated" if gpu else "child process peak RSS")
-                source = "measured"
-            except Exception as exc:  # noqa: BLE001 - any failure: keep the estimate, say so
-                calibration.log.warning("memory calibration of %s failed (%s: %s); using %d bytes per item",
-                                        key, type(exc).__name__, exc, self.bytes_per_item)
-                return None
-            calibration.save(key, rec)
-        self.bytes_per_item = max(1, int(rec["bytes_per_item"] * calibration.MARGIN))
-        self._set_budget()
-        self.calibration = {**rec, "key": key, "source": source}
-        return self.calibration
+    def memory_probe(self, cell) -> int:
+        """One unchunked forward + backward of ``cell``; returns its work items (directed edges + angles)."""
+        g = build_graph(*self._arrays([cell]))
+        out = self.model(g)
+        out["forces"].sum().item()
+        return 2 * g.n_edges + g.n_angles
 
     # ---- batching --------------------------------------------------------------------------
     def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
@@ -485,3 +454,8 @@ class ChgnetPotential(Potential):
                     stress.index_copy_(0, bs_t, outs["stress"].double())
         return Evaluation(energy.to(out_dev), forces.to(out_dev), stress.to(out_dev) if compute_stress else None,
                           magmoms.to(out_dev), errors if any(errors) else None, dmin.to(out_dev))
+
+
+def _probe_potential(dtype: str) -> ChgnetPotential:
+    """The CPU memory probe's potential: uncalibrated, with a budget no probe reaches (no chunking)."""
+    return ChgnetPotential("cpu", dtype=dtype, calibrate=False, memory_budget=1 << 40)

@@ -83,16 +83,36 @@ def random_structures(rng: np.random.Generator, count: int, max_atoms: int = 200
     return [random_structure(rng, max_atoms) for _ in range(count)]
 
 
+def _reps(m: float) -> tuple[int, int, int]:
+    """The most nearly cubic repetitions (a, b, c) whose product is closest to ``m``."""
+    best = None
+    top = max(1, round(m))
+    for a in range(1, top + 1):
+        for b in range(a, top + 1):
+            if a * b > 2 * top:
+                break
+            c = max(b, round(m / (a * b)))
+            key = (abs(a * b * c - m), c - a)
+            if best is None or key < best[0]:
+                best = (key, (a, b, c))
+    return best[1]
+
+
 def supercell(rng: np.random.Generator, n_target: int, proto: str | None = None,
-              bond: float | None = None) -> Structure:
-    """A rattled, sheared supercell with about ``n_target`` atoms (``bond``: closest distance, A)."""
+              bond: float | None = None, cubic: bool = True) -> Structure:
+    """A rattled, sheared supercell with about ``n_target`` atoms (``bond``: closest distance, A); the same
+    number of repetitions along each axis, or with ``cubic=False`` the most nearly cubic ones closest to the
+    target (finer steps)."""
     proto = proto or str(rng.choice(["fcc", "rocksalt", "perovskite", "bcc"]))
     base = random_structure(rng, 4, proto=proto, rattle=0.0, shear=0.03)
     if bond is not None:
         dm = base.distance_matrix + np.diag(np.full(len(base), np.inf))
         base.scale_lattice(base.volume * (bond / min(float(dm.min()), min(base.lattice.abc))) ** 3)
-    k = max(1, round((n_target / len(base)) ** (1 / 3)))
-    s = base * (k, k, k)
+    if cubic:
+        k = max(1, round((n_target / len(base)) ** (1 / 3)))
+        s = base * (k, k, k)
+    else:
+        s = base * _reps(max(1.0, n_target / len(base)))
     s = _rattled(s, rng, 0.05)
     s.properties["label"] = f"supercell-{s.composition.reduced_formula}-{len(s)}"
     return s

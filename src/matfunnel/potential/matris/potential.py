@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from matfunnel.potential import calibration
 from matfunnel.potential.base import Potential
 from matfunnel.potential.batching import pack_greedy
 from matfunnel.potential.errors import StructureError
+from matfunnel.potential.matris import triton_ops
 from matfunnel.potential.matris.graph import build_matris_graph, estimate_sizes
+from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.model import MatrisModel
 from matfunnel.potential.matris.weights import load_checkpoint
 
 
-class MatrisPotential(Potential):
+#: built-in memory model, used until this device is calibrated: bytes per work item (directed edge or angle) of
+#: one float32 forward + backward = FIXED + PER_LAYER * layers * width / 128, on the safe side of what the
+#: CPU (torch path) measured: 9-14 kB for 2 layers of width 32, 42-56 kB for 2 layers of width 128, 260 kB
+#: for the published 10-layer models (benchmarks/NOTES.md, "Memory")
+BYTES_FIXED, BYTES_PER_LAYER = 2_000, 26_000
+#: the probe cells' peak: at most this share of the free memory, and at most PROBE_MAX_BYTES
+PROBE_SHARE, PROBE_MAX_BYTES = 0.25, {"cpu": 2 << 30, "cuda": 8 << 30}
+
+
+def estimated_bytes_per_item(cfg: MatrisConfig, dtype: torch.dtype = torch.float32) -> int:
+    """The built-in memory model of a configuration (see ``BYTES_PER_LAYER``)."""
+    width = max(cfg.node_feat_dim, cfg.edge_feat_dim, cfg.three_body_feat_dim)
+    per = BYTES_FIXED + BYTES_PER_LAYER * cfg.num_layers * width / 128
+    return int(per * (2 if dtype == torch.float64 else 1))
+
+
+class MatrisPotential(calibration.MemoryCalibrated, Potential):
     """Batched MatRIS. ``model`` names a published checkpoint (``"10m-oam"``, ``"10m-mp"``, ...);
     ``checkpoint`` is the file (default ``~/.cache/matris/<release file>``), or pass a built
-    :class:`MatrisModel` as ``module``."""
+    :class:`MatrisModel` as ``module``.
+
+    Batches are packed by estimated work items (directed edges + angles) against ``memory_budget`` bytes, at
+    the bytes per item measured on this device (once, cached: :mod:`matfunnel.potential.calibration`;
+    ``calibrate=False`` keeps the built-in estimate), or by explicit ``max_atoms`` / ``max_edges`` (directed)
+    / ``max_angles`` per batch.
+    """
 
     def __init__(
         self,
@@ -27,9 +56,11 @@ class MatrisPotential(Potential):
         checkpoint: str | None = None,
         module: MatrisModel | None = None,
         dtype: torch.dtype | str = torch.float32,
+        memory_budget: int | None = None,
         max_atoms: int | None = None,
         max_edges: int | None = None,
         max_angles: int | None = None,
+        calibrate: bool | None = None,
     ):
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -40,15 +71,82 @@ class MatrisPotential(Potential):
         self.model = net.to(device=device, dtype=dtype).eval()
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
         gpu = str(device).startswith("cuda")
-        self.max_atoms = max_atoms or (20_000 if gpu else 2_000)
-        self.max_edges = max_edges or (2_000_000 if gpu else 150_000)
-        self.max_angles = max_angles or (2_000_000 if gpu else 150_000)
+        self.code_path = "triton" if gpu and dtype == torch.float32 and triton_ops.available() else "torch"
+        self.memory_budget = int(memory_budget or calibration.default_budget(device))
+        self.bytes_per_item = estimated_bytes_per_item(self.model.cfg, dtype)
+        self._max_atoms = max_atoms
+        self.max_edges = max_edges
+        self.max_angles = max_angles
+        #: the calibration record in use (None: the built-in estimate)
+        self.calibration: dict | None = None
+        self._set_budget()
+        if calibrate is not False:
+            self.calibrate(force=bool(calibrate))
+
+    def _set_budget(self) -> None:
+        self.max_items = max(1_000, self.memory_budget // self.bytes_per_item)
+        gpu = str(self.device).startswith("cuda")
+        self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
+
+    # ---- memory model ------------------------------------------------------------------------
+    def calibration_key(self) -> str:
+        """Also keyed by the configuration: a model's memory depends on its widths and depth, not its weights."""
+        digest = hashlib.sha1(json.dumps(asdict(self.model.cfg), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{super().calibration_key()}:cfg-{digest}"
+
+    def probe_spec(self):
+        """How the CPU memory probe's child process builds this potential (random weights, same config)."""
+        from matfunnel.potential.memprobe import ProbeSpec
+
+        return ProbeSpec(f"{__name__}:_probe_potential",
+                         {"config": asdict(self.model.cfg), "dtype": str(self.dtype).split(".")[-1]})
+
+    def _probe_target(self) -> int:
+        """Bytes the larger probe may take: ``PROBE_SHARE`` of the free memory, at most ``PROBE_MAX_BYTES``."""
+        gpu = str(self.device).startswith("cuda")
+        if gpu:
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        return int(min(PROBE_SHARE * free, PROBE_MAX_BYTES["cuda" if gpu else "cpu"]))
+
+    def _measure_memory(self) -> list[tuple[int, int]]:
+        """Probe sizes follow a memory target: a 10-layer model costs ~260 kB per item, chgnet 7 kB."""
+        from matfunnel.potential import memprobe
+
+        if str(self.device).startswith("cuda"):
+            return memprobe.measure_cuda(self, target_bytes=self._probe_target())
+        spec = self.probe_spec()
+        spec.target_bytes = self._probe_target()
+        return memprobe.measure_cpu(spec)
+
+    def memory_probe(self, cell) -> int:
+        """One forward + backward of ``cell``; returns its work items (directed edges + angles)."""
+        g = self.graph([cell])
+        out = self.model(g)
+        out["forces"].sum().item()
+        return 2 * g.n_edges + g.n_angles
+
+    # ---- batching ----------------------------------------------------------------------------
+    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
+        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
+        if n_atoms > self.max_atoms or edges + angles > self.max_items:
+            return True
+        return (self.max_edges is not None and edges > self.max_edges) or (
+            self.max_angles is not None and angles > self.max_angles)
+
+    def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
+        """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
+        cfg = self.model.cfg
+        return estimate_sizes([n_atoms], [volume], cfg.pairwise_cutoff, cfg.three_body_cutoff)[0]
 
     def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
+        """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
         cfg = self.model.cfg
         est = estimate_sizes(n_atoms, volumes, cfg.pairwise_cutoff, cfg.three_body_cutoff)
-        return pack_greedy(n_atoms, est, lambda n, e, a: n > self.max_atoms or e > self.max_edges
-                           or a > self.max_angles)
+        return pack_greedy(n_atoms, est, self.too_big)
 
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         n_atoms = [len(s) for s in structures]
@@ -104,3 +202,9 @@ class MatrisPotential(Potential):
                     and np.all(np.isfinite(res["stress"]))):
                 res = self._fail(labels[k], "the potential returned NaN/inf", errors)
             results[idx[k]] = res
+
+
+def _probe_potential(config: dict, dtype: str) -> MatrisPotential:
+    """The CPU memory probe's potential: the configuration with random weights, uncalibrated, unlimited budget."""
+    model = MatrisModel(MatrisConfig.from_dict(config))
+    return MatrisPotential("cpu", module=model, dtype=dtype, calibrate=False, memory_budget=1 << 40)
