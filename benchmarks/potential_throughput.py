@@ -36,27 +36,17 @@ def _over(err: dict) -> str:
     return ", ".join(f"{q} {v:.2e}" for q, v in err.items() if v > TOL[q])
 
 
-def _errors(ref: dict, ours: dict, n: int) -> dict:
-    """Max differences between chgnet's output dict and ours for one structure of n atoms."""
-    return {
-        "energy": abs(float(ref["e"]) - ours["energy"] / n),
-        "forces": float(np.abs(ref["f"] - ours["forces"]).max()),
-        "stress": float(np.abs(ref["s"] - ours["stress"]).max()),
-        "magmoms": float(np.abs(ref["m"] - ours["magmoms"]).max()),
-    }
-
-
 def _agree(ref_preds, ours, structs, device) -> None:
     """Print the max differences; where one is over the tolerance, compare both with chgnet in float64."""
-    errs = [_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs)]
+    from matfunnel.potential.reference import ChgnetReference, parity_errors
+
+    errs = [parity_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs)]
     worst = {q: max(e[q] for e in errs) for q in TOL}
     print(f"max |diff| over {len(structs)} structures: energy/atom {worst['energy']:.2e} eV, forces "
           f"{worst['forces']:.2e} eV/A, stress {worst['stress']:.2e} GPa, magmoms {worst['magmoms']:.2e} muB")
     over = [k for k, e in enumerate(errs) if any(e[q] > TOL[q] for q in TOL)]
     if not over:
         return
-    from matfunnel.potential.reference import ChgnetReference
-
     # the reference's own float32 rounding (acos of nearly collinear bonds, sums in float32) is the usual
     # cause: its float64 evaluation tells which of the two float32 models is off
     # one at a time, and not the large cells: chgnet in float64 took 21.8 GB and 48 s for 2048 atoms
@@ -69,9 +59,9 @@ def _agree(ref_preds, ours, structs, device) -> None:
         (r64,) = ref64.predict_raw([structs[k]])
         p = ref_preds[k]
         as_ours = {"energy": float(p["e"]) * len(structs[k]), "forces": p["f"], "stress": p["s"], "magmoms": p["m"]}
-        for q, v in _errors(r64, ours[k], len(structs[k])).items():
+        for q, v in parity_errors(r64, ours[k], len(structs[k])).items():
             ours_64[q] = max(ours_64[q], v)
-        for q, v in _errors(r64, as_ours, len(structs[k])).items():
+        for q, v in parity_errors(r64, as_ours, len(structs[k])).items():
             ref_64[q] = max(ref_64[q], v)
     counts = ", ".join(f"{q} {sum(e[q] > TOL[q] for e in errs)}" for q in TOL)
     print(f"over the tolerance against the reference (float32): {len(over) + len(large)} structures ({counts}); "

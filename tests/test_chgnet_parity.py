@@ -20,7 +20,7 @@ from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.potential import ChgnetPotential
 from matfunnel.potential.chgnet.testing import random_structure, supercell
 from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path, load_checkpoint
-from matfunnel.potential.reference import ChgnetReference
+from matfunnel.potential.reference import ChgnetReference, parity_errors
 
 warnings.filterwarnings("ignore")
 TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}
@@ -59,15 +59,6 @@ def ours64():
     return ChgnetPotential(device=DEVICE, dtype="float64")
 
 
-def _errors(ref: dict, ours: dict, n: int) -> dict:
-    return {
-        "energy": abs(float(ref["e"]) - ours["energy"] / n),
-        "forces": float(np.abs(ref["f"] - ours["forces"]).max()),
-        "stress": float(np.abs(ref["s"] - ours["stress"]).max()),
-        "magmoms": float(np.abs(ref["m"] - ours["magmoms"]).max()),
-    }
-
-
 def _random_set(rng, count: int, max_atoms: int = 200) -> list[Structure]:
     structs = [random_structure(rng, max_atoms, rattle=rng.uniform(0.03, 0.12)) for _ in range(count)]
     # tiny / skewed cells: one or two atoms, fewer atoms than neighbours, short self-images
@@ -87,10 +78,10 @@ def test_parity_float32(rng, ref32, ref64, ours32):
     ours = ours32.predict(structs)
     worst = dict.fromkeys(TOL, 0.0)
     for k, (s, r, o) in enumerate(zip(structs, ref, ours)):
-        err = _errors(r, o, len(s))
+        err = parity_errors(r, o, len(s))
         bad = {q: v for q, v in err.items() if v > TOL[q]}
         if bad:  # compare with the reference's own float32 noise on this structure
-            noise = _errors(ref64([s])[0], {"energy": float(r["e"]) * len(s), "forces": r["f"],
+            noise = parity_errors(ref64([s])[0], {"energy": float(r["e"]) * len(s), "forces": r["f"],
                                              "stress": r["s"], "magmoms": r["m"]}, len(s))
             for q, v in bad.items():
                 assert v <= 2 * noise[q] + TOL[q], (
@@ -122,7 +113,7 @@ def test_parity_float64_exact_maths(rng, ref64, ours64):
     tol = {"energy": 2e-6, "forces": 1e-6, "stress": 1e-5, "magmoms": 1e-6}
     worst = dict.fromkeys(tol, 0.0)
     for s, r, o in zip(structs, ref, ours):
-        err = _errors(r, o, len(s))
+        err = parity_errors(r, o, len(s))
         for q, v in err.items():
             assert v <= tol[q], f"seed {SEED}: {s.properties['label']} {q} differs by {v:.2e}"
             worst[q] = max(worst[q], v)

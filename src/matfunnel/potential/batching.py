@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+
+
+def estimate_sizes(n_atoms, volumes, cutoff: float = 6.0, bond_cutoff: float = 3.0):
+    """Rough (directed edges, angles) per structure from atom density, for batching."""
+    out = []
+    for n, v in zip(n_atoms, volumes):
+        rho = n / max(v, 1e-6)
+        k_edge = rho * 4.0 / 3.0 * math.pi * cutoff**3
+        k_bond = rho * 4.0 / 3.0 * math.pi * bond_cutoff**3
+        out.append((n * k_edge, n * k_bond * max(k_bond - 1.0, 0.0) + n * 4))
+    return out
 
 
 def pack_greedy(
@@ -25,3 +37,28 @@ def pack_greedy(
     if cur:
         batches.append(cur)
     return batches
+
+
+class ItemBudget:
+    """Batching by work items (directed edges + angles) for a potential with an atom graph and a bond graph.
+
+    The potential sets ``max_atoms``, ``max_items`` and the optional ``max_edges`` / ``max_angles``, and
+    ``graph_cutoffs`` (atom graph, bond graph) in A.
+    """
+
+    graph_cutoffs: tuple[float, float]
+
+    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
+        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
+        if n_atoms > self.max_atoms or edges + angles > self.max_items:
+            return True
+        return (self.max_edges is not None and edges > self.max_edges) or (
+            self.max_angles is not None and angles > self.max_angles)
+
+    def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
+        """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
+        return estimate_sizes([n_atoms], [volume], *self.graph_cutoffs)[0]
+
+    def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
+        """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
+        return pack_greedy(n_atoms, estimate_sizes(n_atoms, volumes, *self.graph_cutoffs), self.too_big)

@@ -124,29 +124,27 @@ def _reset_peak() -> None:
         pass
 
 
+def _status_bytes(field: str) -> int | None:
+    """A size from ``/proc/self/status`` in bytes (``VmHWM``: peak resident; ``VmRSS``: resident now)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return None
+
+
 def _peak_rss() -> int:
     """Peak resident bytes of this process image: ``VmHWM`` (``ru_maxrss`` would include the parent's size at
     the fork, which survives the exec)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _rss() -> int:
-    """Resident bytes of this process now (``VmRSS``)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return 0
+    return _status_bytes("VmRSS") or 0
 
 
 def main(argv: list[str]) -> None:

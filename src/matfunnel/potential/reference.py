@@ -17,6 +17,17 @@ from matfunnel.potential.base import Potential
 from matfunnel.potential.errors import StructureError
 
 
+def parity_errors(ref: dict, ours: dict, n_atoms: int) -> dict:
+    """Max differences between chgnet's output dict for one structure (``e`` per atom, ``f``, ``s``, ``m``) and
+    matfunnel's result dict for it (``energy`` total, ``forces``, ``stress``, ``magmoms``)."""
+    return {
+        "energy": abs(float(ref["e"]) - ours["energy"] / n_atoms),
+        "forces": float(np.abs(ref["f"] - ours["forces"]).max()),
+        "stress": float(np.abs(ref["s"] - ours["stress"]).max()),
+        "magmoms": float(np.abs(ref["m"] - ours["magmoms"]).max()),
+    }
+
+
 class ChgnetReference(Potential):
     name = "chgnet-reference"
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from matfunnel.potential.batching import estimate_sizes  # noqa: F401 (re-exported)
 from matfunnel.potential.neighbors import SELF_TOL, argsort_stable, exclusive_cumsum, expand_counts, pairs_within
 
 __all__ = ["SELF_TOL", "GraphBatch", "argsort_stable", "build_angles", "build_graph", "estimate_sizes"]
@@ -133,16 +134,3 @@ def build_graph(
         angle_center=ac, angle_b1=b1, angle_b2=b2, angle_sign=sign, angle_orient=orient,
         short_order=s_order, angle_e1=e1, angle_e2=e2,
     )
-
-
-def estimate_sizes(n_atoms, volumes, cutoff: float = 6.0, bond_cutoff: float = 3.0):
-    """Rough (directed edges, angles) per structure from atom density, for batching."""
-    import math
-
-    out = []
-    for n, v in zip(n_atoms, volumes):
-        rho = n / max(v, 1e-6)
-        k_edge = rho * 4.0 / 3.0 * math.pi * cutoff**3
-        k_bond = rho * 4.0 / 3.0 * math.pi * bond_cutoff**3
-        out.append((n * k_edge, n * k_bond * max(k_bond - 1.0, 0.0) + n * 4))
-    return out

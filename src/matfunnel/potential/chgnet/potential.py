@@ -16,9 +16,9 @@ from torch import Tensor
 from matfunnel.potential import calibration
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
-from matfunnel.potential.batching import pack_greedy
+from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.chgnet import cpu_ops, triton_ops
-from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
+from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.weights import load_checkpoint
 from matfunnel.potential.errors import StructureError
 from matfunnel.potential.validate import MIN_DISTANCE, site_numbers
@@ -125,7 +125,7 @@ def _rows(counts: list[int], structures: list[int], dev) -> Tensor:
     return torch.from_numpy(idx.astype(np.int64)).to(dev)
 
 
-class ChgnetPotential(calibration.MemoryCalibrated, Potential):
+class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
     """Batched CHGNet; numbers match ``chgnet-reference`` (float32 default, float64 selectable).
 
     Structures are packed into batches by an estimate of their work items (directed edges + angles)
@@ -168,6 +168,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, Potential):
         self.dtype = dtype
         self.model = load_checkpoint(checkpoint, version=version).to(device=device, dtype=dtype)
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
+        self.graph_cutoffs = (self.model.cfg.atom_graph_cutoff, self.model.cfg.bond_graph_cutoff)
         gpu = str(device).startswith("cuda")
         self.memory_budget = int(memory_budget or calibration.default_budget(device))
         fused = not gpu and dtype == torch.float32 and cpu_ops.available(device)
@@ -212,24 +213,6 @@ class ChgnetPotential(calibration.MemoryCalibrated, Potential):
         return 2 * g.n_edges + g.n_angles
 
     # ---- batching --------------------------------------------------------------------------
-    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
-        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
-        if n_atoms > self.max_atoms or edges + angles > self.max_items:
-            return True
-        return (self.max_edges is not None and edges > self.max_edges) or (
-            self.max_angles is not None and angles > self.max_angles)
-
-    def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
-        """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
-        cfg = self.model.cfg
-        return estimate_sizes([n_atoms], [volume], cfg.atom_graph_cutoff, cfg.bond_graph_cutoff)[0]
-
-    def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
-        """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
-        cfg = self.model.cfg
-        est = estimate_sizes(n_atoms, volumes, cfg.atom_graph_cutoff, cfg.bond_graph_cutoff)
-        return pack_greedy(n_atoms, est, self.too_big)
-
     def chunk_for(self, n_edges: int, n_angles: int) -> int | None:
         """Chunk size (items) for a graph of ``n_edges`` directed edges and ``n_angles`` angles; None when it
         fits unchunked.

@@ -12,10 +12,10 @@ from pymatgen.core import Structure
 
 from matfunnel.potential import calibration
 from matfunnel.potential.base import Potential
-from matfunnel.potential.batching import pack_greedy
+from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.errors import StructureError
 from matfunnel.potential.matris import triton_ops
-from matfunnel.potential.matris.graph import build_matris_graph, estimate_sizes
+from matfunnel.potential.matris.graph import build_matris_graph
 from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.model import MatrisModel
 from matfunnel.potential.matris.weights import load_checkpoint
@@ -37,7 +37,7 @@ def estimated_bytes_per_item(cfg: MatrisConfig, dtype: torch.dtype = torch.float
     return int(per * (2 if dtype == torch.float64 else 1))
 
 
-class MatrisPotential(calibration.MemoryCalibrated, Potential):
+class MatrisPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
     """Batched MatRIS. ``model`` names a published checkpoint (``"10m-oam"``, ``"10m-mp"``, ...);
     ``checkpoint`` is the file (default ``~/.cache/matris/<release file>``), or pass a built
     :class:`MatrisModel` as ``module``.
@@ -70,6 +70,7 @@ class MatrisPotential(calibration.MemoryCalibrated, Potential):
         net = module if module is not None else load_checkpoint(checkpoint, model=model)
         self.model = net.to(device=device, dtype=dtype).eval()
         self.supported_elements = frozenset(range(1, self.model.cfg.max_num_elements + 1))
+        self.graph_cutoffs = (self.model.cfg.pairwise_cutoff, self.model.cfg.three_body_cutoff)
         gpu = str(device).startswith("cuda")
         self.code_path = "triton" if gpu and dtype == torch.float32 and triton_ops.available() else "torch"
         self.memory_budget = int(memory_budget or calibration.default_budget(device))
@@ -128,25 +129,6 @@ class MatrisPotential(calibration.MemoryCalibrated, Potential):
         out = self.model(g)
         out["forces"].sum().item()
         return 2 * g.n_edges + g.n_angles
-
-    # ---- batching ----------------------------------------------------------------------------
-    def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
-        """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""
-        if n_atoms > self.max_atoms or edges + angles > self.max_items:
-            return True
-        return (self.max_edges is not None and edges > self.max_edges) or (
-            self.max_angles is not None and angles > self.max_angles)
-
-    def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
-        """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
-        cfg = self.model.cfg
-        return estimate_sizes([n_atoms], [volume], cfg.pairwise_cutoff, cfg.three_body_cutoff)[0]
-
-    def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
-        """Greedy batches (lists of indices, input order) under the memory / atom / edge / angle budgets."""
-        cfg = self.model.cfg
-        est = estimate_sizes(n_atoms, volumes, cfg.pairwise_cutoff, cfg.three_body_cutoff)
-        return pack_greedy(n_atoms, est, self.too_big)
 
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         n_atoms = [len(s) for s in structures]
