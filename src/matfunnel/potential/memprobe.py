@@ -25,8 +25,6 @@ import numpy as np
 #: chgnet-0.3.0 the CPU pair peaks at about 0.7 and 1.2 GB; below 4 GB available a potential's small sizes)
 SIZES = {"cpu": (864, 2048), "cuda": (2048, 6912)}
 SMALL_CPU = (256, 864)
-
-
 #: candidate probe cells (atoms) for sizes chosen by a memory target: 4-atom cells repeated (no two alike)
 LADDER = tuple(4 * m for m in (1, 2, 3, 4, 6, 8, 12, 18, 27, 36, 48, 64, 80, 100, 125, 150, 180, 216, 270, 343,
                                 432, 512, 640, 729, 864, 1000, 1331, 1728))
@@ -53,7 +51,8 @@ def probe_cell(n_atoms: int):
     return supercell(np.random.default_rng(0), n_atoms, proto="rocksalt", bond=2.75, cubic=cubic)
 
 
-def measure_cuda(pot, sizes: Sequence[int] = SIZES["cuda"], target_bytes: int | None = None) -> list[tuple[int, int]]:
+def measure_cuda(pot, sizes: Sequence[int] = SIZES["cuda"],
+                 target_bytes: int | None = None) -> list[tuple[int, int]]:
     """(items, peak bytes allocated) of each probe (``sizes``, or by ``target_bytes``: see :class:`ProbeSpec`),
     in this process."""
     from matfunnel.potential.calibration import cuda_peak
@@ -124,12 +123,12 @@ def _reset_peak() -> None:
         pass
 
 
-def _status_bytes(field: str) -> int | None:
+def _status_bytes(key: str) -> int | None:
     """A size from ``/proc/self/status`` in bytes (``VmHWM``: peak resident; ``VmRSS``: resident now)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith(field + ":"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover - not Linux
         pass

@@ -15,8 +15,8 @@ from matfunnel.potential.base import Potential
 from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.errors import StructureError
 from matfunnel.potential.matris import triton_ops
-from matfunnel.potential.matris.graph import build_matris_graph
 from matfunnel.potential.matris.config import MatrisConfig
+from matfunnel.potential.matris.graph import build_matris_graph
 from matfunnel.potential.matris.model import MatrisModel
 from matfunnel.potential.matris.weights import load_checkpoint
 
