@@ -3,7 +3,8 @@
 # not pymatgen/ase/chgnet: those come as wheels in .whl/, see benchmarks/NOTES.md "GPU runs").
 #
 #   bash benchmarks/gpu_suite.sh [stage ...]     stages: info calibrate tests check profile potential relax is2re
-#                                                (default: all)
+#                                                is2re2 (default: all but is2re2)
+#   is2re2: the IS2RE proxy again with two engine processes sharing the GPU (host work overlapping device work)
 #
 # Logs go to $OUT (the device tool's output folder) or ./gpu_out.
 set -u
@@ -44,6 +45,9 @@ for stage in $stages; do
     is2re)
       $PY benchmarks/relax_throughput.py --device cuda --n ${IS2RE_N:-1000} --seed 1 --no-ase --no-chgnet 2>&1 \
         | tee "$OUTDIR/relax_throughput_cuda_n1000.txt" ;;
+    is2re2)
+      $PY benchmarks/relax_throughput.py --device cuda --n ${IS2RE_N:-1000} --seed 1 --no-ase --no-chgnet \
+        --processes 2 2>&1 | tee "$OUTDIR/relax_throughput_cuda_n1000_2proc.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -5,11 +5,16 @@
     python benchmarks/relax_throughput.py --device cuda --n 100 --ref-n 20   # (a), (b) on the first 20 only
     python benchmarks/relax_throughput.py --device cuda --n 2000 --no-ase --no-chgnet   # throughput, IS2RE estimate
     PYTHONPATH=/path/to/torch-sim python benchmarks/relax_throughput.py --torch-sim
+    python benchmarks/relax_throughput.py --device cuda --n 2000 --no-ase --no-chgnet --processes 2   # 2 engines/GPU
 
 Random rattled and strained structures of 4-64 atoms (prototype supercells, mixed chemistries) are
 relaxed to ``--fmax`` (FIRE + Frechet cell filter, ASE semantics everywhere) by every engine with the
 same potential object in the same process. Prints structures/s per engine, the speed-up, and how
 far the engines' final energies are apart.
+
+``--processes N`` first runs the batched engine in N processes at once on the same device, each with every
+N-th structure (as N FireWorks workers sharing a GPU would), started together once all have loaded: one
+process's host work (pymatgen, FIRE bookkeeping, kernel launches) then overlaps the others' device work.
 """
 
 from __future__ import annotations
@@ -98,6 +103,55 @@ def run_torch_sim(structures, potential, fmax: float, max_steps: int, max_atoms:
     return wall, energies
 
 
+def _worker(args) -> int:
+    """One of ``--processes`` engine processes: relax every N-th structure when the parent says go."""
+    import json
+
+    from matfunnel.engine import relax_batched
+    from matfunnel.potential import load_potential
+
+    k, n = (int(x) for x in args.worker.split("/"))
+    pot = load_potential(args.potential, args.device, **({"max_atoms": args.max_atoms} if args.max_atoms else {}))
+    structs = make_structures(args.n, args.seed)[k::n]
+    pot.predict(structs[:2])  # warm-up
+    print("READY", flush=True)
+    sys.stdin.readline()
+    res = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps)
+    _sync(args.device)
+    print(json.dumps({"atom_steps": sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res)),
+                      "converged": sum(bool(r.converged) for r in res), "e": [r.e_per_atom for r in res]}))
+    return 0
+
+
+def _run_processes(args, argv: list[str]) -> dict:
+    """Run ``args.processes`` workers together; their wall time counts from the common start to the last end."""
+    import json
+    import subprocess
+
+    n = args.processes
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--worker", f"{k}/{n}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in range(n)]
+    for p in procs:  # every worker has loaded its potential and warmed up
+        for line in p.stdout:
+            if line.strip() == "READY":
+                break
+        else:
+            raise RuntimeError(f"an engine process exited before it was ready (code {p.wait()})")
+    t0 = time.perf_counter()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    wall = time.perf_counter() - t0
+    if any(p.returncode for p in procs):
+        raise RuntimeError("an engine process failed")
+    e: list = [None] * args.n
+    for k, o in enumerate(outs):
+        e[k::n] = o["e"]
+    return {"wall": wall, "n": args.n, "atom_steps": sum(o["atom_steps"] for o in outs),
+            "converged": sum(o["converged"] for o in outs), "e": e}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="number of structures (default 100)")
@@ -115,6 +169,9 @@ def main(argv=None) -> int:
                          "are then ratios of structures/hour")
     ap.add_argument("--wbm", type=int, default=257_487, help="structures in the IS2RE task, for the extrapolation")
     ap.add_argument("--max-atoms", type=int, default=None, help="the potential's atom cap per batch (its default if unset)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="also run the batched engine in this many processes sharing the device")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: "k/N", one of those processes
     ap.add_argument("--split", action="store_true",
                     help="also report the time inside potential evaluations (synchronised) against the engine's own")
     args = ap.parse_args(argv)
@@ -124,6 +181,10 @@ def main(argv=None) -> int:
 
     from matfunnel.engine import AtomBudget, relax_batched, relax_structures
     from matfunnel.potential import load_potential
+
+    if args.worker:
+        return _worker(args)
+    multi = _run_processes(args, sys.argv[1:] if argv is None else list(argv)) if args.processes > 1 else None
 
     pot = load_potential(args.potential, args.device, **({"max_atoms": args.max_atoms} if args.max_atoms else {}))
     structs = make_structures(args.n, args.seed)
@@ -188,6 +249,15 @@ def main(argv=None) -> int:
         print(f"inside potential evaluations: {split['eval']:.1f} s of {wall_b:.1f} s over {split['calls']} calls "
               f"(mean {split['atoms'] / max(split['calls'], 1):,.0f} atoms, {1e3 * split['eval'] / max(split['calls'], 1):.1f} ms"
               f" per call); engine and host work: {wall_b - split['eval']:.1f} s")
+    if multi is not None:
+        rate = multi["n"] / multi["wall"]
+        print(f"batched in {args.processes} processes sharing the device: {multi['n']} structures in "
+              f"{multi['wall']:.1f} s = {rate * 3600:,.0f}/h, {multi['atom_steps'] / multi['wall']:,.0f} atom-steps/s; "
+              f"{rate / rows['batched']['rate']:.2f}x one process; converged {multi['converged']}/{multi['n']}")
+        de = [abs(multi["e"][k] - r.e_per_atom) * 1000 for k, r in enumerate(batched)
+              if multi["e"][k] is not None and r.e_per_atom is not None]
+        if de:
+            print(f"    same structures, one process vs {args.processes}: |dE| max {max(de):.4f} meV/atom")
     ref_structs = structs[: args.ref_n] if args.ref_n else structs
     ref_batched = batched[: len(ref_structs)]
     if args.ref_n:

@@ -44,6 +44,16 @@ def test_relax_benchmark_reports_rates_and_agreement():
     assert re.search(r"ase: 2 structures in", out) and re.search(r"speed-up batched / ase: [\d.]+x", out)
 
 
+def test_relax_benchmark_in_several_engine_processes():
+    """--processes: the batched engine in two processes at once (every other structure each) gives the same
+    relaxations as one process, and the combined rate is reported."""
+    out = _run("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "4", "--max-steps", "6", "--no-ase",
+               "--no-chgnet", "--processes", "2", "--threads", "1")
+    assert re.search(r"batched in 2 processes sharing the device: 4 structures in [\d.]+ s = [\d,]+/h", out)
+    de = re.search(r"one process vs 2: \|dE\| max ([\d.]+) meV/atom", out)
+    assert de and float(de.group(1)) < 0.01, out
+
+
 def test_potential_benchmark_reports_ratio_and_agreement():
     out = _run("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
                "--repeats", "2", "--ref-batch-size", "2", "--seed", "3")
