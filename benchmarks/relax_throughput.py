@@ -111,6 +111,8 @@ def _worker(args) -> int:
     from matfunnel.potential import load_potential
 
     k, n = (int(x) for x in args.worker.split("/"))
+    if not str(args.device).startswith("cuda") and not args.threads:  # the cores are shared out, not oversubscribed
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
     pot = load_potential(args.potential, args.device, **({"max_atoms": args.max_atoms} if args.max_atoms else {}))
     structs = make_structures(args.n, args.seed)[k::n]
     pot.predict(structs[:2])  # warm-up
