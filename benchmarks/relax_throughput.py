@@ -143,10 +143,11 @@ def _run_processes(args, argv: list[str]) -> dict:
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
-    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    texts = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):
-        raise RuntimeError("an engine process failed")
+        raise RuntimeError(f"an engine process failed (exit codes {[p.returncode for p in procs]})")
+    outs = [json.loads(t.strip().splitlines()[-1]) for t in texts]
     e: list = [None] * args.n
     for k, o in enumerate(outs):
         e[k::n] = o["e"]
