@@ -42,11 +42,22 @@ def pack_greedy(
 class ItemBudget:
     """Batching by work items (directed edges + angles) for a potential with an atom graph and a bond graph.
 
-    The potential sets ``max_atoms``, ``max_items`` and the optional ``max_edges`` / ``max_angles``, and
-    ``graph_cutoffs`` (atom graph, bond graph) in A.
+    The potential sets ``device``, ``memory_budget``, ``bytes_per_item``, ``graph_cutoffs`` (atom graph, bond
+    graph) in A, an explicit atom cap ``_max_atoms`` (or None) and the optional ``max_edges`` / ``max_angles``;
+    :meth:`_set_budget` derives ``max_items`` and ``max_atoms`` from them.
     """
 
     graph_cutoffs: tuple[float, float]
+    #: the item budget never goes below this
+    min_items: int = 1_000
+
+    def _set_budget(self) -> None:
+        self.max_items = max(self.min_items, self.memory_budget // self.bytes_per_item)
+        # on a GPU the item budget is what binds for crystals (relax-like cells: ~120 items per atom); the atom
+        # cap only bounds the per-atom tensors of sparse cells. A fixed 20k cap left an H100 a third idle in
+        # batched relaxations (benchmarks/NOTES.md, fifth session).
+        gpu = str(self.device).startswith("cuda")
+        self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
 
     def too_big(self, n_atoms: int, edges: float, angles: float) -> bool:
         """Whether a batch of that many atoms, directed edges and angles exceeds this potential's budgets."""

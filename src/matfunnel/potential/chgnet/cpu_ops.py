@@ -218,7 +218,8 @@ def counting_argsort(x: Tensor) -> Tensor | None:
 
 
 def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float, self_tol: float):
-    """Canonical pairs within ``cutoff`` (see :func:`matfunnel.potential.neighbors.neighbor_pairs`), on the CPU in C++: (i, j, image, d)."""
+    """Canonical pairs within ``cutoff`` (see :func:`matfunnel.potential.neighbors.neighbor_pairs`), on the CPU in
+    C++: (i, j, image, d)."""
     frac = frac.detach().to(torch.float64).contiguous()
     lattice = lattice.detach().to(torch.float64).contiguous()
     counts = n_atoms.detach().to(torch.int64).contiguous()

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from matfunnel.potential.batching import estimate_sizes  # noqa: F401 (re-exported)
 from matfunnel.potential.neighbors import SELF_TOL, argsort_stable, exclusive_cumsum, expand_counts, pairs_within
 
-__all__ = ["SELF_TOL", "GraphBatch", "argsort_stable", "build_angles", "build_graph", "estimate_sizes"]
+__all__ = ["SELF_TOL", "GraphBatch", "argsort_stable", "build_angles", "build_graph"]
 
 
 @dataclass

@@ -145,6 +145,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
     """
 
     name = "chgnet-0.3.0"
+    min_items = MIN_CHUNK
 
     def __init__(
         self,
@@ -190,14 +191,6 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         self._set_budget()
         if calibrate is not False:
             self.calibrate(force=bool(calibrate))
-
-    def _set_budget(self) -> None:
-        self.max_items = max(MIN_CHUNK, self.memory_budget // self.bytes_per_item)
-        # on a GPU the item budget is what binds for crystals (relax-like cells: ~120 items per atom); the atom
-        # cap only bounds the per-atom tensors of sparse cells. A fixed 20k cap left an H100 a third idle in
-        # batched relaxations (benchmarks/NOTES.md, fifth session).
-        gpu = str(self.device).startswith("cuda")
-        self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
 
     def probe_spec(self):
         """How the CPU memory probe's child process builds this potential (see :mod:`..memprobe`)."""

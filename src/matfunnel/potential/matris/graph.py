@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from matfunnel.potential.chgnet.graph import build_graph, estimate_sizes
+from matfunnel.potential.chgnet.graph import build_graph
 
-__all__ = ["MatrisGraph", "build_matris_graph", "estimate_sizes"]
+__all__ = ["MatrisGraph", "build_matris_graph"]
 
 
 @dataclass

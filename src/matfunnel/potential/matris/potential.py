@@ -84,11 +84,6 @@ class MatrisPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         if calibrate is not False:
             self.calibrate(force=bool(calibrate))
 
-    def _set_budget(self) -> None:
-        self.max_items = max(1_000, self.memory_budget // self.bytes_per_item)
-        gpu = str(self.device).startswith("cuda")
-        self.max_atoms = self._max_atoms or (max(20_000, self.max_items // 40) if gpu else 4_000)
-
     # ---- memory model ------------------------------------------------------------------------
     def calibration_key(self) -> str:
         """Also keyed by the configuration: a model's memory depends on its widths and depth, not its weights."""
