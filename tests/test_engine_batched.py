@@ -187,7 +187,7 @@ def test_final_structure_documents_match_pymatgen(rng):
     """The engine writes final structures with ``structure_dict``; it must be pymatgen's own ``as_dict``."""
     from pymatgen.core import Lattice, Species, Structure
 
-    from matfunnel.engine.state import structure_dict
+    from matfunnel.engine.documents import structure_dict
 
     for oxi in (False, True):
         species = [Species("Li", 1), Species("O", -2), Species("O", -2)] if oxi else ["Li", "O", "O"]
@@ -208,6 +208,29 @@ def test_final_structure_documents_match_pymatgen(rng):
             np.testing.assert_allclose(a["abc"], b["abc"], atol=1e-12)
             np.testing.assert_allclose(a["xyz"], b["xyz"], atol=1e-12)
         assert Structure.from_dict(got) == slow
+
+
+def test_initial_documents_equal_pymatgen(rng):
+    """The engines' initial-structure documents (:class:`SiteTable`) are ``Structure.as_dict()`` exactly: oxidation
+    states, dummy species, site labels and properties, structure properties; disordered sites use pymatgen's own."""
+    from pymatgen.core import DummySpecies, Lattice, Species, Structure
+
+    from matfunnel.engine.documents import SiteTable, initial_dict
+
+    n = 7
+    species = [Species("Li", 1), Species("O", -2), DummySpecies("X"), "Fe", "Fe", Species("Li", 1), "O"]
+    s = Structure(Lattice(np.eye(3) * 4 + rng.normal(0, 0.3, (3, 3))), species, rng.random((n, 3)),
+                  site_properties={"magmom": list(rng.normal(0, 1, n))},
+                  labels=["a", None, "x", None, "Fe2", None, None])
+    s.properties["label"] = "initial-doc"
+    want = s.as_dict()
+    assert SiteTable(s).initial() == want and initial_dict(s) == want
+    assert [d["label"] for d in want["sites"]][:4] == ["a", "O2-", "x", "Fe"]  # the labels really differ
+    disordered = Structure(Lattice.cubic(3), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    assert initial_dict(disordered) == disordered.as_dict()
+    with pytest.raises(ValueError, match="ordered"):
+        SiteTable(disordered)
+    assert initial_dict("not a structure") == {}
 
 
 @pytest.mark.parametrize("cpp", [True, False])

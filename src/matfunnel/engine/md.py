@@ -26,9 +26,10 @@ from ase.data import atomic_masses
 from pymatgen.core import Structure
 from torch import Tensor
 
+from matfunnel.engine.documents import initial_dict, structure_dict
 from matfunnel.engine.runner import AtomBudget
 from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
-    failure_reasons, from_structures, select, structure_dict, system_field, upgrade
+    failure_reasons, from_structures, select, system_field, upgrade
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
@@ -295,7 +296,7 @@ def run_md(
     def blank(i, s) -> MDResult:
         ok = isinstance(s, Structure) and len(s)
         return MDResult(label=labels[i], formula=s.composition.reduced_formula if ok else "",
-                        initial_structure=s.as_dict() if isinstance(s, Structure) else {}, ensemble=ensemble,
+                        initial_structure=initial_dict(s), ensemble=ensemble,
                         timestep_fs=timestep, temperature=temps[i], pressure=press[i] if ensemble == "npt" else None,
                         initial_volume=float(s.volume) if ok else None)
 

@@ -23,8 +23,9 @@ import torch
 from pymatgen.core import Structure
 
 from matfunnel.engine.ase_relax import RelaxResult
+from matfunnel.engine.documents import SiteTable, initial_dict
 from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
-from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select, structure_dict
+from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select
 from matfunnel.engine.symmetry import Symmetrizer
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
@@ -52,6 +53,7 @@ class AtomBudget:
         #: structure instead of re-planning the whole batch for every candidate
         self._additive = (est, too_big) if (max_atoms is None and est is not None and too_big is not None) else None
         self._cost: dict = {}
+        self._table = np.zeros((0, 3))
 
     @staticmethod
     def _from_memory(device) -> int:
@@ -72,12 +74,20 @@ class AtomBudget:
         if self._additive is not None:
             edges, angles = self._additive[0](n_atoms, volume)
             self._cost[key] = (n_atoms, edges, angles)
+            if isinstance(key, int) and key >= 0:  # also in a table, for a vectorised tally of large batches
+                if key >= self._table.shape[0]:
+                    grown = np.zeros((max(2 * self._table.shape[0], key + 1), 3))
+                    grown[: self._table.shape[0]] = self._table
+                    self._table = grown
+                self._table[key] = (n_atoms, edges, angles)
         else:
             self._cost[key] = (n_atoms, volume)
 
     def tally(self, keys: Sequence) -> list:
         """The running total of the registered structures ``keys`` (the batch as it is)."""
         if self._additive is not None:
+            if len(keys) > 32 and all(isinstance(k, int) and 0 <= k < self._table.shape[0] for k in keys):
+                return [float(v) for v in self._table[np.asarray(keys)].sum(0)] + [len(keys)]
             return [float(sum(self._cost[k][q] for k in keys)) for q in range(3)] + [len(keys)]
         return list(keys)
 
@@ -146,6 +156,8 @@ def relax_batched(
     labels = list(labels) if labels is not None else [None] * n
     results: list[RelaxResult | None] = [None] * n
     inputs: list[Structure | None] = [None] * n
+    #: the document parts of each validated input that do not change with the geometry (while it is in a batch)
+    tables: dict[int, SiteTable] = {}
     entered: dict[int, float] = {}
     dev = potential.device
     bar = None
@@ -167,7 +179,8 @@ def relax_batched(
 
     def blank(i: int, s) -> RelaxResult:
         formula = s.composition.reduced_formula if isinstance(s, Structure) and len(s) else ""
-        init = s.as_dict() if isinstance(s, Structure) else {}
+        table = tables.get(i)
+        init = table.initial() if table is not None else initial_dict(s)
         return RelaxResult(label=labels[i], formula=formula, initial_structure=init)
 
     def prepare(i: int):
@@ -204,6 +217,7 @@ def relax_batched(
                 finish(i, failed_doc(i, error))
                 continue
             inputs[i] = s
+            tables[i] = SiteTable(s)
             if symmetrizer is not None:
                 symmetrizer.add(i, s)
             budget.register(i, len(s), float(s.volume))
@@ -241,8 +255,10 @@ def relax_batched(
             active, torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1),
             torch.isfinite(active.forces).all(1),
             bool(check_distance_every) and it % check_distance_every == 0 and (it > 0 or graph_distances))
-        steps = active.n_steps.tolist()
-        ok = torch.tensor([r is None for r in reasons], device=active.device)
+        failing = [b for b, r in enumerate(reasons) if r is not None]
+        ok = torch.ones(active.n_systems, dtype=torch.bool, device=active.device)
+        if failing:
+            ok[torch.tensor(failing, device=active.device)] = False
         active = fire_forces(active)
         residual = torch.where(ok, active.residual, torch.full_like(active.residual, math.inf))
         converged = residual < active.fmax
@@ -250,7 +266,7 @@ def relax_batched(
         done = converged | exhausted | ~ok
         if bool(done.any()):
             conv_l, done_l = converged.tolist(), done.tolist()
-            ids = active.ids.tolist()
+            ids, steps = active.ids.tolist(), active.n_steps.tolist()
             counts = active.n_atoms.tolist()
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             e_l = active.energy.tolist()
@@ -268,12 +284,13 @@ def relax_batched(
                     res.error = f"structure {labels[i]!r}: {reasons[b]}"
                 else:
                     lo, hi = int(starts[b]), int(starts[b] + counts[b])
-                    final = structure_dict(inputs[i], cell_h[b], pos_h[lo:hi])
+                    final = tables[i].at(cell_h[b], pos_h[lo:hi])
                     _structure_doc(res, final, e_l[b], f_h[lo:hi], s_h[b], None if m_h is None else m_h[lo:hi])
                     res.converged = bool(conv_l[b])
                     if not res.converged:
                         res.error = f"structure {labels[i]!r}: not converged to fmax={fmax} in {max_steps} steps"
                 finish(i, res)
+                tables.pop(i, None)
             active = select(active, ~done) if not bool(done.all()) else None
         if active is not None:
             active = fire_update(active, config)

@@ -106,39 +106,6 @@ def to_structure(state: SystemState, b: int, template: Structure | None = None) 
     return s
 
 
-def structure_dict(template: Structure, lattice: np.ndarray, cart: np.ndarray) -> dict:
-    """``Structure.as_dict()`` of ``template``'s species and properties at a new lattice and Cartesian positions.
-
-    The same document as building the pymatgen object (:func:`to_structure`) and calling ``as_dict``, without
-    either: that took about 4 ms per 30-atom structure, as long as a batched relaxation step of it on a GPU.
-    Site properties are not carried over (they describe the initial geometry).
-    """
-    lattice = np.asarray(lattice, dtype=float)
-    cart = np.asarray(cart, dtype=float)
-    frac = cart @ np.linalg.inv(lattice)
-    abc = np.linalg.norm(lattice, axis=1)
-    angles = []
-    for i, j in ((1, 2), (0, 2), (0, 1)):
-        c = float(np.dot(lattice[i], lattice[j]) / (abc[i] * abc[j]))
-        angles.append(float(np.degrees(np.arccos(max(-1.0, min(1.0, c))))))
-    kinds: dict = {}
-    sites = []
-    for site, f, x in zip(template, frac.tolist(), cart.tolist()):
-        sp = site.specie
-        if sp not in kinds:  # pymatgen's own entry for this species, built once
-            kinds[sp] = (site.as_dict()["species"], site.species_string)
-        species, label = kinds[sp]
-        sites.append({"species": [dict(e) for e in species], "abc": f, "properties": {}, "label": label, "xyz": x})
-    return {
-        "@module": Structure.__module__, "@class": "Structure", "charge": template.charge,
-        "lattice": {"matrix": lattice.tolist(), "pbc": (True, True, True), "a": float(abc[0]), "b": float(abc[1]),
-                    "c": float(abc[2]), "alpha": angles[0], "beta": angles[1], "gamma": angles[2],
-                    "volume": float(abs(np.linalg.det(lattice)))},
-        "properties": dict(template.properties),
-        "sites": sites,
-    }
-
-
 def upgrade(state: SystemState, cls: type[S], **fields) -> S:
     """``state`` as a subclass ``cls`` with the extra ``fields`` filled in."""
     base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SystemState)}
@@ -236,6 +203,9 @@ def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_d
     forces/velocities); a structure also stops when the potential reported an error for it, when a
     force exceeds ``MAX_FORCE`` or, if ``check_distance``, when two atoms come closer than
     ``MIN_DISTANCE``. Shared by relaxation and MD so both report failures the same way.
+
+    The tests run on the device for the whole batch; only the failing structures' numbers come to the host
+    (one transfer per call), so the cost per step does not grow with Python work per structure.
     """
     import math
 
@@ -244,7 +214,6 @@ def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_d
 
     nb = state.n_systems
     reasons: list[str | None] = list(state.eval_error) if state.eval_error else [None] * nb
-    steps = state.n_steps.tolist()
     bad_atoms = (~finite_atoms).to(state.forces.dtype)
     finite = finite_systems & (torch.zeros(nb, dtype=bad_atoms.dtype, device=state.device).index_add_(
         0, state.batch, bad_atoms) == 0)
@@ -253,19 +222,24 @@ def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_d
     if not check_distance:
         dmin_t = torch.full((nb,), math.inf, dtype=fabs.dtype, device=state.device)
     elif state.min_distance is not None:  # measured on the potential's graph at these positions
-        dmin_t = torch.nan_to_num(state.min_distance, nan=math.inf)
+        dmin_t = torch.nan_to_num(state.min_distance, nan=math.inf).to(fabs.dtype)
     else:
-        dmin_t = min_distances(state.positions, state.cell, state.batch, nb)
-    finite_l, fabs_l, dmin = torch.stack([finite.to(fabs.dtype), fabs, dmin_t.to(fabs.dtype)]).tolist()
-    for b in range(nb):
+        dmin_t = min_distances(state.positions, state.cell, state.batch, nb).to(fabs.dtype)
+    bad = (dmin_t < MIN_DISTANCE) | ~finite | (fabs > MAX_FORCE)
+    # one host transfer: per structure [bad, step, finite, max |f|, minimum distance]; only the bad rows are read
+    table = torch.stack([bad.to(fabs.dtype), state.n_steps.to(fabs.dtype), finite.to(fabs.dtype), fabs, dmin_t], 1)
+    flagged = [b for b, r in enumerate(reasons) if r is not None]
+    rows = table.cpu().numpy()
+    for b in sorted(set(flagged) | set(np.flatnonzero(rows[:, 0]).tolist())):
+        _, step, fin, fmax_b, dmin = rows[b].tolist()
+        step = int(step)
         # the cause before its symptoms: overlapping atoms first, then the NaN or huge forces they give
         if reasons[b] is not None:
-            reasons[b] = f"the potential failed at step {steps[b]}: {reasons[b]}"
-        elif dmin[b] < MIN_DISTANCE:
-            reasons[b] = (f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin[b]:.3f} A) "
-                          f"at step {steps[b]}")
-        elif not finite_l[b]:
-            reasons[b] = f"NaN energy/forces at step {steps[b]}"
-        elif fabs_l[b] > MAX_FORCE:
-            reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {steps[b]}"
+            reasons[b] = f"the potential failed at step {step}: {reasons[b]}"
+        elif dmin < MIN_DISTANCE:
+            reasons[b] = f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin:.3f} A) at step {step}"
+        elif not fin:
+            reasons[b] = f"NaN energy/forces at step {step}"
+        elif fmax_b > MAX_FORCE:
+            reasons[b] = f"forces exploded (> {MAX_FORCE} eV/A) at step {step}"
     return reasons
