@@ -161,6 +161,36 @@ def test_symmetry_mode_keeps_the_space_group():
     assert SpacegroupAnalyzer(Structure.from_dict(free.final_structure), symprec=1e-4).get_space_group_number() < 186
 
 
+def test_symmetry_mode_starts_from_the_exact_symmetry(rng):
+    """Noise below ``symprec`` is removed before the first step, as ASE's FixSymmetry does (``refine_symmetry``:
+    the same cell parameters, positions within the noise), so the result is symmetric far below the noise."""
+    from ase.spacegroup.symmetrize import refine_symmetry
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from matfunnel.engine.symmetry import symmetrized
+
+    s = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.2, 5.3), ["Ar", "Kr"],
+                                  [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.35]])
+    s.add_site_property("magmom", [0.5] * len(s))
+    noisy = Structure(s.lattice, s.species, s.cart_coords + rng.normal(0, 1e-4, (len(s), 3)),
+                      coords_are_cartesian=True, site_properties=s.site_properties)
+    assert SpacegroupAnalyzer(noisy, symprec=1e-3).get_space_group_number() == 186
+    assert SpacegroupAnalyzer(noisy, symprec=1e-5).get_space_group_number() < 186
+    ours = symmetrized(noisy, 1e-3)
+    atoms = AseAtomsAdaptor.get_atoms(noisy)
+    refine_symmetry(atoms, 1e-3)
+    np.testing.assert_allclose(ours.lattice.abc + ours.lattice.angles, atoms.cell.cellpar(), atol=1e-9)
+    # the same arrangement up to where the origin sits (a polar group) and, within the noise, the free parameter u
+    # (ours is the orbit average, ASE takes spglib's idealised positions)
+    shift = ours.cart_coords - atoms.positions
+    assert np.abs(shift - shift.mean(0)).max() < 3e-4 and np.abs(shift).max() < 1e-3
+    assert SpacegroupAnalyzer(ours, symprec=1e-6).get_space_group_number() == 186
+    assert ours.site_properties["magmom"] == [0.5] * len(s)
+    (res,) = relax_batched([noisy], NoisyPairPotential(), fmax=0.05, max_steps=200, symmetry=True)
+    assert res.converged and res.initial_structure == noisy.as_dict()  # the document keeps the input as given
+    assert SpacegroupAnalyzer(Structure.from_dict(res.final_structure), symprec=1e-5).get_space_group_number() == 186
+
+
 def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatch):
     from jobflow import run_locally
 
@@ -181,6 +211,66 @@ def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatc
     docs2 = next(iter(again.values()))[1].output
     assert all(d["cached"] for d in docs2)
     assert [d["energy"] for d in docs2] == [d["energy"] for d in docs]
+
+
+def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_path, monkeypatch):
+    """A malformed document, a disordered structure and a potential failure each become that input's error
+    document; the job succeeds, its output lives in the ``data`` store, and only the potential failure is left
+    out of the cache (a rerun tries it again)."""
+    from jobflow import run_locally
+
+    from matfunnel.campaign.store import embedded_store
+    from matfunnel.makers import RelaxMaker
+    from matfunnel.potential import REGISTRY
+    from matfunnel.potential.base import Evaluation
+
+    class FailsOnKr(PairPotential):
+        fail = True
+
+        def evaluate(self, numbers, positions, cells, n_atoms, **kw):
+            ev = super().evaluate(numbers, positions, cells, n_atoms, **kw)
+            counts = n_atoms.tolist()
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+            kr = [FailsOnKr.fail and int(numbers[lo]) == 36 for lo in starts]
+            errs = ["OutOfMemoryError: pretend" if k else None for k in kr]
+            energy = torch.where(torch.tensor(kr), torch.full_like(ev.energy, float("nan")), ev.energy)
+            return Evaluation(energy, ev.forces, ev.stress, ev.magmoms, errs)
+
+    import torch
+
+    monkeypatch.setitem(REGISTRY, "pair-flaky", lambda device, **kw: FailsOnKr(device=device))
+    monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
+    rng = np.random.default_rng(1)
+    good, kr = ar_cell(rng), ar_cell(rng, el="Kr", a=4.0)
+    disordered = Structure(Lattice.cubic(3.6), [{"Ar": 0.5, "Kr": 0.5}] * 4, FCC)
+    inputs = [good.as_dict(), {"@class": "Structure", "sites": []}, disordered, kr]
+    store = embedded_store(tmp_path / "store")
+    maker = RelaxMaker(potential="pair-flaky", fmax=0.02, max_steps=200, progress=False)
+    job = maker.make(inputs)
+    run_locally(job, store=store, ensure_success=True, log=False)
+    assert "blob_uuid" in store.docs_store.query_one({"uuid": job.uuid})["output"]  # not in the outputs document
+    docs = store.get_output(job.uuid, load=True)
+    assert docs[0]["converged"] and docs[0]["error"] is None
+    assert docs[1]["label"] == "structure#1" and "not a pymatgen Structure document" in docs[1]["error"]
+    assert "disordered" in docs[2]["error"] and docs[2]["label"] == "KrAr#2"
+    assert "OutOfMemoryError" in docs[3]["error"]
+    FailsOnKr.fail = False  # the "memory" is back
+    job2 = maker.make(inputs)
+    run_locally(job2, store=store, ensure_success=True, log=False)
+    docs2 = store.get_output(job2.uuid, load=True)
+    assert docs2[0]["cached"] and docs2[0]["energy"] == docs[0]["energy"]
+    assert not docs2[3]["cached"] and docs2[3]["converged"] and docs2[3]["error"] is None  # retried, not replayed
+    assert docs2[2]["error"] == docs[2]["error"] and "not a pymatgen" in docs2[1]["error"]
+
+
+def test_cache_keys_tell_held_atoms_apart(rng):
+    from matfunnel.cache import structure_fingerprint
+
+    s = ar_cell(rng)
+    held = s.copy(site_properties={"selective_dynamics": [[False] * 3] + [[True] * 3] * 3})
+    free = s.copy(site_properties={"selective_dynamics": [[True] * 3] * 4})
+    prints = [structure_fingerprint(x) for x in (s, held, free)]
+    assert prints[0] != prints[1] != prints[2] and prints[0] == structure_fingerprint(s.as_dict())
 
 
 def test_final_structure_documents_match_pymatgen(rng):
@@ -283,3 +373,76 @@ def test_overlap_found_on_the_potentials_graph_at_the_first_step():
     assert "'close'" in res[1].error and "closer than" in res[1].error and "step 0" in res[1].error
     assert res[1].n_steps == 0 and res[1].initial_structure["sites"]
     assert "'same'" in res[2].error and "same point" in res[2].error
+
+
+@pytest.mark.parametrize("relax_cell", [False, True])
+def test_selective_dynamics_held_like_ase_constraints(rng, relax_cell):
+    """Atoms fixed by ``selective_dynamics`` stay where ASE's FixAtoms keeps them (fixed cell: in place; cell
+    relaxation: carried by the cell's deformation only), and the path is ASE's to round-off."""
+    pot = PairPotential()
+    s = ar_cell(rng, reps=(1, 1, 2), strain=0.05, rattle=0.15)
+    s.add_site_property("selective_dynamics", [[False] * 3] * 2 + [[True] * 3] * (len(s) - 2))
+    ref = relax_structures([s], pot, fmax=0.01, max_steps=300, relax_cell=relax_cell)[0]
+    got = relax_batched([s], pot, fmax=0.01, max_steps=300, relax_cell=relax_cell)[0]
+    assert ref.converged and got.converged and got.error is None
+    assert got.n_steps == ref.n_steps
+    sa, sb = Structure.from_dict(ref.final_structure), Structure.from_dict(got.final_structure)
+    assert abs(ref.energy - got.energy) < 1e-8
+    assert np.abs(sa.cart_coords - sb.cart_coords).max() < 1e-7
+    # the two fixed atoms kept their fractional coordinates; the free ones moved
+    assert np.abs(sb.frac_coords[:2] - s.frac_coords[:2]).max() < 1e-9
+    assert np.abs(sb.frac_coords[2:] - s.frac_coords[2:]).max() > 1e-3
+    assert sb.site_properties["selective_dynamics"][0] == [False] * 3  # the constraint stays in the document
+    free = relax_batched([s.copy(site_properties={"selective_dynamics": [[True] * 3] * len(s)})], pot, fmax=0.01,
+                         max_steps=300, relax_cell=relax_cell)[0]
+    assert abs(free.energy - got.energy) > 1e-6  # holding atoms changes the result
+
+
+def test_relaxation_trajectory_is_sampled_thinned_and_ends_at_the_result(rng):
+    pot = PairPotential()
+    s = ar_cell(rng, reps=(1, 1, 2), strain=0.06, rattle=0.2)
+    res = relax_batched([s, ar_cell(rng)], pot, fmax=0.005, max_steps=400, trajectory_every=2, max_frames=8)
+    none = relax_batched([s], pot, fmax=0.005, max_steps=400)[0]
+    assert none.trajectory is None and none.n_steps == res[0].n_steps and abs(none.energy - res[0].energy) < 1e-10
+    for r in res:
+        tr = r.trajectory
+        assert r.converged and 2 <= len(tr["step"]) <= 8
+        assert tr["step"][0] == 0 and tr["step"][-1] == r.n_steps and tr["step"] == sorted(set(tr["step"]))
+        assert all(st % tr["stride"] == 0 for st in tr["step"][:-1])
+        assert tr["energy"][-1] == pytest.approx(r.energy) and tr["fmax"][-1] < 0.005 < tr["fmax"][0]
+        final = Structure.from_dict(r.final_structure)
+        assert np.abs(np.array(tr["positions"][-1]) - final.cart_coords).max() < 1e-4
+        assert tr["volume"][-1] == pytest.approx(final.volume)
+    assert res[0].n_steps > 2 * 8  # long enough that thinning happened
+    assert res[0].trajectory["stride"] > 2
+
+
+def test_bad_arguments_fail_at_once_with_the_argument_named(rng):
+    pot = PairPotential()
+    s = [ar_cell(rng), ar_cell(rng)]
+    with pytest.raises(ValueError, match="labels has 1 entries for 2 structures"):
+        relax_batched(s, pot, labels=["a"])
+    for bad in (float("nan"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="fmax must be a positive"):
+            relax_batched(s, pot, fmax=bad)
+    with pytest.raises(ValueError, match="max_steps"):
+        relax_batched(s, pot, max_steps=-3)
+
+
+def test_a_potential_failure_is_marked_as_retryable(rng):
+    """A failure raised by the potential (e.g. out of memory) is reported, and flagged so that caches skip it."""
+    from matfunnel.potential.base import Evaluation
+
+    class Flaky(PairPotential):
+        def evaluate(self, numbers, positions, cells, n_atoms, **kw):
+            ev = super().evaluate(numbers, positions, cells, n_atoms, **kw)
+            big = n_atoms == 8  # the 8-atom cell fails, the 4-atom one does not
+            errs = ["OutOfMemoryError: pretend" if b else None for b in big.tolist()]
+            energy = torch.where(big, torch.full_like(ev.energy, float("nan")), ev.energy)
+            return Evaluation(energy, ev.forces, ev.stress, ev.magmoms, errs)
+
+    import torch
+
+    res = relax_batched([ar_cell(rng, reps=(1, 1, 2)), ar_cell(rng)], Flaky(), fmax=0.05, max_steps=50)
+    assert "OutOfMemoryError" in res[0].error and res[0].data["potential_error"] == "OutOfMemoryError: pretend"
+    assert res[1].error is None and "potential_error" not in res[1].data

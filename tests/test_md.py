@@ -131,3 +131,32 @@ def test_every_ensemble_runs_on_a_batch(ensemble):
     res = run_md([grid_crystal(8), grid_crystal(27)], pot, ensemble=ensemble, steps=10, timestep=2.0,
                  temperature=100, sample_every=5)
     assert all(r.error is None and r.n_steps == 10 and r.final_structure for r in res)
+
+
+def test_md_inputs_checked_and_bad_ones_isolated(tmp_path, monkeypatch):
+    """numpy arrays work as per-structure values; wrong lengths and negative temperatures fail at once, naming
+    the argument; a malformed structure document gets its error document and the others run."""
+    from jobflow import run_locally
+
+    from matfunnel.campaign.store import embedded_store
+    from matfunnel.makers import MDMaker
+    from matfunnel.potential import REGISTRY
+
+    pot = CosinePotential()
+    structs = [grid_crystal(8), grid_crystal(8, el="Fe")]
+    res = run_md(structs, pot, ensemble="nvt", steps=5, temperature=np.array([100.0, 200.0]), seed=np.array([3, 4]))
+    assert [r.temperature for r in res] == [100.0, 200.0] and all(r.error is None for r in res)
+    with pytest.raises(ValueError, match=r"temperature must be one number or one per structure \(2\)"):
+        run_md(structs, pot, temperature=[300.0])
+    with pytest.raises(ValueError, match="temperature must be at least 0"):
+        run_md(structs, pot, temperature=[300.0, -5.0])
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        run_md(structs, pot, labels=["a", "b", "c"])
+    monkeypatch.setitem(REGISTRY, "cosine-test", lambda device, **kw: CosinePotential(device=device))
+    store = embedded_store(tmp_path)
+    job = MDMaker(potential="cosine-test", ensemble="nvt", steps=10, sample_every=5).make(
+        [structs[0].as_dict(), {"lattice": "nonsense"}, structs[1]])
+    run_locally(job, store=store, ensure_success=True, log=False)
+    docs = store.get_output(job.uuid, load=True)
+    assert docs[0]["error"] is None and docs[2]["error"] is None and docs[0]["n_steps"] == 10
+    assert docs[1]["label"] == "structure#1" and "not a pymatgen Structure document" in docs[1]["error"]

@@ -2,11 +2,17 @@
 
 A result is keyed by a content hash of what determines it (the structure, the potential,
 the settings) rather than by jobflow's fresh UUIDs. Each finished unit of work (one structure's
-relaxation, one DFT calculation) is committed to an SQLite file as soon as it is done, so a
-SIGKILL loses at most the unit in progress.
+relaxation, one DFT calculation) is committed as soon as it is done, so a SIGKILL loses at most
+the units in progress.
 
-The cache is active when ``MATFUNNEL_RESULT_CACHE`` names a file (``matfunnel run`` sets it to
-``<run>/cache.sqlite``); FireWorks deployments rely on FireWorks' own bookkeeping instead.
+The cache is active when ``MATFUNNEL_RESULT_CACHE`` is set:
+
+* a file path: an SQLite file (``matfunnel run`` sets it to ``<run>/cache.sqlite``), for one machine;
+* a ``mongodb://`` (or ``mongodb+srv://``) URI: the ``result_cache`` collection of the URI's database
+  (``matfunnel`` when the URI names none), for FireWorks workers on many nodes. A job that a killed
+  worker left behind and that ``lpad detect_lostruns --rerun`` starts again reuses every structure
+  that had finished. The URI may hold a password: export it in the worker's ``pre_rocket`` from a
+  private file; it is never written to a log, a store or a Firework spec.
 """
 
 from __future__ import annotations
@@ -29,15 +35,20 @@ SCHEMA = 1
 
 
 def structure_fingerprint(s: Structure | dict) -> list:
-    """Lattice, species and fractional coordinates, rounded: what a calculation depends on."""
+    """Lattice, species and fractional coordinates, rounded: what a calculation depends on (plus the atoms held
+    fixed, for a structure with ``selective_dynamics``). Raises for a disordered structure."""
     if isinstance(s, dict):
         s = Structure.from_dict(s)
-    return [
+    out = [
         np.round(s.lattice.matrix, 8).tolist(),
         [str(sp) for sp in s.species],
         np.round(s.frac_coords, 8).tolist(),
         float(s.charge or 0.0),
     ]
+    sd = s.site_properties.get("selective_dynamics")
+    if sd is not None:  # only then, so the keys of unconstrained structures stay what they were
+        out.append([[bool(x) for x in np.broadcast_to(np.asarray(True if v is None else v), (3,))] for v in sd])
+    return out
 
 
 def content_key(kind: str, *parts: Any) -> str:
@@ -87,14 +98,60 @@ class ResultCache:
         self._con.close()
 
 
-_open: dict[str, ResultCache] = {}
+class MongoResultCache:
+    """The same key -> JSON store in a MongoDB collection (a unique index on ``key``; writes are upserts, so
+    two workers finishing the same structure leave one entry)."""
+
+    COLLECTION = "result_cache"
+
+    def __init__(self, uri: str, collection: str = COLLECTION):
+        import pymongo
+
+        self._client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30_000)
+        try:
+            db = self._client.get_default_database()
+        except pymongo.errors.ConfigurationError:  # the URI names no database
+            db = self._client["matfunnel"]
+        self._col = db[collection]
+        self._col.create_index("key", unique=True)
+
+    def get(self, key: str) -> Any | None:
+        doc = self._col.find_one({"key": key}, {"value": 1})
+        return None if doc is None else json.loads(doc["value"], cls=MontyDecoder)
+
+    def put(self, key: str, kind: str, value: Any) -> None:
+        text = json.dumps(value, cls=MontyEncoder)
+        self._col.update_one({"key": key}, {"$set": {"kind": kind, "value": text, "created": time.time()}},
+                             upsert=True)
+
+    def count(self, kind: str | None = None) -> int:
+        return self._col.count_documents({} if kind is None else {"kind": kind})
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:  # never the URI: it may hold a password
+        return f"MongoResultCache({self._col.database.name}.{self._col.name})"
 
 
-def active_cache() -> ResultCache | None:
+def is_mongo_uri(location: str) -> bool:
+    return location.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def open_cache(location: str | Path) -> ResultCache | MongoResultCache:
+    """The cache at ``location``: a MongoDB URI or an SQLite file path."""
+    loc = str(location)
+    return MongoResultCache(loc) if is_mongo_uri(loc) else ResultCache(loc)
+
+
+_open: dict[str, ResultCache | MongoResultCache] = {}
+
+
+def active_cache() -> ResultCache | MongoResultCache | None:
     """The cache named by ``MATFUNNEL_RESULT_CACHE`` (one connection per process), or None."""
-    path = os.environ.get(ENV)
-    if not path:
+    location = os.environ.get(ENV)
+    if not location:
         return None
-    if path not in _open:
-        _open[path] = ResultCache(path)
-    return _open[path]
+    if location not in _open:
+        _open[location] = open_cache(location)
+    return _open[location]

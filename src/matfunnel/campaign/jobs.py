@@ -81,9 +81,10 @@ def relax_flow(structures: list, ids: list[str], spec: CampaignSpec, name: str) 
     return Flow([*jobs, gather], output=gather.output, name=f"{name} relaxation")
 
 
-@job(name="gather")
+@job(name="gather", data=True)
 def gather_job(parts: list[list]) -> list:
-    """Concatenate the outputs of the batch jobs, in order."""
+    """Concatenate the outputs of the batch jobs, in order (to the ``data`` store: a large campaign's documents
+    together pass MongoDB's 16 MB document limit)."""
     return [doc for part in parts for doc in part]
 
 

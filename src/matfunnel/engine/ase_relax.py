@@ -37,6 +37,8 @@ class RelaxResult:
     error: str | None = None
     wall_time: float = 0.0
     data: dict = field(default_factory=dict)
+    #: sampled path of the relaxation (:class:`~matfunnel.engine.trajectory.Frames`), when asked for
+    trajectory: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +92,7 @@ def relax_structure(
         res.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a batch never dies for one structure
         res.error = f"structure {label!r}: {type(exc).__name__}: {exc}"
+        res.data["potential_error"] = f"{type(exc).__name__}: {exc}"  # may pass on a retry: not to be kept
     res.wall_time = time.perf_counter() - t0
     return res
 

@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 class SiteTable:
     """The geometry-independent parts of ``structure.as_dict()`` (an ordered structure: one species per site)."""
 
-    __slots__ = ("structure", "species", "labels", "charge")
+    __slots__ = ("structure", "species", "labels", "charge", "constraints")
 
     def __init__(self, structure: Structure):
         self.structure = structure
@@ -39,6 +39,10 @@ class SiteTable:
             label = getattr(site, "_label", None)  # pymatgen's site.label: its own label, else the species string
             labels.append(entry[1] if label is None else label)
         self.species, self.labels = species, labels
+        sd = structure.site_properties.get("selective_dynamics")
+        #: per site, the properties the final structure keeps: constraints, which do not depend on the geometry
+        self.constraints = None if sd is None else [
+            {} if v is None else {"selective_dynamics": np.asarray(v).tolist()} for v in sd]
 
     def initial(self) -> dict:
         """``structure.as_dict()`` (equal to it, site properties included; dictionaries are fresh copies)."""
@@ -55,8 +59,8 @@ class SiteTable:
         """The document of these sites at ``lattice`` (rows are vectors) and Cartesian ``cart`` positions.
 
         Equal to building the ``Structure`` there and calling ``as_dict`` (to rounding in the derived numbers:
-        fractional coordinates, lattice parameters). Site properties are not carried over: they describe the
-        initial geometry (forces, magnetic moments, selective dynamics).
+        fractional coordinates, lattice parameters). Site properties are not carried over, since they describe the
+        initial geometry (forces, magnetic moments), except ``selective_dynamics``: the constraint still holds.
         """
         lattice = np.asarray(lattice, dtype=float)
         cart = np.asarray(cart, dtype=float)
@@ -69,8 +73,9 @@ class SiteTable:
         lat = {"matrix": lattice.tolist(), "pbc": (True, True, True), "a": float(abc[0]), "b": float(abc[1]),
                "c": float(abc[2]), "alpha": angles[0], "beta": angles[1], "gamma": angles[2],
                "volume": float(abs(np.linalg.det(lattice)))}
-        sites = [{"species": [dict(e) for e in sp], "abc": f, "properties": {}, "label": lab, "xyz": x}
-                 for sp, lab, f, x in zip(self.species, self.labels, frac.tolist(), cart.tolist())]
+        props = self.constraints or [{}] * len(self.labels)
+        sites = [{"species": [dict(e) for e in sp], "abc": f, "properties": dict(p), "label": lab, "xyz": x}
+                 for sp, lab, f, x, p in zip(self.species, self.labels, frac.tolist(), cart.tolist(), props)]
         return self._doc(lat, sites)
 
     def _doc(self, lattice: dict, sites: list) -> dict:

@@ -64,6 +64,7 @@ class FireState(SystemState):
     scalar_pressure: Tensor = system_field(default=None)  # (B,) eV/A^3
     fmax: Tensor = system_field(default=None)  # (B,)
     max_steps: Tensor = system_field(default=None)  # (B,) long
+    movable: Tensor = atom_field(default=None)  # (N, 3) 1.0 where a Cartesian component may move (selective dynamics)
     # generalised forces at the current geometry (set by fire_forces)
     atom_gforce: Tensor | None = atom_field(default=None)  # (N, 3)
     cell_gforce: Tensor | None = system_field(default=None)  # (B, 3, 3)
@@ -84,11 +85,15 @@ def fire_init(
     exp_cell_factor: float | Tensor | None = None,
     scalar_pressure: float | Tensor = 0.0,
     config: FireConfig = FireConfig(),
+    movable: Tensor | None = None,
 ) -> FireState:
     """FIRE variables for every structure of ``state`` (starting cell = current cell).
 
     ``scalar_pressure`` in GPa; ``exp_cell_factor`` defaults to the number of atoms of each structure.
-    Per-structure values may be given as (B,) tensors.
+    Per-structure values may be given as (B,) tensors. ``movable`` (N, 3) is 0 for the Cartesian force
+    components that are held fixed (pymatgen's ``selective_dynamics``, ASE's ``FixAtoms``/``FixCartesian``):
+    those components of the forces are zeroed before the filter, as ASE's constraints do, so a fixed atom
+    only follows the cell's deformation.
     """
     n, dev = state.n_systems, state.device
     ecf = state.n_atoms.to(DTYPE) if exp_cell_factor is None else _per_system(exp_cell_factor, n, DTYPE, dev)
@@ -109,6 +114,8 @@ def fire_init(
         scalar_pressure=_per_system(scalar_pressure, n, DTYPE, dev) / EV_A3_TO_GPA,
         fmax=_per_system(fmax, n, DTYPE, dev),
         max_steps=_per_system(max_steps, n, torch.long, dev),
+        movable=(torch.ones_like(state.positions) if movable is None
+                 else torch.as_tensor(movable, dtype=DTYPE, device=dev).reshape(-1, 3)),
     )
 
 
@@ -137,7 +144,8 @@ def fire_forces(state: FireState) -> FireState:
         raise ValueError("evaluate the state (forces and stress) before fire_forces")
     n = state.n_systems
     F = deformation_gradient(state)
-    atom_g = torch.bmm(state.forces.unsqueeze(1), F[state.batch]).squeeze(1)
+    forces = state.forces if state.movable is None else state.forces * state.movable
+    atom_g = torch.bmm(forces.unsqueeze(1), F[state.batch]).squeeze(1)
     vol = torch.linalg.det(state.cell).abs()
     eye = torch.eye(3, dtype=DTYPE, device=state.device)
     virial = -vol[:, None, None] * (state.stress / EV_A3_TO_GPA + state.scalar_pressure[:, None, None] * eye)

@@ -27,7 +27,9 @@ from pymatgen.core import Structure
 from torch import Tensor
 
 from matfunnel.engine.documents import initial_dict, structure_dict
+from matfunnel.engine.inputs import labels_for, per_structure
 from matfunnel.engine.runner import AtomBudget
+from matfunnel.engine.trajectory import Thinned
 from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
     failure_reasons, from_structures, select, system_field, upgrade
 from matfunnel.potential import Potential, StructureError
@@ -226,32 +228,19 @@ def npt_step(state: MDState, potential: Potential, timestep_fs: float, gens) -> 
     return dataclasses.replace(moved, velocities=_kick(moved, 0.5 * dt), n_steps=state.n_steps + 1)
 
 
-class _Recorder:
-    """Frames every ``stride`` steps; when ``max_frames`` is reached every other frame is dropped and
-    the stride doubles, so a trajectory always spans the whole run in at most ``max_frames`` frames."""
+class _Recorder(Thinned):
+    """An MD trajectory: frames every ``stride`` steps, thinned to ``max_frames`` (:class:`Thinned`)."""
 
     KEYS = ("step", "time_fs", "energy", "kinetic_energy", "temperature", "pressure", "volume", "positions", "cell")
+    UNITS = {"time": "fs", "energy": "eV", "temperature": "K", "pressure": "GPa", "volume": "A^3",
+             "positions": "A (Cartesian)", "cell": "A (rows)"}
 
     def __init__(self, stride: int, max_frames: int, timestep_fs: float):
-        self.stride, self.max_frames, self.timestep_fs = max(1, int(stride)), max(2, int(max_frames)), timestep_fs
-        self.frames: dict[str, list] = {k: [] for k in self.KEYS}
-
-    def due(self, step: int) -> bool:
-        return step % self.stride == 0
+        super().__init__(stride, max_frames)
+        self.timestep_fs = timestep_fs
 
     def add(self, step, energy, ke, temp, press, vol, pos, cell):
-        f = self.frames
-        for k, v in zip(self.KEYS, (step, step * self.timestep_fs, energy, ke, temp, press, vol, pos, cell)):
-            f[k].append(v)
-        if len(f["step"]) >= self.max_frames:
-            for k in self.KEYS:
-                f[k] = f[k][::2]
-            self.stride *= 2
-
-    def as_dict(self) -> dict:
-        return {**self.frames, "stride": self.stride, "units": {
-            "time": "fs", "energy": "eV", "temperature": "K", "pressure": "GPa", "volume": "A^3",
-            "positions": "A (Cartesian)", "cell": "A (rows)"}}
+        self.append((step, step * self.timestep_fs, energy, ke, temp, press, vol, pos, cell))
 
 
 def run_md(
@@ -285,10 +274,16 @@ def run_md(
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
     n = len(structures)
-    labels = list(labels) if labels is not None else [None] * n
-    temps = list(temperature) if isinstance(temperature, Sequence) else [float(temperature)] * n
-    press = list(pressure) if isinstance(pressure, Sequence) else [float(pressure)] * n
-    seeds = list(seed) if isinstance(seed, Sequence) else [int(seed) + i for i in range(n)]
+    labels = labels_for(labels, n)
+    temps = per_structure("temperature", temperature, n, minimum=0.0)
+    press = per_structure("pressure", pressure, n)
+    if np.ndim(seed) == 0:
+        seeds = [int(seed) + i for i in range(n)]
+    else:
+        seeds = per_structure("seed", seed, n, integer=True)
+    if not (steps >= 0 and timestep > 0 and sample_every >= 1 and max_frames >= 2):
+        raise ValueError(f"need steps >= 0, timestep > 0, sample_every >= 1 and max_frames >= 2; got {steps}, "
+                         f"{timestep}, {sample_every}, {max_frames}")
     results: list[MDResult | None] = [None] * n
     inputs: dict[int, Structure] = {}
     dev = potential.device
@@ -309,7 +304,7 @@ def run_md(
     todo = []
     for i, obj in enumerate(structures):
         try:
-            s = as_structure(obj, labels[i])
+            s = as_structure(obj, labels[i] or f"structure#{i}")
             labels[i] = labels[i] or structure_label(s, i)
             validate_structure(s, labels[i], potential.supported_elements)
             inputs[i] = s

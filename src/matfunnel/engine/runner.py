@@ -24,9 +24,11 @@ from pymatgen.core import Structure
 
 from matfunnel.engine.ase_relax import RelaxResult
 from matfunnel.engine.documents import SiteTable, initial_dict
+from matfunnel.engine.inputs import check_relax_settings, labels_for
+from matfunnel.engine.trajectory import Frames
 from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
-from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, select
-from matfunnel.engine.symmetry import Symmetrizer
+from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, movable_mask, select
+from matfunnel.engine.symmetry import Symmetrizer, symmetrized
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
@@ -141,6 +143,8 @@ def relax_batched(
     check_distance_every: int = 1,
     progress: bool = False,
     on_result: Callable[[int, RelaxResult], None] | None = None,
+    trajectory_every: int = 0,
+    max_frames: int = 100,
 ) -> list[RelaxResult]:
     """Relax every structure (FIRE + Frechet cell filter, ASE semantics) in refilled batches.
 
@@ -150,14 +154,25 @@ def relax_batched(
     :class:`RelaxResult` per input, in input order; ``wall_time`` is the time the structure spent in
     the batch (shared with its batch mates).
 
-    Structures are validated when the batch reaches them, not all before the first step.
+    Structures are validated when the batch reaches them, not all before the first step. Atoms held by
+    pymatgen's ``selective_dynamics`` site property stay fixed (as ASE's constraints hold them). With
+    ``trajectory_every`` > 0 each result carries a ``trajectory`` (energy, residual force, volume, positions and
+    cell every that many steps and at the end, thinned to at most ``max_frames`` frames; see
+    :class:`~matfunnel.engine.trajectory.Frames`). A failure raised by the potential itself (out of memory, a
+    device error) may pass on a retry: its document has ``data["potential_error"]`` set, so that callers that
+    keep results do not keep it.
     """
     n = len(structures)
-    labels = list(labels) if labels is not None else [None] * n
+    labels = labels_for(labels, n)
+    check_relax_settings(fmax, max_steps)
+    if trajectory_every < 0 or max_frames < 2:
+        raise ValueError(f"trajectory_every must be >= 0 and max_frames >= 2, got {trajectory_every}, {max_frames}")
+    recorders: dict[int, Frames] = {}
     results: list[RelaxResult | None] = [None] * n
     inputs: list[Structure | None] = [None] * n
     #: the document parts of each validated input that do not change with the geometry (while it is in a batch)
     tables: dict[int, SiteTable] = {}
+    sym_start: dict[int, Structure] = {}  # symmetry mode: the symmetrised starting structures of queued inputs
     entered: dict[int, float] = {}
     dev = potential.device
     bar = None
@@ -187,7 +202,7 @@ def relax_batched(
         """(structure, label, error) of input ``i``."""
         label = labels[i]
         try:
-            s = as_structure(structures[i], label)
+            s = as_structure(structures[i], label or f"structure#{i}")
             label = label or structure_label(s, i)
             validate_structure(s, label, potential.supported_elements, check_distances=not graph_distances)
             return s, label, None
@@ -218,8 +233,9 @@ def relax_batched(
                 continue
             inputs[i] = s
             tables[i] = SiteTable(s)
-            if symmetrizer is not None:
-                symmetrizer.add(i, s)
+            if symmetrizer is not None:  # start from the exact symmetry (ASE's FixSymmetry refines it too)
+                sym_start[i] = symmetrized(s, symprec)
+                symmetrizer.add(i, sym_start[i])
             budget.register(i, len(s), float(s.volume))
             ready.add(i)
             return i
@@ -240,10 +256,14 @@ def relax_batched(
         now = time.perf_counter()
         for k in take:
             entered[k] = now
+        entering = [sym_start.pop(k, inputs[k]) for k in take]
         new = fire_init(
-            from_structures([inputs[k] for k in take], dev, ids=take), fmax=fmax, max_steps=max_steps,
+            from_structures(entering, dev, ids=take), fmax=fmax, max_steps=max_steps,
             relax_cell=relax_cell, exp_cell_factor=exp_cell_factor, scalar_pressure=scalar_pressure,
-            config=config)
+            config=config, movable=movable_mask(entering))
+        if trajectory_every:
+            for k in take:
+                recorders[k] = Frames(trajectory_every, max_frames)
         return new if active is None else concat([active, new])
 
     active = refill(None)
@@ -264,6 +284,8 @@ def relax_batched(
         converged = residual < active.fmax
         exhausted = active.n_steps >= active.max_steps
         done = converged | exhausted | ~ok
+        if recorders:
+            _record(active, recorders, reasons)
         if bool(done.any()):
             conv_l, done_l = converged.tolist(), done.tolist()
             ids, steps = active.ids.tolist(), active.n_steps.tolist()
@@ -280,6 +302,8 @@ def relax_batched(
                 res = blank(i, inputs[i])
                 res.n_steps = int(steps[b])
                 res.data = {"engine": "batched-fire", "final_fmax": float(res_l[b])}
+                if active.eval_error and active.eval_error[b] is not None:
+                    res.data["potential_error"] = str(active.eval_error[b])
                 if reasons[b] is not None:
                     res.error = f"structure {labels[i]!r}: {reasons[b]}"
                 else:
@@ -289,8 +313,16 @@ def relax_batched(
                     res.converged = bool(conv_l[b])
                     if not res.converged:
                         res.error = f"structure {labels[i]!r}: not converged to fmax={fmax} in {max_steps} steps"
+                rec = recorders.pop(i, None)
+                if rec is not None:
+                    if reasons[b] is None:
+                        lo = int(starts[b])
+                        rec.add(int(steps[b]), e_l[b], res_l[b], pos_h[lo:lo + counts[b]], cell_h[b], final=True)
+                    res.trajectory = rec.as_dict()
                 finish(i, res)
                 tables.pop(i, None)
+                if symmetrizer is not None:
+                    symmetrizer.remove(i)
             active = select(active, ~done) if not bool(done.all()) else None
         if active is not None:
             active = fire_update(active, config)
@@ -299,6 +331,22 @@ def relax_batched(
     if bar is not None:
         bar.close()
     return results  # type: ignore[return-value]
+
+
+def _record(active: FireState, recorders: dict, reasons: list) -> None:
+    """A frame of every structure whose trajectory is due at its current step (one host copy for all of them)."""
+    ids, steps = active.ids.tolist(), active.n_steps.tolist()
+    due = [b for b, (i, st) in enumerate(zip(ids, steps))
+           if reasons[b] is None and i in recorders and recorders[i].due(st)]
+    if not due:
+        return
+    counts = active.n_atoms.tolist()
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    e, res = active.energy.tolist(), active.residual.tolist()
+    pos, cell = active.positions.detach().cpu().numpy(), active.cell.detach().cpu().numpy()
+    for b in due:
+        lo = starts[b]
+        recorders[ids[b]].add(steps[b], e[b], res[b], pos[lo:lo + counts[b]], cell[b])
 
 
 __all__ = ["AtomBudget", "relax_batched"]

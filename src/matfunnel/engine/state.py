@@ -94,6 +94,19 @@ def from_structures(structures: list[Structure], device: str | torch.device = "c
                        ids=torch.tensor(ids, dtype=torch.long, device=device))
 
 
+def movable_mask(structures: list[Structure]) -> np.ndarray | None:
+    """(N, 3) float: 0 where pymatgen's ``selective_dynamics`` holds a Cartesian component fixed, else 1; None when
+    no structure has that site property."""
+    if not any("selective_dynamics" in s.site_properties for s in structures):
+        return None
+    parts = []
+    for s in structures:
+        sd = s.site_properties.get("selective_dynamics")
+        parts.append(np.ones((len(s), 3)) if sd is None else np.array(
+            [np.broadcast_to(np.asarray(1.0 if v is None else v, dtype=float), (3,)) for v in sd]).reshape(len(s), 3))
+    return np.concatenate(parts)
+
+
 def to_structure(state: SystemState, b: int, template: Structure | None = None) -> Structure:
     """Structure ``b`` of the batch as pymatgen (species and ``properties`` from ``template``)."""
     mask = state.batch == b

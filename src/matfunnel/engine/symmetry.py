@@ -14,18 +14,19 @@ import dataclasses
 import numpy as np
 import spglib
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 
 from matfunnel.engine.state import DTYPE, SystemState
 
 
-def space_group_ops(structure: Structure, symprec: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Fractional rotations (K, 3, 3) and the atom permutation of each op (K, n): atom i -> perm[k, i]."""
+def _ops(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """spglib's operations that map the atoms onto atoms of the same element: fractional rotations (K, 3, 3),
+    translations (K, 3) and the atom permutation of each (K, n), atom i -> perm[k, i]."""
     cell = (structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
     ds = spglib.get_symmetry(cell, symprec=symprec)
     frac = structure.frac_coords
     if ds is None:
-        return np.eye(3, dtype=int)[None], np.arange(len(structure))[None]
+        return np.eye(3, dtype=int)[None], np.zeros((1, 3)), np.arange(len(structure))[None]
     rots, trans = np.asarray(ds["rotations"]), np.asarray(ds["translations"])
     z = np.asarray(structure.atomic_numbers)
     perms, keep = [], []
@@ -39,7 +40,44 @@ def space_group_ops(structure: Structure, symprec: float = 1e-3) -> tuple[np.nda
         if np.all(dist[np.arange(len(frac)), j] < tol) and np.all(z[j] == z) and len(set(j)) == len(j):
             perms.append(j)
             keep.append(k)
-    return rots[keep], np.asarray(perms, dtype=np.int64)
+    return rots[keep], trans[keep], np.asarray(perms, dtype=np.int64)
+
+
+def space_group_ops(structure: Structure, symprec: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional rotations (K, 3, 3) and the atom permutation of each op (K, n): atom i -> perm[k, i]."""
+    rots, _, perms = _ops(structure, symprec)
+    return rots, perms
+
+
+def _sqrtm_spd(m: np.ndarray, power: float) -> np.ndarray:
+    w, v = np.linalg.eigh(m)
+    return (v * w**power) @ v.T
+
+
+def symmetrized(structure: Structure, symprec: float = 1e-3) -> Structure:
+    """``structure`` moved onto the exact symmetry of the space group spglib finds at ``symprec`` (what ASE's
+    ``FixSymmetry`` does first, with its ``refine_symmetry``): otherwise noise below ``symprec`` stays, and the
+    symmetrised forces keep it, so the result is only as symmetric as the input.
+
+    The cell's metric ``G = L L^T`` is averaged over the point group (``R^T G R``) and the cell changed to it as
+    little as possible (``L' = G'^1/2 G^-1/2 L``); each atom's fractional position is then averaged over its images
+    under every operation. Species and properties are kept.
+    """
+    rots, trans, perms = _ops(structure, symprec)
+    if len(rots) <= 1:
+        return structure
+    lat = structure.lattice.matrix
+    g = lat @ lat.T
+    g_sym = np.mean([r.T @ g @ r for r in rots], axis=0)
+    new_lat = _sqrtm_spd(g_sym, 0.5) @ _sqrtm_spd(g, -0.5) @ lat
+    frac = structure.frac_coords
+    shift = np.zeros_like(frac)
+    for r, t, perm in zip(rots, trans, perms):
+        d = frac @ r.T + t - frac[perm]  # image of atom i under the op, relative to the atom it lands on
+        shift[perm] += d - np.round(d)
+    return Structure(Lattice(new_lat), [site.species for site in structure], frac + shift / len(rots),
+                     site_properties=structure.site_properties, labels=[site.label for site in structure],
+                     properties=dict(structure.properties))
 
 
 class Symmetrizer:
@@ -55,6 +93,10 @@ class Symmetrizer:
         """Register structure ``idx``; returns the number of operations found."""
         self.ops[idx] = space_group_ops(structure, self.symprec)
         return len(self.ops[idx][0])
+
+    def remove(self, idx: int) -> None:
+        """Forget structure ``idx`` (it left the batch): a long run keeps only the operations of its batch."""
+        self.ops.pop(idx, None)
 
     def _flatten(self, state: SystemState):
         key = (tuple(state.ids.tolist()), state.positions.shape[0])

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from matfunnel.engine.md import run_md
+from matfunnel.engine.inputs import per_structure
+from matfunnel.engine.md import MDResult, run_md
+from matfunnel.makers.relax import decode_inputs
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
-from matfunnel.potential.validate import structure_label
 
 
 @dataclass
@@ -18,7 +19,8 @@ class MDMaker(Maker):
 
     ``ensemble`` is ``"nve"`` (velocity Verlet from Maxwell-Boltzmann velocities), ``"nvt"`` (Langevin)
     or ``"npt"`` (Langevin + isotropic stochastic cell rescaling). ``temperature`` K and ``pressure``
-    GPa apply to every structure unless lists are passed to ``make``. Returns one
+    GPa apply to every structure unless lists are passed to ``make`` (``seeds`` likewise: by default
+    structure ``i`` gets ``seed + i``). Returns one
     :class:`~matfunnel.engine.md.MDResult` document per structure; each document's ``trajectory``
     (sampled every ``sample_every`` steps, thinned to at most ``max_frames`` frames) is written to the
     job store's additional ``trajectories`` store, the rest to ``outputs``.
@@ -47,15 +49,30 @@ class MDMaker(Maker):
         labels: list[str] | None = None,
         temperatures: list[float] | None = None,
         pressures: list[float] | None = None,
+        seeds: list[int] | None = None,
     ) -> list[dict]:
-        structures = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in structures]
-        labels = list(labels) if labels is not None else [structure_label(s, i) for i, s in enumerate(structures)]
-        pot = load_potential(self.potential, self.device)
-        results = run_md(
-            structures, pot, ensemble=self.ensemble, steps=self.steps, timestep=self.timestep,
-            temperature=temperatures if temperatures is not None else self.temperature,
-            pressure=pressures if pressures is not None else self.pressure, friction=self.friction,
-            tau_p=self.tau_p, compressibility=self.compressibility, seed=self.seed,
-            sample_every=self.sample_every, max_frames=self.max_frames, labels=labels, max_atoms=self.max_atoms,
-        )
-        return [{**r.as_dict(), "potential": self.potential} for r in results]
+        structures, labels, bad = decode_inputs(structures, labels)
+        good = [i for i in range(len(structures)) if i not in bad]
+        n = len(structures)
+        temps = per_structure("temperatures", temperatures if temperatures is not None else self.temperature, n,
+                              minimum=0.0)
+        press = per_structure("pressures", pressures if pressures is not None else self.pressure, n)
+        seed = ([self.seed + i for i in range(n)] if seeds is None
+                else per_structure("seeds", seeds, n, integer=True))
+        docs: list[dict | None] = [None] * n
+        for i, error in bad.items():
+            docs[i] = {**MDResult(label=labels[i], formula="", initial_structure={}, ensemble=self.ensemble,
+                                  timestep_fs=self.timestep, temperature=temps[i], error=error).as_dict(),
+                       "potential": self.potential}
+        if good:
+            pot = load_potential(self.potential, self.device)
+            results = run_md(
+                [structures[i] for i in good], pot, ensemble=self.ensemble, steps=self.steps, timestep=self.timestep,
+                temperature=[temps[i] for i in good], pressure=[press[i] for i in good], friction=self.friction,
+                tau_p=self.tau_p, compressibility=self.compressibility, seed=[seed[i] for i in good],
+                sample_every=self.sample_every, max_frames=self.max_frames, labels=[labels[i] for i in good],
+                max_atoms=self.max_atoms,
+            )
+            for i, r in zip(good, results):
+                docs[i] = {**r.as_dict(), "potential": self.potential}
+        return docs

@@ -10,24 +10,66 @@ from jobflow import Maker, job
 from pymatgen.core import Structure
 
 from matfunnel.cache import active_cache, content_key, structure_fingerprint
-from matfunnel.engine import relax_batched, relax_structures
+from matfunnel.engine import RelaxResult, relax_batched, relax_structures
+from matfunnel.engine.documents import initial_dict
+from matfunnel.engine.inputs import check_relax_settings, labels_for
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 from matfunnel.potential.validate import structure_label
 
 
-def _labels(structures, labels):
-    return list(labels) if labels is not None else [structure_label(s, i) for i, s in enumerate(structures)]
+def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
+    """The makers' inputs: structure documents decoded, one label per structure, and the error of each input
+    that is not a structure at all (it gets an error document; the others go on)."""
+    out, errors = [], {}
+    for i, s in enumerate(structures):
+        if isinstance(s, dict):
+            try:
+                s = Structure.from_dict(s)
+            except Exception as exc:  # noqa: BLE001 - any malformed document: that input's error
+                errors[i] = f"structure #{i}: not a pymatgen Structure document ({type(exc).__name__}: {exc})"
+        out.append(s)
+    given = labels_for(labels, len(out))
+    names = []
+    for i, (s, lab) in enumerate(zip(out, given)):
+        if lab is None:
+            lab = structure_label(s, i) if isinstance(s, Structure) and i not in errors else f"structure#{i}"
+        names.append(lab)
+    return out, names, errors
+
+
+def _failed(label: str, error: str, potential: str) -> dict:
+    return {**RelaxResult(label=label, formula="", initial_structure={}, error=error).as_dict(),
+            "potential": potential, "cached": False}
+
+
+def _key(structure, settings: dict) -> str | None:
+    """The cache key of a relaxation, or None for an input that is not an ordered structure (never cached)."""
+    try:
+        return content_key("mlip-relax", structure_fingerprint(structure), settings)
+    except Exception:  # noqa: BLE001 - disordered or not a structure: its error document is not kept
+        return None
 
 
 @dataclass
 class RelaxMaker(Maker):
     """Relax a batch of structures with an MLIP (FIRE + Frechet cell filter).
 
-    Returns one document per structure (see :class:`matfunnel.engine.RelaxResult`), in input order.
-    ``engine="batched"`` (default) relaxes all structures together on the potential's device with
-    in-flight refill (:func:`matfunnel.engine.relax_batched`); ``engine="ase"`` runs ASE's FIRE one
-    structure after another (the reference path). Both give the same results, so cached results are
-    shared between them. ``symmetry`` keeps each structure's space group during the relaxation.
+    Returns one document per structure (see :class:`matfunnel.engine.RelaxResult`), in input order; an input
+    that cannot be relaxed (not a structure, disordered, overlapping atoms, ...) gets a document with its
+    ``error`` and the others go on. ``engine="batched"`` (default) relaxes all structures together on the
+    potential's device with in-flight refill (:func:`matfunnel.engine.relax_batched`); ``engine="ase"`` runs
+    ASE's FIRE one structure after another (the reference path). Both give the same results, so cached
+    results are shared between them. ``symmetry`` keeps each structure's space group during the relaxation.
+    Atoms fixed by ``selective_dynamics`` stay fixed in both engines.
+
+    With ``trajectory_every`` > 0 (batched engine) each document carries the relaxation's path, at most
+    ``max_frames`` frames. The output (all documents) goes to the job store's additional ``data`` store
+    (GridFS in production), so thousands of structures per job never meet MongoDB's 16 MB document limit;
+    ``store.get_output(uuid, load=True)`` and downstream jobs see the list as usual.
+
+    With a result cache (:mod:`matfunnel.cache`) every finished structure is committed as soon as it leaves
+    the batch, and a rerun after a crash reuses it; failures raised by the potential itself (out of memory)
+    are not kept, so a rerun tries them again.
     """
 
     name: str = "mlip relax"
@@ -40,21 +82,31 @@ class RelaxMaker(Maker):
     engine: str = "batched"
     symmetry: bool = False
     max_atoms: int | None = None
+    trajectory_every: int = 0
+    max_frames: int = 100
 
-    @job
+    @job(data=True)
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
-        structures = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in structures]
-        labels = _labels(structures, labels)
+        if self.engine not in ("batched", "ase"):
+            raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
+        if self.engine == "ase" and (self.symmetry or self.trajectory_every):
+            raise ValueError("symmetry-constrained relaxation and trajectories need engine='batched'")
+        check_relax_settings(self.fmax, self.max_steps)
+        structures, labels, bad = decode_inputs(structures, labels)
         cache = active_cache()
         settings = {"potential": self.potential, "fmax": self.fmax, "max_steps": self.max_steps,
                     "relax_cell": self.relax_cell}
         if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
             settings["symmetry"] = True
-        keys = [content_key("mlip-relax", structure_fingerprint(s), settings) for s in structures]
+        if self.trajectory_every:
+            settings["trajectory"] = [self.trajectory_every, self.max_frames]
+        keys = [None if i in bad else _key(s, settings) for i, s in enumerate(structures)]
         docs: list[dict | None] = [None] * len(structures)
+        for i, error in bad.items():
+            docs[i] = _failed(labels[i], error, self.potential)
         if cache is not None:  # results identified by their inputs: finished work is reused
             for i, k in enumerate(keys):
-                hit = cache.get(k)
+                hit = cache.get(k) if k is not None else None
                 if hit is not None:
                     docs[i] = {**hit, "label": labels[i], "cached": True}
         todo = [i for i, d in enumerate(docs) if d is None]
@@ -65,20 +117,17 @@ class RelaxMaker(Maker):
                 i = todo[j]
                 doc = {**result.as_dict(), "potential": self.potential, "cached": False}
                 docs[i] = doc
-                if cache is not None:
+                if cache is not None and keys[i] is not None and not result.data.get("potential_error"):
                     cache.put(keys[i], "mlip-relax", doc)
 
             kw = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
                       relax_cell=self.relax_cell, progress=self.progress, on_result=finished)
             if self.engine == "batched":
                 relax_batched([structures[i] for i in todo], pot, symmetry=self.symmetry,
-                              max_atoms=self.max_atoms, **kw)
-            elif self.engine == "ase":
-                if self.symmetry:
-                    raise ValueError("symmetry-constrained relaxation needs engine='batched'")
-                relax_structures([structures[i] for i in todo], pot, **kw)
+                              max_atoms=self.max_atoms, trajectory_every=self.trajectory_every,
+                              max_frames=self.max_frames, **kw)
             else:
-                raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
+                relax_structures([structures[i] for i in todo], pot, **kw)
         return docs
 
 
@@ -90,16 +139,23 @@ class StaticMaker(Maker):
     potential: str = DEFAULT_POTENTIAL
     device: str = "cpu"
 
-    @job
+    @job(data=True)
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
-        structures = [s if isinstance(s, Structure) else Structure.from_dict(s) for s in structures]
-        labels = _labels(structures, labels)
+        structures, labels, bad = decode_inputs(structures, labels)
+        good = [i for i in range(len(structures)) if i not in bad]
         t0 = time.perf_counter()
-        outs = load_potential(self.potential, self.device).predict(structures, labels=labels, errors="record")
+        pot = load_potential(self.potential, self.device)
+        outs = dict(zip(good, pot.predict([structures[i] for i in good], labels=[labels[i] for i in good],
+                                          errors="record"))) if good else {}
         docs = []
-        for s, lab, o in zip(structures, labels, outs):
-            doc = {"label": lab, "formula": s.composition.reduced_formula, "structure": s.as_dict(),
-                   "potential": self.potential, "error": o.get("error")}
+        for i, (s, lab) in enumerate(zip(structures, labels)):
+            if i in bad:
+                docs.append({"label": lab, "formula": "", "structure": {}, "potential": self.potential,
+                             "error": bad[i]})
+                continue
+            o = outs[i]
+            doc = {"label": lab, "formula": s.composition.reduced_formula if isinstance(s, Structure) else "",
+                   "structure": initial_dict(s), "potential": self.potential, "error": o.get("error")}
             if "energy" in o:
                 doc.update(energy=float(o["energy"]), e_per_atom=float(o["energy"]) / len(s),
                            forces=np.asarray(o["forces"]).tolist(), stress=np.asarray(o["stress"]).tolist(),
