@@ -191,6 +191,25 @@ def test_symmetry_mode_starts_from_the_exact_symmetry(rng):
     assert SpacegroupAnalyzer(Structure.from_dict(res.final_structure), symprec=1e-5).get_space_group_number() == 186
 
 
+def test_symmetric_relaxation_matches_ase_fixsymmetry(rng):
+    """The phonon checks' relaxation (batched, ``symmetry=True``) against ASE's FIRE + FixSymmetry (the path they
+    used before): the same path, to round-off."""
+    from matfunnel.phonons.relax import relax_symmetric
+
+    s = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.3, 5.2), ["Ar", "Kr"],
+                                  [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.37]])
+    e_ab, e_c = 0.03 * rng.random(2)
+    s.apply_strain([e_ab, e_ab, e_c])  # keeps the hexagonal cell
+    pot = PairPotential()
+    ref = relax_symmetric(s, pot, fmax=0.005, max_steps=1000)
+    (got,) = relax_batched([s], pot, fmax=0.005, max_steps=1000, symmetry=True)
+    assert ref.converged and got.converged and got.n_steps == ref.n_steps
+    final = Structure.from_dict(got.final_structure)
+    assert abs(got.energy - ref.energy) / len(s) < 1e-9
+    assert abs(final.volume / ref.structure.volume - 1) < 1e-9
+    assert SpacegroupAnalyzer(final, symprec=1e-5).get_space_group_number() == 186
+
+
 def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatch):
     from jobflow import run_locally
 
