@@ -24,11 +24,11 @@ from pymatgen.core import Structure
 
 from matfunnel.engine.ase_relax import RelaxResult
 from matfunnel.engine.documents import SiteTable, initial_dict
-from matfunnel.engine.inputs import check_relax_settings, labels_for
-from matfunnel.engine.trajectory import Frames
 from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
+from matfunnel.engine.inputs import check_relax_settings, labels_for
 from matfunnel.engine.state import concat, evaluate, failure_reasons, from_structures, movable_mask, select
 from matfunnel.engine.symmetry import Symmetrizer, symmetrized
+from matfunnel.engine.trajectory import Frames
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure

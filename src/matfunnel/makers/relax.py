@@ -20,19 +20,20 @@ from matfunnel.potential.validate import structure_label
 def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
     """The makers' inputs: structure documents decoded, one label per structure, and the error of each input
     that is not a structure at all (it gets an error document; the others go on)."""
-    out, errors = [], {}
-    for i, s in enumerate(structures):
+    given = labels_for(labels, len(structures))
+    out, names, errors = [], [], {}
+    for i, (s, lab) in enumerate(zip(structures, given)):
+        problem = None
         if isinstance(s, dict):
             try:
                 s = Structure.from_dict(s)
             except Exception as exc:  # noqa: BLE001 - any malformed document: that input's error
-                errors[i] = f"structure #{i}: not a pymatgen Structure document ({type(exc).__name__}: {exc})"
-        out.append(s)
-    given = labels_for(labels, len(out))
-    names = []
-    for i, (s, lab) in enumerate(zip(out, given)):
+                problem = f"not a pymatgen Structure document ({type(exc).__name__}: {exc})"
         if lab is None:
-            lab = structure_label(s, i) if isinstance(s, Structure) and i not in errors else f"structure#{i}"
+            lab = structure_label(s, i) if isinstance(s, Structure) else f"structure#{i}"
+        if problem is not None:
+            errors[i] = f"structure {lab!r}: {problem}"
+        out.append(s)
         names.append(lab)
     return out, names, errors
 
