@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,7 @@ def _potential():
 
 
 def _best(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
+    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def documents(structures, repeats: int) -> dict:
