@@ -54,6 +54,14 @@ def test_relax_benchmark_in_several_engine_processes():
     assert de and float(de.group(1)) < 0.01, out
 
 
+def test_engine_overhead_benchmark_reports_host_time():
+    out = _run("benchmarks/engine_overhead.py", "--n", "60", "--max-atoms", "600", "--repeats", "1", "--max-steps", "20")
+    ratio = re.search(r"pymatgen ([\d.]+) ms, SiteTable ([\d.]+) ms: ([\d.]+)x", out)
+    assert ratio and float(ratio.group(3)) > 0  # documents checked equal inside the script
+    run = re.search(r"run 1: .* (\d+) iterations, (\d+) structure-steps; engine host time ([\d.]+) ms per structure", out)
+    assert run and int(run.group(1)) > 1 and int(run.group(2)) >= 60 and float(run.group(3)) > 0
+
+
 def test_potential_benchmark_reports_ratio_and_agreement():
     out = _run("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
                "--repeats", "2", "--ref-batch-size", "2", "--seed", "3")
