@@ -101,6 +101,18 @@ def test_api_key_value_is_refused(fake_mp_key):
     assert fake_mp_key not in str(err.value)
 
 
+def test_result_cache_uri_is_a_secret(monkeypatch):
+    """The shared result cache's MongoDB URI may carry a password: a job given it as an argument is refused; a plain
+    SQLite path in the same variable is not a secret."""
+    uri = "mongodb://matfunnel:s3cret-pw-0123456789@db.example.org/matfunnel_jobs"
+    monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", uri)
+    with pytest.raises(mffw.SecretInWorkflowError, match="MATFUNNEL_RESULT_CACHE") as err:
+        mffw.submit(square(2, "/dev/null", uri), launchpad=object())
+    assert "s3cret" not in str(err.value)
+    monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", "/scratch/run/cache.sqlite")
+    mffw.check_no_secrets({"spec": {"_tasks": [{"job": {"function_args": ["/scratch/run/cache.sqlite"]}}]}})
+
+
 def test_api_key_field_is_refused():
     with pytest.raises(mffw.SecretInWorkflowError, match="api_key"):
         mffw.check_no_secrets({"spec": {"_tasks": [{"job": {"function_kwargs": {"mp_api_key": "x" * 32}}}]}})

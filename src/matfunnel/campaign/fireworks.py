@@ -154,6 +154,9 @@ def _secret_values(extra: Iterable[str] = ()) -> list[str]:
     except Exception:  # pragma: no cover - pymatgen always importable here
         pass
     values.extend(extra)
+    cache = os.environ.get("MATFUNNEL_RESULT_CACHE", "")
+    if cache.startswith(("mongodb://", "mongodb+srv://")):  # the shared result cache's URI may hold a password
+        values.append(cache)
     return sorted({v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LEN})
 
 
@@ -174,7 +177,8 @@ def _secret_fields(obj: Any, path: str = "") -> list[str]:
 def check_no_secrets(document: Any, extra_secrets: Iterable[str] = ()) -> None:
     """Raise :class:`SecretInWorkflowError` if ``document`` holds a credential.
 
-    Looks for the values of ``MP_API_KEY`` / ``PMG_MAPI_KEY`` (and ``extra_secrets``) anywhere
+    Looks for the values of ``MP_API_KEY`` / ``PMG_MAPI_KEY``, of a MongoDB URI in ``MATFUNNEL_RESULT_CACHE``
+    (and of ``extra_secrets``) anywhere
     in its JSON form, and for non-empty fields named like ``api_key`` / ``mp_api_key``.
     The error message never contains the secret itself.
     """
@@ -182,8 +186,9 @@ def check_no_secrets(document: Any, extra_secrets: Iterable[str] = ()) -> None:
     for secret in _secret_values(extra_secrets):
         if secret in text:
             raise SecretInWorkflowError(
-                "the workflow contains the value of an API key (MP_API_KEY/PMG_MAPI_KEY); a job was "
-                "given the key as an argument. Jobs must read it from the worker's environment instead."
+                "the workflow contains the value of an API key (MP_API_KEY/PMG_MAPI_KEY) or of the result "
+                "cache's URI (MATFUNNEL_RESULT_CACHE); a job was given it as an argument. Jobs must read it "
+                "from the worker's environment instead."
             )
     fields = _secret_fields(document)
     if fields:
