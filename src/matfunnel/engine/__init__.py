@@ -6,7 +6,10 @@
 * :func:`run_md` - batched NVE / NVT (Langevin) / NPT (stochastic cell rescaling) dynamics.
 
 Both relaxation engines return :class:`RelaxResult` documents. The functional building blocks live in
-:mod:`matfunnel.engine.state`, :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md`.
+:mod:`matfunnel.engine.state` (the batched state), :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md`
+(init/step functions), :mod:`~matfunnel.engine.symmetry` (space-group constraints); the documents the engines
+write in :mod:`~matfunnel.engine.documents` (structures) and :mod:`~matfunnel.engine.trajectory` (capped
+trajectories); argument checks in :mod:`~matfunnel.engine.inputs`.
 """
 
 from matfunnel.engine.ase_relax import RelaxResult, relax_structure, relax_structures

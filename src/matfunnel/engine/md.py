@@ -29,9 +29,9 @@ from torch import Tensor
 from matfunnel.engine.documents import initial_dict, structure_dict
 from matfunnel.engine.inputs import labels_for, per_structure
 from matfunnel.engine.runner import AtomBudget
-from matfunnel.engine.trajectory import Thinned
 from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
     failure_reasons, from_structures, select, system_field, upgrade
+from matfunnel.engine.trajectory import Thinned
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
     validate_structure
