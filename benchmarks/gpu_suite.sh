@@ -3,8 +3,9 @@
 # not pymatgen/ase/chgnet: those come as wheels in .whl/, see benchmarks/NOTES.md "GPU runs").
 #
 #   bash benchmarks/gpu_suite.sh [stage ...]     stages: info calibrate tests check profile potential relax is2re
-#                                                is2re2 (default: all but is2re2)
+#                                                is2re2 overhead (default: all but is2re2 and overhead)
 #   is2re2: the IS2RE proxy again with two engine processes sharing the GPU (host work overlapping device work)
+#   overhead: the engine's own host time per structure and per step with the batch on the GPU (a free potential)
 #
 # Logs go to $OUT (the device tool's output folder) or ./gpu_out.
 set -u
@@ -48,6 +49,9 @@ for stage in $stages; do
     is2re2)
       $PY benchmarks/relax_throughput.py --device cuda --n ${IS2RE_N:-1000} --seed 1 --no-ase --no-chgnet \
         --processes 2 2>&1 | tee "$OUTDIR/relax_throughput_cuda_n1000_2proc.txt" ;;
+    overhead)
+      $PY benchmarks/engine_overhead.py --device cuda --n 2000 --max-atoms 50000 2>&1 \
+        | tee "$OUTDIR/engine_overhead_cuda.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
