@@ -17,6 +17,7 @@ from matfunnel.phonons import (
     PhononReferenceError,
     assess_stability,
     build_phonopy,
+    compare_references,
     compare_with_reference,
     load_reference,
     run_phonons,
@@ -228,6 +229,29 @@ def test_compare_against_self_made_references_and_cli(reference_dir, tmp_path, p
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["n_compared"] == 2 and summary["n_failed"] == 3 and summary["stability_accuracy"] == 1.0
     assert set(summary["errors"]) == {"bad-empty", "bad-no-forces", "bad-mismatch"}
+
+
+def test_compare_with_relaxation_relaxes_all_references_together(reference_dir, potential, monkeypatch):
+    """``--relax``: the good references' cells are relaxed in one batched call (symmetry kept), bad folders are
+    still reported per folder."""
+    import matfunnel.phonons.compare as cmp
+
+    calls = []
+    real = cmp.relax_symmetric_many
+
+    def spy(structures, pot, **kw):
+        calls.append(len(structures))
+        return real(structures, pot, **kw)
+
+    monkeypatch.setattr(cmp, "relax_symmetric_many", spy)
+    rows, summary = compare_references(reference_dir, potential, relax=True, mesh=[6, 6, 6], band_npoints=5)
+    assert calls == [2]  # the two good references, together
+    good = {r["material_id"]: r for r in rows if not r.get("error")}
+    assert set(good) == {"good-yaml-xz", "good-force-sets"} and summary["n_failed"] == 3
+    for r in good.values():
+        # the reference cell (NaCl at 5.64 A) is not at the potential's minimum: it moves, and converges
+        assert r["relaxed"] and r["relax_converged"] and abs(r["volume_change_pct"]) > 1e-3
+        assert r["stable_ours"] is True
 
 
 # ------------------------------------------------------------------ real DFT-PBE references

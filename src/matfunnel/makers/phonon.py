@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from matfunnel.engine import RelaxResult, relax_batched
 from matfunnel.makers.relax import decode_inputs
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT, run_phonons
 from matfunnel.phonons.document import PhononResult
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES
-from matfunnel.phonons.relax import TIGHT_FMAX
+from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
@@ -29,7 +27,7 @@ class PhononMaker(Maker):
     """Harmonic phonons of a batch of structures with an MLIP.
 
     Optional tight symmetry-fixed relaxation of all structures together on the batched engine (``relax``, fmax
-    ``relax_fmax``; :func:`~matfunnel.engine.relax_batched` with ``symmetry=True``), then per structure phonopy
+    ``relax_fmax``; :func:`~matfunnel.phonons.relax.relax_symmetric_many`), then per structure phonopy
     displacements of ``displacement`` Å in a supercell given by ``supercell_matrix`` or at least
     ``min_length`` Å wide, all displaced supercells in one batched prediction, then thermal
     properties, ω_max, DOS, band structure and the dynamical-stability flag. Returns one
@@ -58,11 +56,11 @@ class PhononMaker(Maker):
         structures, labels, bad = decode_inputs(structures, labels)
         pot = load_potential(self.potential, self.device)
         ok = [i for i in range(len(structures)) if i not in bad]
-        relaxed: dict[int, RelaxResult] = {}
+        relaxed: dict = {}
         if self.relax and ok:  # all structures at once on the batched engine, each keeping its space group
-            results = relax_batched([structures[i] for i in ok], pot, labels=[labels[i] for i in ok],
-                                    fmax=self.relax_fmax, max_steps=self.relax_max_steps, symmetry=True)
-            relaxed = dict(zip(ok, results))
+            relaxed = dict(zip(ok, relax_symmetric_many([structures[i] for i in ok], pot,
+                                                        labels=[labels[i] for i in ok], fmax=self.relax_fmax,
+                                                        max_steps=self.relax_max_steps)))
         docs = []
         for i, (s, lab) in enumerate(zip(structures, labels)):
             if i in bad:
@@ -72,37 +70,25 @@ class PhononMaker(Maker):
                 docs.append(self.run_one(s, lab, pot, relaxed.get(i)).as_dict())
         return docs
 
-    def run_one(self, structure: Structure, label: str, pot, relaxation: RelaxResult | None = None) -> PhononResult:
-        """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation`` (from the batched
-        engine; relaxed here, alone, when not given)."""
+    def run_one(self, structure: Structure, label: str, pot, relaxation=None) -> PhononResult:
+        """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation`` (a
+        :class:`~matfunnel.phonons.relax.SymmetricRelaxation`, or its error message; relaxed here when not given)."""
         t0 = time.perf_counter()
         try:
-            relax_doc = None
-            if self.relax:
-                if relaxation is None:
-                    (relaxation,) = relax_batched([structure], pot, labels=[label], fmax=self.relax_fmax,
-                                                  max_steps=self.relax_max_steps, symmetry=True)
-                if relaxation.final_structure is None:  # failed (overlapping atoms, NaN, ...): nothing to compute
-                    raise _Failed(relaxation.error)
-                final = Structure.from_dict(relaxation.final_structure)
-                relax_doc = {"converged": relaxation.converged, "n_steps": relaxation.n_steps,
-                             "energy": relaxation.energy,
-                             "max_force": float(np.linalg.norm(np.asarray(relaxation.forces), axis=1).max()),
-                             "wall_time": relaxation.wall_time, "initial_volume": structure.volume,
-                             "final_volume": final.volume}
-                structure = final
-            scm = self.supercell_matrix or supercell_matrix_for(structure, self.min_length, self.max_supercell_atoms)
+            if isinstance(relaxation, str):  # the relaxation failed (overlapping atoms, NaN, ...)
+                raise _Failed(relaxation)
+            scm = self.supercell_matrix or supercell_matrix_for(
+                relaxation.structure if relaxation is not None else structure, self.min_length,
+                self.max_supercell_atoms)
             res = run_phonons(
-                structure, pot, label=label, supercell_matrix=scm, displacement=self.displacement, relax=False,
-                mesh=self.mesh, temperatures=self.temperatures, band_npoints=self.band_npoints,
+                structure, pot, label=label, supercell_matrix=scm, displacement=self.displacement,
+                relax=self.relax, relax_fmax=self.relax_fmax, relax_max_steps=self.relax_max_steps,
+                relaxation=relaxation, mesh=self.mesh, temperatures=self.temperatures, band_npoints=self.band_npoints,
                 dos_points=self.dos_points, imaginary_tol=self.imaginary_tol, keep_phonopy=False,
             )
-            if relax_doc is not None:
-                res.relaxation = relax_doc
-                res.timings = {"relax": relaxation.wall_time, **res.timings}
-                if not relax_doc["converged"]:
-                    res.error = (f"structure {label!r}: symmetric relaxation not converged to fmax={self.relax_fmax} "
-                                 f"in {self.relax_max_steps} steps (phonons computed anyway)")
+            if res.relaxation and not res.relaxation["converged"]:
+                res.error = (f"structure {label!r}: symmetric relaxation not converged to fmax={self.relax_fmax} "
+                             f"in {self.relax_max_steps} steps (phonons computed anyway)")
         except Exception as exc:  # noqa: BLE001 - a batch never dies for one structure
             msg = str(exc) if isinstance(exc, _Failed) else f"structure {label!r}: {type(exc).__name__}: {exc}"
             res = PhononResult(label=label, formula=structure.composition.reduced_formula if len(structure) else "",

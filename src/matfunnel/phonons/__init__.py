@@ -19,7 +19,7 @@ _EXPORTS = {
     "run_phonons": "calculate", "build_phonopy": "calculate", "produce_force_constants": "calculate",
     "PhononResult": "document",
     "harmonic_summary": "properties", "THZ_TO_K": "properties",
-    "relax_symmetric": "relax",
+    "relax_symmetric": "relax", "relax_symmetric_many": "relax",
     "assess_stability": "stability", "Stability": "stability", "IMAGINARY_TOL": "stability",
     "GAMMA_ACOUSTIC_TOL": "stability",
     "supercell_matrix_for": "supercell",

@@ -18,7 +18,7 @@ from pymatgen.core import Structure
 from matfunnel.phonons.document import PhononResult, round_nested
 from matfunnel.phonons.forces import displaced_forces
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES, harmonic_summary
-from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric
+from matfunnel.phonons.relax import TIGHT_FMAX, SymmetricRelaxation, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
 
@@ -78,6 +78,7 @@ def run_phonons(
     relax: bool = False,
     relax_fmax: float = TIGHT_FMAX,
     relax_max_steps: int = 1000,
+    relaxation: SymmetricRelaxation | None = None,
     subtract_residual: bool = False,
     mesh=DEFAULT_MESH,
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
@@ -91,7 +92,10 @@ def run_phonons(
     """Harmonic phonons of ``structure`` (a unit cell; the supercell matrix refers to it).
 
     ``potential`` is a :class:`~matfunnel.potential.Potential` or a registered name (default: the
-    funnel's default potential). ``supercell_matrix`` wins over ``min_length``. Errors propagate;
+    funnel's default potential). ``supercell_matrix`` wins over ``min_length``. With ``relax`` the
+    structure is first relaxed keeping its symmetry (batched engine), unless ``relaxation`` (done
+    already, e.g. for many structures at once by :func:`~matfunnel.phonons.relax.relax_symmetric_many`)
+    is given. Errors propagate;
     :class:`~matfunnel.makers.phonon.PhononMaker` records them per structure instead.
     """
     t0 = time.perf_counter()
@@ -100,7 +104,10 @@ def run_phonons(
     timings: dict[str, float] = {}
     relax_doc = None
     if relax:
-        r = relax_symmetric(structure, pot, fmax=relax_fmax, max_steps=relax_max_steps)
+        r = relaxation or relax_symmetric_many([structure], pot, labels=[str(label)], fmax=relax_fmax,
+                                               max_steps=relax_max_steps)[0]
+        if isinstance(r, str):
+            raise RuntimeError(r)
         relax_doc = {k: v for k, v in r.as_dict().items() if k != "structure"}
         relax_doc["initial_volume"] = structure.volume
         relax_doc["final_volume"] = r.structure.volume

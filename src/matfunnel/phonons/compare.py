@@ -22,7 +22,7 @@ import numpy as np
 from matfunnel.phonons.calculate import build_phonopy, produce_force_constants
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES, harmonic_summary, primitive_structure
 from matfunnel.phonons.reference import PhononReferenceError, find_references, load_reference
-from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric
+from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.bandpath import band_path
 
@@ -47,19 +47,34 @@ def _mesh_mae(ours, ref_mesh: dict) -> float:
     return float((err * w).sum() / w.sum())
 
 
+def relax_references(refs: list, potential, *, fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list:
+    """The symmetric relaxations of the references' cells, all together on the batched engine (see
+    :func:`~matfunnel.phonons.relax.relax_symmetric_many`)."""
+    return relax_symmetric_many([r.structure for r in refs], potential, labels=[r.material_id for r in refs],
+                                fmax=fmax, max_steps=max_steps)
+
+
 def compare_with_reference(ref, potential, *, relax: bool = False, relax_fmax: float = TIGHT_FMAX,
-                           mesh=DEFAULT_MESH, band_npoints: int = 31, temperatures=DEFAULT_TEMPERATURES,
-                           imaginary_tol: float = IMAGINARY_TOL) -> tuple[dict, dict]:
-    """One comparison row, plus ``{"ours": summary, "ref": summary}`` (band/DOS data for plots)."""
+                           relaxed=None, mesh=DEFAULT_MESH, band_npoints: int = 31,
+                           temperatures=DEFAULT_TEMPERATURES, imaginary_tol: float = IMAGINARY_TOL
+                           ) -> tuple[dict, dict]:
+    """One comparison row, plus ``{"ours": summary, "ref": summary}`` (band/DOS data for plots).
+
+    With ``relax`` the cell is relaxed first with its symmetry kept (``relaxed``: that relaxation, done already
+    for many references at once by :func:`relax_references`)."""
     t0 = time.perf_counter()
     structure = ref.structure
     row = {"material_id": ref.material_id, "formula": ref.formula, "n_primitive": len(ref.phonopy.primitive),
            "n_supercell": ref.n_supercell_atoms, "n_displacements": ref.n_displacements, "relaxed": relax}
     if relax:
-        r = relax_symmetric(structure, potential, fmax=relax_fmax)
-        row["relax_converged"] = r.converged
-        row["volume_change_pct"] = 100.0 * (r.structure.volume / structure.volume - 1.0)
-        structure = r.structure
+        if relaxed is None:
+            (relaxed,) = relax_references([ref], potential, fmax=relax_fmax)
+        if isinstance(relaxed, str):
+            raise PhononReferenceError(f"phonon reference {ref.material_id!r}: relaxation failed: {relaxed}")
+        final = relaxed.structure
+        row["relax_converged"] = relaxed.converged
+        row["volume_change_pct"] = 100.0 * (final.volume / structure.volume - 1.0)
+        structure = final
     ours = build_phonopy(structure, ref.supercell_matrix, primitive_matrix=ref.primitive_matrix,
                          displacement=ref.displacement)
     produce_force_constants(ours, potential, subtract_residual=not relax, label=ref.material_id)
@@ -148,15 +163,24 @@ def compare_references(root, potential, out=None, *, ids=None, limit: int | None
     folders = find_references(root, ids)
     if limit:
         folders = folders[:limit]
+    refs, relaxed = {}, {}
+    if relax:  # all cells relaxed together first (the references are loaded up front for it)
+        for folder in folders:
+            try:
+                refs[folder] = load_reference(folder)
+            except Exception:  # noqa: BLE001 - reported below, when its row is made
+                pass
+        good = list(refs)
+        relaxed = dict(zip(good, relax_references([refs[f] for f in good], potential)))
     rows = []
     for i, folder in enumerate(folders):
         if progress:
             progress(i, len(folders), folder.name)
         t0 = time.perf_counter()
         try:
-            ref = load_reference(folder)
-            row, _ = compare_with_reference(ref, potential, relax=relax, mesh=mesh, band_npoints=band_npoints,
-                                            imaginary_tol=imaginary_tol)
+            ref = refs.pop(folder, None) or load_reference(folder)
+            row, _ = compare_with_reference(ref, potential, relax=relax, relaxed=relaxed.get(folder), mesh=mesh,
+                                            band_npoints=band_npoints, imaginary_tol=imaginary_tol)
         except PhononReferenceError as exc:
             row = {"material_id": folder.name, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one material must not stop the comparison

@@ -1,8 +1,10 @@
 """Tight, symmetry-preserving relaxation before a phonon calculation.
 
 Phonons are computed at a minimum of the potential: forces below ``fmax`` = 0.005 eV/Å (the
-protocol of the MDR phonon benchmark), cell included (FrechetCellFilter), with ASE's
-``FixSymmetry`` so numerical noise cannot lower the space group.
+protocol of the MDR phonon benchmark), cell included (Frechet cell filter), with the space group
+kept so numerical noise cannot lower it. :func:`relax_symmetric_many` relaxes many structures at once
+on the batched engine (``relax_batched(symmetry=True)``); :func:`relax_symmetric` is ASE's FIRE +
+``FixSymmetry`` one structure at a time, the reference it is tested against (same path to round-off).
 """
 
 from __future__ import annotations
@@ -56,3 +58,23 @@ def relax_symmetric(structure: Structure, potential, *, fmax: float = TIGHT_FMAX
     final.properties = dict(structure.properties)
     return SymmetricRelaxation(structure=final, converged=bool(opt.converged()), n_steps=int(opt.nsteps),
                                energy=energy, max_force=fmax_now, wall_time=time.perf_counter() - t0)
+
+
+def relax_symmetric_many(structures: list[Structure], potential, *, labels: list[str] | None = None,
+                         fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list[SymmetricRelaxation | str]:
+    """Symmetric relaxations of all ``structures`` together on the batched engine; a relaxation that failed
+    (overlapping atoms, NaN, ...) is its error message instead, which names the structure."""
+    from matfunnel.engine import relax_batched
+
+    if not structures:
+        return []
+    out: list[SymmetricRelaxation | str] = []
+    for r in relax_batched(structures, potential, labels=labels, fmax=fmax, max_steps=max_steps, symmetry=True):
+        if r.final_structure is None:
+            out.append(r.error or "relaxation failed")
+            continue
+        out.append(SymmetricRelaxation(
+            structure=Structure.from_dict(r.final_structure), converged=r.converged, n_steps=r.n_steps,
+            energy=float(r.energy), max_force=float(np.linalg.norm(np.asarray(r.forces), axis=1).max()),
+            wall_time=r.wall_time))
+    return out
