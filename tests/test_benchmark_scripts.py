@@ -62,6 +62,17 @@ def test_engine_overhead_benchmark_reports_host_time():
     assert run and int(run.group(1)) > 1 and int(run.group(2)) >= 60 and float(run.group(3)) > 0
 
 
+def test_phonon_benchmark_compares_symmetric_relaxations():
+    import pytest
+
+    if not (ROOT.parent / "shared/data/phonons/pbe-reference/mp-1883").is_dir():
+        pytest.skip("no shared DFT phonon references beside the repository")
+    out = _run("benchmarks/phonon_throughput.py", "--refs", "mp-1883", "--repeat", "1", "--relax", "3")
+    assert re.search(r"symmetric relaxation of 3 reference cells .* speed-up [\d.]+x", out)
+    agree = re.search(r"\|dE\| max ([\d.e+-]+) meV/atom, .* identical step counts (\d+)/3; converged batched 3", out)
+    assert agree and float(agree.group(1)) < 0.1 and int(agree.group(2)) >= 2, out
+
+
 def test_potential_benchmark_reports_ratio_and_agreement():
     out = _run("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
                "--repeats", "2", "--ref-batch-size", "2", "--seed", "3")
