@@ -55,10 +55,12 @@ def test_relax_benchmark_in_several_engine_processes():
 
 
 def test_engine_overhead_benchmark_reports_host_time():
-    out = _run("benchmarks/engine_overhead.py", "--n", "60", "--max-atoms", "600", "--repeats", "1", "--max-steps", "20")
+    out = _run("benchmarks/engine_overhead.py", "--n", "60", "--max-atoms", "600", "--repeats", "1",
+               "--max-steps", "20")
     ratio = re.search(r"pymatgen ([\d.]+) ms, SiteTable ([\d.]+) ms: ([\d.]+)x", out)
     assert ratio and float(ratio.group(3)) > 0  # documents checked equal inside the script
-    run = re.search(r"run 1: .* (\d+) iterations, (\d+) structure-steps; engine host time ([\d.]+) ms per structure", out)
+    run = re.search(r"run 1: .* (\d+) iterations, (\d+) structure-steps; engine host time ([\d.]+) ms per structure",
+                    out)
     assert run and int(run.group(1)) > 1 and int(run.group(2)) >= 60 and float(run.group(3)) > 0
 
 
