@@ -160,3 +160,29 @@ def test_md_inputs_checked_and_bad_ones_isolated(tmp_path, monkeypatch):
     docs = store.get_output(job.uuid, load=True)
     assert docs[0]["error"] is None and docs[2]["error"] is None and docs[0]["n_steps"] == 10
     assert docs[1]["label"] == "structure#1" and "not a pymatgen Structure document" in docs[1]["error"]
+
+
+def test_md_maker_reuses_finished_runs_from_the_cache(tmp_path, monkeypatch):
+    """With a result cache, a rerun with the same inputs (seed included) takes each finished structure's run
+    from it; another seed is another run."""
+    from jobflow import run_locally
+
+    from matfunnel.campaign.store import embedded_store
+    from matfunnel.makers import MDMaker
+    from matfunnel.potential import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "cosine-test", lambda device, **kw: CosinePotential(device=device))
+    monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
+    store = embedded_store(tmp_path / "store")
+    structs = [grid_crystal(8), grid_crystal(8, el="Fe")]
+
+    def run(**kw):
+        job = MDMaker(potential="cosine-test", ensemble="nvt", steps=20, sample_every=5, **kw).make(structs)
+        run_locally(job, store=store, ensure_success=True, log=False)
+        return store.get_output(job.uuid, load=True)
+
+    first, again, other = run(), run(), run(seed=7)
+    assert not any(d["cached"] for d in first) and all(d["cached"] for d in again)
+    assert [d["energy"] for d in again] == [d["energy"] for d in first]
+    assert again[1]["trajectory"]["positions"] == first[1]["trajectory"]["positions"]
+    assert not any(d["cached"] for d in other) and other[0]["energy"] != first[0]["energy"]

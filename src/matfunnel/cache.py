@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -31,6 +32,7 @@ from monty.json import MontyDecoder, MontyEncoder, jsanitize
 from pymatgen.core import Structure
 
 ENV = "MATFUNNEL_RESULT_CACHE"
+log = logging.getLogger(__name__)
 SCHEMA = 1
 
 
@@ -119,8 +121,14 @@ class MongoResultCache:
         doc = self._col.find_one({"key": key}, {"value": 1})
         return None if doc is None else json.loads(doc["value"], cls=MontyDecoder)
 
+    #: a MongoDB document holds at most 16 MB: larger results (a long trajectory) are not cached
+    MAX_BYTES = 15_000_000
+
     def put(self, key: str, kind: str, value: Any) -> None:
         text = json.dumps(value, cls=MontyEncoder)
+        if len(text) > self.MAX_BYTES:
+            log.warning("a %s result of %.1f MB is not cached (MongoDB's document limit)", kind, len(text) / 1e6)
+            return
         self._col.update_one({"key": key}, {"$set": {"kind": kind, "value": text, "created": time.time()}},
                              upsert=True)
 

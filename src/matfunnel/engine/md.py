@@ -361,6 +361,8 @@ def run_md(
                     if traj["temperature"]:
                         res.mean_temperature = float(np.mean(traj["temperature"]))
                         res.mean_pressure = float(np.mean(traj["pressure"]))
+                    if state.eval_error and state.eval_error[b] is not None:  # may pass on a retry: not to be kept
+                        res.data["potential_error"] = str(state.eval_error[b])
                     if reasons[b] is not None:
                         res.error = f"structure {labels[i]!r}: {reasons[b]}"
                     else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
+from matfunnel.cache import active_cache, content_key, structure_fingerprint
 from matfunnel.engine.inputs import per_structure
 from matfunnel.engine.md import MDResult, run_md
 from matfunnel.makers.relax import decode_inputs
@@ -24,6 +25,10 @@ class MDMaker(Maker):
     :class:`~matfunnel.engine.md.MDResult` document per structure; each document's ``trajectory``
     (sampled every ``sample_every`` steps, thinned to at most ``max_frames`` frames) is written to the
     job store's additional ``trajectories`` store, the rest to ``outputs``.
+
+    With a result cache (:mod:`matfunnel.cache`) each structure's run is committed when it finishes and
+    reused by a rerun with the same inputs (seed included: the runs are reproducible); a group of structures
+    in progress when a job is killed runs again.
     """
 
     name: str = "mlip md"
@@ -63,16 +68,39 @@ class MDMaker(Maker):
         for i, error in bad.items():
             docs[i] = {**MDResult(label=labels[i], formula="", initial_structure={}, ensemble=self.ensemble,
                                   timestep_fs=self.timestep, temperature=temps[i], error=error).as_dict(),
-                       "potential": self.potential}
-        if good:
+                       "potential": self.potential, "cached": False}
+        cache = active_cache()
+        keys = {i: self._key(structures[i], temps[i], press[i], seed[i]) for i in good} if cache is not None else {}
+        for i, k in keys.items():  # runs identified by their inputs (the seed included): finished work is reused
+            hit = cache.get(k) if k is not None else None
+            if hit is not None:
+                docs[i] = {**hit, "label": labels[i], "cached": True}
+        todo = [i for i in good if docs[i] is None]
+        if todo:
             pot = load_potential(self.potential, self.device)
-            results = run_md(
-                [structures[i] for i in good], pot, ensemble=self.ensemble, steps=self.steps, timestep=self.timestep,
-                temperature=[temps[i] for i in good], pressure=[press[i] for i in good], friction=self.friction,
-                tau_p=self.tau_p, compressibility=self.compressibility, seed=[seed[i] for i in good],
-                sample_every=self.sample_every, max_frames=self.max_frames, labels=[labels[i] for i in good],
-                max_atoms=self.max_atoms,
+
+            def finished(j: int, result) -> None:  # committed as soon as each structure is done
+                i = todo[j]
+                docs[i] = {**result.as_dict(), "potential": self.potential, "cached": False}
+                if keys.get(i) is not None and not result.data.get("potential_error"):
+                    cache.put(keys[i], "mlip-md", docs[i])
+
+            run_md(
+                [structures[i] for i in todo], pot, ensemble=self.ensemble, steps=self.steps, timestep=self.timestep,
+                temperature=[temps[i] for i in todo], pressure=[press[i] for i in todo], friction=self.friction,
+                tau_p=self.tau_p, compressibility=self.compressibility, seed=[seed[i] for i in todo],
+                sample_every=self.sample_every, max_frames=self.max_frames, labels=[labels[i] for i in todo],
+                max_atoms=self.max_atoms, on_result=finished,
             )
-            for i, r in zip(good, results):
-                docs[i] = {**r.as_dict(), "potential": self.potential}
         return docs
+
+    def _key(self, structure, temperature: float, pressure: float, seed: int) -> str | None:
+        settings = {"potential": self.potential, "ensemble": self.ensemble, "steps": self.steps,
+                    "timestep": self.timestep, "temperature": temperature, "friction": self.friction, "seed": seed,
+                    "sample_every": self.sample_every, "max_frames": self.max_frames}
+        if self.ensemble == "npt":
+            settings.update(pressure=pressure, tau_p=self.tau_p, compressibility=self.compressibility)
+        try:
+            return content_key("mlip-md", structure_fingerprint(structure), settings)
+        except Exception:  # noqa: BLE001 - disordered or not a structure: its error document is not kept
+            return None
