@@ -27,7 +27,7 @@ class MDMaker(Maker):
     job store's additional ``trajectories`` store, the rest to ``outputs``.
 
     With a result cache (:mod:`matfunnel.cache`) each structure's run is committed when it finishes and
-    reused by a rerun with the same inputs (seed included: the runs are reproducible); a group of structures
+    reused by a rerun with the same inputs (seed included); a group of structures
     in progress when a job is killed runs again.
     """
 
