@@ -53,6 +53,15 @@ def structure_fingerprint(s: Structure | dict) -> list:
     return out
 
 
+def result_key(kind: str, structure, settings: dict) -> str | None:
+    """The cache key of a ``kind`` result of ``structure`` under ``settings``, or None when the input is not an
+    ordered structure (disordered, not a structure at all): such a result is never cached."""
+    try:
+        return content_key(kind, structure_fingerprint(structure), settings)
+    except Exception:  # noqa: BLE001 - whatever the fingerprint cannot read
+        return None
+
+
 def content_key(kind: str, *parts: Any) -> str:
     """A stable SHA-256 of ``kind`` and JSON-able ``parts``."""
     payload = json.dumps([SCHEMA, kind, jsanitize(list(parts), strict=False, enum_values=True)],

@@ -154,8 +154,10 @@ def _secret_values(extra: Iterable[str] = ()) -> list[str]:
     except Exception:  # pragma: no cover - pymatgen always importable here
         pass
     values.extend(extra)
-    cache = os.environ.get("MATFUNNEL_RESULT_CACHE", "")
-    if cache.startswith(("mongodb://", "mongodb+srv://")):  # the shared result cache's URI may hold a password
+    from matfunnel.cache import ENV as CACHE_ENV, is_mongo_uri
+
+    cache = os.environ.get(CACHE_ENV, "")
+    if is_mongo_uri(cache):  # the shared result cache's URI may hold a password
         values.append(cache)
     return sorted({v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LEN})
 

@@ -55,7 +55,6 @@ class AtomBudget:
         #: structure instead of re-planning the whole batch for every candidate
         self._additive = (est, too_big) if (max_atoms is None and est is not None and too_big is not None) else None
         self._cost: dict = {}
-        self._table = np.zeros((0, 3))
 
     @staticmethod
     def _from_memory(device) -> int:
@@ -76,21 +75,15 @@ class AtomBudget:
         if self._additive is not None:
             edges, angles = self._additive[0](n_atoms, volume)
             self._cost[key] = (n_atoms, edges, angles)
-            if isinstance(key, int) and key >= 0:  # also in a table, for a vectorised tally of large batches
-                if key >= self._table.shape[0]:
-                    grown = np.zeros((max(2 * self._table.shape[0], key + 1), 3))
-                    grown[: self._table.shape[0]] = self._table
-                    self._table = grown
-                self._table[key] = (n_atoms, edges, angles)
         else:
             self._cost[key] = (n_atoms, volume)
 
     def tally(self, keys: Sequence) -> list:
         """The running total of the registered structures ``keys`` (the batch as it is)."""
         if self._additive is not None:
-            if len(keys) > 32 and all(isinstance(k, int) and 0 <= k < self._table.shape[0] for k in keys):
-                return [float(v) for v in self._table[np.asarray(keys)].sum(0)] + [len(keys)]
-            return [float(sum(self._cost[k][q] for k in keys)) for q in range(3)] + [len(keys)]
+            # one pass over the batch and one numpy sum (not three Python sums)
+            total = np.asarray([self._cost[k] for k in keys], dtype=float).reshape(-1, 3).sum(0)
+            return [float(v) for v in total] + [len(keys)]
         return list(keys)
 
     def add(self, tally: list, key) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from matfunnel.cache import active_cache, content_key, structure_fingerprint
+from matfunnel.cache import active_cache, result_key
 from matfunnel.engine.inputs import per_structure
 from matfunnel.engine.md import MDResult, run_md
 from matfunnel.makers.relax import decode_inputs
@@ -100,7 +100,4 @@ class MDMaker(Maker):
                     "sample_every": self.sample_every, "max_frames": self.max_frames}
         if self.ensemble == "npt":
             settings.update(pressure=pressure, tau_p=self.tau_p, compressibility=self.compressibility)
-        try:
-            return content_key("mlip-md", structure_fingerprint(structure), settings)
-        except Exception:  # noqa: BLE001 - disordered or not a structure: its error document is not kept
-            return None
+        return result_key("mlip-md", structure, settings)

@@ -9,7 +9,7 @@ import numpy as np
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from matfunnel.cache import active_cache, content_key, structure_fingerprint
+from matfunnel.cache import active_cache, result_key
 from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
@@ -41,14 +41,6 @@ def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
 def _failed(label: str, error: str, potential: str) -> dict:
     return {**RelaxResult(label=label, formula="", initial_structure={}, error=error).as_dict(),
             "potential": potential, "cached": False}
-
-
-def _key(structure, settings: dict) -> str | None:
-    """The cache key of a relaxation, or None for an input that is not an ordered structure (never cached)."""
-    try:
-        return content_key("mlip-relax", structure_fingerprint(structure), settings)
-    except Exception:  # noqa: BLE001 - disordered or not a structure: its error document is not kept
-        return None
 
 
 @dataclass
@@ -101,7 +93,7 @@ class RelaxMaker(Maker):
             settings["symmetry"] = True
         if self.trajectory_every:
             settings["trajectory"] = [self.trajectory_every, self.max_frames]
-        keys = [None if i in bad else _key(s, settings) for i, s in enumerate(structures)]
+        keys = [None if i in bad else result_key("mlip-relax", s, settings) for i, s in enumerate(structures)]
         docs: list[dict | None] = [None] * len(structures)
         for i, error in bad.items():
             docs[i] = _failed(labels[i], error, self.potential)
