@@ -5,7 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3.11}
+# Python 3.12 (the floor of today's MLIP packages: matris 1.0, torch-sim 0.6, mattersim 1.2): PYTHON=...,
+# else python3.12 on PATH, else pyenv's 3.12.x
+find_python() {
+  for cand in ${PYTHON:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+    if [ -n "$cand" ] && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  echo "[setup] no Python 3.12 found (set PYTHON=/path/to/python3.12)" >&2; return 1
+}
 VENV=.venv
 APT_PKGS="g++ libxc-dev libfftw3-dev libopenblas-dev libscalapack-openmpi-dev libopenmpi-dev libblas-dev liblapack-dev"
 
@@ -21,11 +30,13 @@ fi
 stamp_key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$stamp_key"
 if [ ! -f "$stamp" ]; then
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+    rm -rf "$VENV"; PY=$(find_python); "$PY" -m venv "$VENV"
+  fi
   "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
   # torch first, pinned: a CPU wheel here; GPU users pre-install their CUDA torch 2.13.0 instead
   "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dft,vasp,test]"
+  "$VENV/bin/python" -m pip install -q -e ".[dft,vasp,test]" "torch==2.13.0"
   rm -f "$VENV"/.setup-*
   touch "$stamp"
   echo "[setup] environment ready in $VENV"

@@ -7,7 +7,7 @@ from jobflow import Flow
 from matfunnel.campaign import jobs
 from matfunnel.campaign.spec import CampaignSpec, SpecError
 from matfunnel.phonons.gate import phonon_gate_job
-from matfunnel.potential import DEFAULT_POTENTIAL, REGISTRY
+from matfunnel.potential import DEFAULT_POTENTIAL, UnknownPotential, check_potential_name
 
 
 def resolve(spec: CampaignSpec) -> CampaignSpec:
@@ -20,9 +20,10 @@ def resolve(spec: CampaignSpec) -> CampaignSpec:
         raise SpecError(f"campaign {spec.name!r}: {exc}") from exc
     spec.chemsys = "-".join(elements)
     spec.potential.name = spec.potential.name or DEFAULT_POTENTIAL
-    if spec.potential.name not in REGISTRY:
-        raise SpecError(f"campaign {spec.name!r}: unknown potential {spec.potential.name!r}; "
-                        f"available: {', '.join(sorted(REGISTRY))}")
+    try:
+        check_potential_name(spec.potential.name)
+    except UnknownPotential as exc:
+        raise SpecError(f"campaign {spec.name!r}: {exc}") from exc
     return spec
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from matfunnel.potential.base import Evaluation
 
 #: eV/A^3 -> GPa
-EV_A3_TO_GPA = 160.21766208
+from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 DTYPE = torch.float64
 
 S = TypeVar("S", bound="SystemState")

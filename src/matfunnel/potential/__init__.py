@@ -1,67 +1,68 @@
-"""Potentials: ``load_potential(name, device)`` and the backends behind it.
+"""Potentials: ``load_potential(name, device, **kwargs)`` and the backends behind it.
 
-Backends register a factory in :data:`REGISTRY`. Loading is cached per process, so a worker loads a
-model once and reuses it for every job it runs.
+Names resolve through :mod:`matfunnel.potential.registry`: built-in names, plug-ins registered under the
+``matfunnel.potentials`` entry-point group, and ``torchsim:MODULE:CALLABLE`` / ``ase:MODULE:CALLABLE``
+spec strings for any torch-sim model or ASE calculator. Loading is cached per process (name, device and
+keyword arguments), so a worker loads a model once and reuses it for every job it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from functools import lru_cache
 
 from matfunnel.potential.base import Potential
 from matfunnel.potential.errors import StructureError
+from matfunnel.potential.registry import UnknownPotential, WeightsMissing, resolve
 
 #: the funnel's default potential
 DEFAULT_POTENTIAL = "chgnet-0.3.0"
 
 
-def _chgnet_reference(device: str, **kw) -> Potential:
-    from matfunnel.potential.reference import ChgnetReference
-
-    return ChgnetReference(device=device, **kw)
-
-
-def _chgnet_ours(device: str, **kw) -> Potential:
-    from matfunnel.potential.chgnet.potential import ChgnetPotential
-
-    return ChgnetPotential(device=device, **kw)
-
-
-def _matris(model: str) -> Callable[..., Potential]:
-    def factory(device: str, **kw) -> Potential:
-        from matfunnel.potential.matris.potential import MatrisPotential
-
-        return MatrisPotential(device=device, model=model, **kw)
-
-    return factory
-
-
-REGISTRY: dict[str, Callable[..., Potential]] = {
-    "chgnet-0.3.0": _chgnet_ours,  # matfunnel's own batched CHGNet, official 0.3.0 weights
-    "chgnet-reference": _chgnet_reference,  # the chgnet package itself: the parity reference
-    # matfunnel's own batched MatRIS; weights from the MatRIS release (checkpoint=PATH)
-    "matris-10m-oam": _matris("10m-oam"),
-    "matris-10m-mp": _matris("10m-mp"),
-    "matris-10m-omat": _matris("10m-omat"),
-}
+def _kwargs_key(kwargs: dict) -> str | None:
+    """A hashable key for keyword arguments made of JSON values (None: not cacheable)."""
+    try:
+        return json.dumps(kwargs, sort_keys=True)
+    except TypeError:
+        return None
 
 
 @lru_cache(maxsize=8)
-def _load(name: str, device: str) -> Potential:
-    return REGISTRY[name](device)
+def _load(name: str, device: str, kwargs_json: str) -> Potential:
+    return resolve(name).load(device, **json.loads(kwargs_json))
 
 
 def load_potential(name: str = DEFAULT_POTENTIAL, device: str = "cpu", **kwargs) -> Potential:
-    """Return the potential called ``name`` on ``device`` (cached per process).
+    """Return the potential called ``name`` on ``device``.
 
-    Keyword arguments (e.g. ``checkpoint=PATH``) go to the backend's factory; such a call is not cached.
+    Parameters
+    ----------
+    name
+        A registered name (``matfunnel potentials`` lists them), a plug-in's name, or
+        ``torchsim:MODULE:CALLABLE`` / ``ase:MODULE:CALLABLE``.
+    device
+        ``cpu`` or ``cuda[:N]``.
+    **kwargs
+        Passed to the model's factory (e.g. ``checkpoint=PATH``, ``modal="PBE"``). Calls whose keyword
+        arguments are JSON values are cached per process; others build a new potential.
+
+    Raises
+    ------
+    UnknownPotential
+        The name is not known (the message lists what is).
+    WeightsMissing
+        The model's weights file is absent (the message names the file and its folder).
     """
-    if name not in REGISTRY:
-        raise ValueError(f"unknown potential {name!r}; available: {', '.join(sorted(REGISTRY))}")
-    if kwargs:
-        return REGISTRY[name](device, **kwargs)
-    return _load(name, device)
+    key = _kwargs_key(kwargs)
+    if key is None:
+        return resolve(name).load(device, **kwargs)
+    return _load(name, device, key)
 
 
-__all__ = ["DEFAULT_POTENTIAL", "REGISTRY", "Potential", "StructureError", "load_potential"]
+def check_potential_name(name: str) -> None:
+    """Raise :class:`UnknownPotential` unless ``name`` resolves (nothing is loaded)."""
+    resolve(name)
+
+
+__all__ = ["DEFAULT_POTENTIAL", "Potential", "StructureError", "UnknownPotential", "WeightsMissing",
+           "check_potential_name", "load_potential"]

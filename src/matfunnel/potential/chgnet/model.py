@@ -28,7 +28,7 @@ from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
 from matfunnel.potential.chgnet import basis, cpu_ops, triton_ops
 from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
 
-EV_A3_TO_GPA = 160.21766208
+from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

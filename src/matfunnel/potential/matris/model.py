@@ -35,7 +35,7 @@ from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.graph import MatrisGraph
 
 #: eV/A^3 -> GPa
-EV_A3_TO_GPA = 160.21766208
+from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 
 
 def activation(name: str):

@@ -1,0 +1,295 @@
+"""Potential names: the built-in registry, plug-ins from entry points, and spec strings for any model.
+
+A potential is named by one string, the same in a flow spec, a maker and on the command line:
+
+* a registered name: ``chgnet-0.3.0``, ``sevennet-0``, ``matris-10m-oam``, ... (``matfunnel potentials``
+  lists them with their status);
+* a name another package registers through the entry-point group ``matfunnel.potentials`` (the entry
+  point loads a :class:`PotentialEntry`, or a factory ``(device, **kwargs) -> Potential``);
+* ``torchsim:MODULE:CALLABLE``: ``CALLABLE(**kwargs)`` returns a torch-sim ``ModelInterface`` (or the
+  callable is the model class), run through :class:`~matfunnel.potential.torchsim.TorchSimPotential`;
+* ``ase:MODULE:CALLABLE``: ``CALLABLE(**kwargs)`` returns an ASE calculator, run one structure at a time
+  through :class:`~matfunnel.potential.ase_calculator.AseCalculatorPotential`.
+
+Keyword arguments travel beside the name (``potential: {name: ..., kwargs: {...}}`` in a spec,
+``potential_kwargs`` in the makers, ``--potential-kwargs JSON`` on the command line).
+
+A model whose weights are not on this machine raises :class:`WeightsMissing` at once, naming the file
+and the folder it must go in: nothing here downloads weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matfunnel.potential.base import Potential
+
+#: entry-point group through which other packages add potential names
+ENTRY_POINT_GROUP = "matfunnel.potentials"
+#: spec-string prefixes for user models
+PREFIXES = ("torchsim", "ase")
+
+
+class UnknownPotential(ValueError):
+    """A potential name that is neither registered nor a valid ``torchsim:``/``ase:`` spec string."""
+
+
+class WeightsMissing(FileNotFoundError):
+    """A model's weights are not on this machine; the message names the file and the folder."""
+
+
+@dataclass(frozen=True)
+class PotentialEntry:
+    """One registered potential.
+
+    Parameters
+    ----------
+    name
+        The name users type.
+    factory
+        ``factory(device, **kwargs) -> Potential``.
+    summary
+        One line for ``matfunnel potentials``.
+    requires
+        Python packages (import names) the model needs.
+    weights
+        Returns the weights file the model loads (``None``: built in / no file), so that a missing file
+        is reported before anything is loaded.
+    hint
+        What to do when the weights are missing (where to get them).
+    """
+
+    name: str
+    factory: Callable[..., Potential]
+    summary: str = ""
+    requires: tuple[str, ...] = ()
+    weights: Callable[[], Path | None] | None = None
+    hint: str = ""
+    source: str = "matfunnel"
+
+    def missing_packages(self) -> list[str]:
+        """Required packages that are not importable here."""
+        return [p for p in self.requires if importlib.util.find_spec(p) is None]
+
+    def weights_path(self) -> Path | None:
+        """The weights file this entry loads, or ``None`` when it has none of its own."""
+        return self.weights() if self.weights is not None else None
+
+    def status(self) -> str:
+        """``ready``, ``needs package(s) ...`` or ``needs weights at PATH``."""
+        missing = self.missing_packages()
+        if missing:
+            return f"needs package(s) {', '.join(missing)}"
+        try:
+            path = self.weights_path()
+        except Exception as exc:  # noqa: BLE001 - any failure to locate: report it, not crash the listing
+            return f"cannot locate weights ({type(exc).__name__}: {exc})"
+        if path is not None and not Path(path).is_file():
+            return f"needs weights at {path}"
+        return "ready"
+
+    def check_weights(self) -> None:
+        """Raise :class:`WeightsMissing` (file and folder named) when the weights file is absent."""
+        path = self.weights_path()
+        if path is not None and not Path(path).is_file():
+            path = Path(path)
+            raise WeightsMissing(
+                f"potential {self.name!r}: weights file {path.name!r} not found in {str(path.parent)!r}. "
+                f"{self.hint or 'Put the file there.'} Nothing is downloaded by matfunnel.")
+
+    def load(self, device: str, **kwargs) -> Potential:
+        """Build the potential (clear errors for missing packages or weights)."""
+        missing = self.missing_packages()
+        if missing:
+            raise ModuleNotFoundError(
+                f"potential {self.name!r} needs the Python package(s) {', '.join(missing)}; install them "
+                f"(pip install {' '.join(PIP_NAMES.get(m, m) for m in missing)})")
+        if "checkpoint" not in kwargs:
+            self.check_weights()
+        return self.factory(device, **kwargs)
+
+
+#: pip names of import names that differ
+PIP_NAMES = {"torch_sim": "torch-sim-atomistic", "sevenn": "sevenn", "mace": "mace-torch",
+             "mattersim": "mattersim", "orb_models": "orb-models", "fairchem": "fairchem-core"}
+
+
+# --- built-in entries ---------------------------------------------------------------------------------
+
+def _chgnet_ours(device: str, **kw) -> Potential:
+    from matfunnel.potential.chgnet.potential import ChgnetPotential
+
+    return ChgnetPotential(device=device, **kw)
+
+
+def _chgnet_reference(device: str, **kw) -> Potential:
+    from matfunnel.potential.reference import ChgnetReference
+
+    return ChgnetReference(device=device, **kw)
+
+
+def _chgnet_weights() -> Path | None:
+    spec = importlib.util.find_spec("chgnet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained" / "0.3.0" / \
+        "chgnet_0.3.0_e29f68s314m37.pth.tar"
+
+
+def _matris(model: str) -> PotentialEntry:
+    def factory(device: str, **kw) -> Potential:
+        from matfunnel.potential.matris.potential import MatrisPotential
+
+        return MatrisPotential(device=device, model=model, **kw)
+
+    def weights() -> Path:
+        from matfunnel.potential.matris.weights import default_path
+
+        return default_path(model)
+
+    def hint() -> str:
+        return f"download the MatRIS {model} release checkpoint, or pass checkpoint=PATH."
+
+    return PotentialEntry(f"matris-{model}", factory, f"matfunnel's batched MatRIS, {model} weights",
+                          weights=weights, hint=hint())
+
+
+def _sevennet(name: str, modal: str | None = None) -> PotentialEntry:
+    """SevenNet through sevenn's own torch-sim interface; the weights ship in (or beside) the sevenn wheel."""
+
+    def weights() -> Path:
+        from matfunnel.potential.sevennet import checkpoint_path
+
+        return checkpoint_path(name)
+
+    def factory(device: str, **kw) -> Potential:
+        from matfunnel.potential.sevennet import load_sevennet
+
+        if modal is not None:
+            kw.setdefault("modal", modal)
+        return load_sevennet(name, device, **kw)
+
+    return PotentialEntry(name, factory, f"SevenNet ({name}) via sevenn's torch-sim interface"
+                          + (f", modal {modal}" if modal else ""),
+                          requires=("sevenn", "torch_sim"), weights=weights,
+                          hint="sevenn ships SevenNet-0, -l3i5 and -MF-0 in its wheel; the larger models must be "
+                               "downloaded from sevenn's release page by the user.",
+                          source="sevenn")
+
+
+def _builtin() -> dict[str, PotentialEntry]:
+    entries = [
+        PotentialEntry("chgnet-0.3.0", _chgnet_ours, "matfunnel's batched CHGNet, official 0.3.0 weights",
+                       requires=("chgnet",), weights=_chgnet_weights),
+        PotentialEntry("chgnet-reference", _chgnet_reference, "the chgnet package itself (parity reference)",
+                       requires=("chgnet",), weights=_chgnet_weights),
+        _matris("10m-oam"), _matris("10m-mp"), _matris("10m-omat"),
+        _sevennet("sevennet-0"), _sevennet("sevennet-l3i5"), _sevennet("sevennet-mf-0", modal="PBE"),
+        _sevennet("sevennet-omat"), _sevennet("sevennet-mf-ompa", modal="mpa"), _sevennet("sevennet-omni"),
+    ]
+    return {e.name: e for e in entries}
+
+
+BUILTIN: dict[str, PotentialEntry] = _builtin()
+
+
+def plugin_entries() -> dict[str, PotentialEntry]:
+    """Entries that installed packages register under :data:`ENTRY_POINT_GROUP`.
+
+    A plug-in that fails to load is listed with its error instead of breaking the registry.
+    """
+    out: dict[str, PotentialEntry] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not hide the others
+            def broken(device: str, _exc=exc, _name=ep.name, **kw) -> Potential:
+                raise RuntimeError(f"potential plug-in {_name!r} failed to import: {_exc}") from _exc
+
+            out[ep.name] = PotentialEntry(ep.name, broken, f"(broken plug-in: {type(exc).__name__})",
+                                          source=ep.value)
+            continue
+        if isinstance(obj, PotentialEntry):
+            out[ep.name] = obj
+        elif callable(obj):
+            out[ep.name] = PotentialEntry(ep.name, obj, (obj.__doc__ or "").strip().split("\n")[0],
+                                          source=ep.value)
+    return out
+
+
+def entries() -> dict[str, PotentialEntry]:
+    """Every name usable here: the built-ins, then plug-ins (a plug-in cannot shadow a built-in)."""
+    return {**plugin_entries(), **BUILTIN}
+
+
+def _import_target(target: str, name: str):
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise UnknownPotential(f"potential {name!r}: expected PREFIX:MODULE:CALLABLE, e.g. "
+                               "'torchsim:my_pkg.models:make_model'")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as exc:
+        raise UnknownPotential(f"potential {name!r}: cannot import module {module!r} ({exc})") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownPotential(f"potential {name!r}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UnknownPotential(f"potential {name!r}: {attr!r} in {module!r} is not callable")
+    return obj
+
+
+def resolve(name: str) -> PotentialEntry:
+    """The entry for ``name``: registered, plug-in, or a ``torchsim:``/``ase:`` spec string."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownPotential(f"a potential name must be a non-empty string, not {name!r}")
+    prefix, sep, target = name.partition(":")
+    if sep and prefix in PREFIXES:
+        make = _import_target(target, name)
+        if prefix == "torchsim":
+            def factory(device: str, **kw) -> Potential:
+                from matfunnel.potential.torchsim import TorchSimPotential
+
+                return TorchSimPotential.from_factory(make, device=device, name=name, **kw)
+        else:
+            def factory(device: str, **kw) -> Potential:
+                from matfunnel.potential.ase_calculator import AseCalculatorPotential
+
+                return AseCalculatorPotential(make(**kw), name=name, device=device)
+        return PotentialEntry(name, factory, f"user model ({prefix})", source=target)
+    known = entries()
+    if name not in known:
+        raise UnknownPotential(
+            f"unknown potential {name!r}; available: {', '.join(sorted(known))}, or a user model as "
+            "'torchsim:MODULE:CALLABLE' / 'ase:MODULE:CALLABLE' (see 'matfunnel potentials')")
+    return known[name]
+
+
+@dataclass
+class PotentialRow:
+    """One line of ``matfunnel potentials``."""
+
+    name: str
+    status: str
+    summary: str
+    source: str
+    weights: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def describe() -> list[PotentialRow]:
+    """Every registered potential with its status (ready, needs a package, needs weights at PATH)."""
+    rows = []
+    for name, e in sorted(entries().items()):
+        try:
+            w = e.weights_path() if not e.missing_packages() else None
+        except Exception:  # noqa: BLE001
+            w = None
+        rows.append(PotentialRow(name, e.status(), e.summary, e.source, str(w) if w else None))
+    return rows
