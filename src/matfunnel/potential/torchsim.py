@@ -86,11 +86,15 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
 
         adapter_kw = {k: kwargs.pop(k) for k in ("memory_budget", "calibrate") if k in kwargs}
         try:
-            takes_device = "device" in inspect.signature(make).parameters
+            params = inspect.signature(make).parameters
         except (TypeError, ValueError):
-            takes_device = False
-        model = make(device=device, **kwargs) if takes_device else make(**kwargs)
-        return cls(model, name=name, name_kwargs=kwargs, **adapter_kw)
+            params = {}
+        call_kw = dict(kwargs)
+        if "device" in params:
+            call_kw["device"] = device
+        if "compute_stress" in params:  # the cell filter needs stress: ask for it unless the user said no
+            call_kw.setdefault("compute_stress", True)
+        return cls(make(**call_kw), name=name, name_kwargs=kwargs, **adapter_kw)
 
     # --- batching ---------------------------------------------------------------------------------------
 
@@ -203,7 +207,9 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                     continue
                 lo, hi = starts[bpos], starts[bpos + 1]
                 results[j] = {"energy": float(ev.energy[bpos]), "forces": ev.forces[lo:hi].cpu().numpy(),
-                              "stress": ev.stress[bpos].cpu().numpy(), "magmoms": np.zeros(hi - lo)}
+                              "stress": (ev.stress[bpos].cpu().numpy() if ev.stress is not None
+                                         else np.full((3, 3), np.nan)),
+                              "magmoms": np.zeros(hi - lo)}
         return results
 
 
