@@ -137,3 +137,32 @@ def test_ase_adapter_records_bad_member_and_goes_on():
     bad.replace_species({"Al": "Li"})  # EMT has no parameters for Li
     outs = pot.predict([ok, bad], errors="record")
     assert "energy" in outs[0] and "error" in outs[1] and "EMT" in outs[1]["error"] or "Li" in outs[1]["error"]
+
+
+def test_tiny_offline_campaign_with_sevennet(tmp_path):
+    """The whole funnel (candidates, batched relaxation, offline hull with competing phases relaxed by the same
+    model, report) with ``potential: sevennet-0``; the report records the model."""
+    import csv
+    import json
+
+    from matfunnel.cli import main
+
+    spec = tmp_path / "tiny7.yaml"
+    spec.write_text(json.dumps({
+        "name": "tiny7", "chemsys": "Al-Li",
+        "candidates": {"sources": ["aflow"], "max_candidates": 3, "max_sites": 2},
+        "potential": {"name": "sevennet-0", "kwargs": {"calibrate": False}},
+        "relax": {"fmax": 0.05, "max_steps": 150, "batch_size": 8},
+        "hull": {"references": "offline", "competing_max_sites": 2},
+        "dft": {"engine": "none"},
+    }))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec), "--run-dir", str(run_dir)]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["potential"] == "sevennet-0"
+    rows = list(csv.DictReader((run_dir / "report.csv").open()))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= 2
+    # the elemental corners come from the same model: relaxed fcc Al or bcc Li lands on the hull
+    assert min(float(r["e_above_hull"]) for r in ok) < 0.005
+    assert all(float(r["e_above_hull"]) >= -1e-6 for r in ok)

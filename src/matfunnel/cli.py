@@ -121,7 +121,7 @@ def _add_benchmark(sub) -> None:
 
     m = bsub.add_parser("matbench-discovery", help="IS2RE on the WBM test set: relax, E_form, hull distance, score")
     m.add_argument("--model", default=DEFAULT_POTENTIAL,
-                   help=f"potential name (matfunnel.potential.REGISTRY; default {DEFAULT_POTENTIAL})")
+                   help=f"potential name (see 'matfunnel potentials'; default {DEFAULT_POTENTIAL})")
     m.add_argument("--device", default="cpu")
     m.add_argument("--subset", type=int, default=None, metavar="N", help="only N materials (first N, or --sample)")
     m.add_argument("--sample", action="store_true", help="with --subset: a random sample (see --seed)")
@@ -145,6 +145,21 @@ def _add_benchmark(sub) -> None:
     s.add_argument("--json", default=None, help="also write the result as JSON here")
     data_opts(s)
     s.set_defaults(func=cmd_benchmark_score)
+
+
+def cmd_potentials(args) -> int:
+    """List every potential name usable here: ready, needs a package, or needs weights (and where)."""
+    from matfunnel.potential.registry import ENTRY_POINT_GROUP, describe
+
+    rows = describe()
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        print(f"{r.name:<{width}}  {r.status}")
+        if r.summary:
+            print(f"{'':<{width}}    {r.summary}")
+    print(f"\nAny torch-sim model: 'torchsim:MODULE:CALLABLE'; any ASE calculator (unbatched): "
+          f"'ase:MODULE:CALLABLE'; packages add names through the entry-point group {ENTRY_POINT_GROUP!r}.")
+    return 0
 
 
 def cmd_calibrate(args) -> int:
@@ -192,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_arguments(ph_sub.add_parser("compare", help="compare MLIP phonons with DFT references (phonopy folders)"))
     ph_sub.choices["compare"].set_defaults(func=cmd_phonons_compare)
+
+    pl = sub.add_parser("potentials", help="list the potentials: ready, or what each still needs")
+    pl.set_defaults(func=cmd_potentials)
 
     c = sub.add_parser("calibrate", help="measure this device's memory per work item for batch sizing (cached)")
     c.add_argument("--potential", default="chgnet-0.3.0")

@@ -65,6 +65,7 @@ def relax_flow(structures: list, ids: list[str], spec: CampaignSpec, name: str) 
     maker = RelaxMaker(
         name=f"{name} relax",
         potential=spec.potential.name,
+        potential_kwargs=dict(spec.potential.kwargs),
         device=spec.potential.device,
         fmax=spec.relax.fmax,
         max_steps=spec.relax.max_steps,

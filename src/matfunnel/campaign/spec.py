@@ -30,8 +30,9 @@ class CandidateOptions:
 
 @dataclass
 class PotentialOptions:
-    name: str | None = None  # None: matfunnel's default potential
+    name: str | None = None  # None: matfunnel's default potential; see 'matfunnel potentials'
     device: str = "cpu"
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of the model's factory
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobflow import Maker, job
 from pymatgen.core import Structure
@@ -33,6 +33,8 @@ class MDMaker(Maker):
 
     name: str = "mlip md"
     potential: str = DEFAULT_POTENTIAL
+    #: keyword arguments of the potential's factory (JSON values), e.g. ``{"modal": "PBE"}``
+    potential_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
     ensemble: str = "nvt"
     steps: int = 1000
@@ -77,7 +79,7 @@ class MDMaker(Maker):
                 docs[i] = {**hit, "label": labels[i], "cached": True}
         todo = [i for i in good if docs[i] is None]
         if todo:
-            pot = load_potential(self.potential, self.device)
+            pot = load_potential(self.potential, self.device, **self.potential_kwargs)
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
                 i = todo[j]
@@ -95,7 +97,8 @@ class MDMaker(Maker):
         return docs
 
     def _key(self, structure, temperature: float, pressure: float, seed: int) -> str | None:
-        settings = {"potential": self.potential, "ensemble": self.ensemble, "steps": self.steps,
+        settings = {"potential": self.potential, **({"potential_kwargs": self.potential_kwargs}
+                                                    if self.potential_kwargs else {}), "ensemble": self.ensemble, "steps": self.steps,
                     "timestep": self.timestep, "temperature": temperature, "friction": self.friction, "seed": seed,
                     "sample_every": self.sample_every, "max_frames": self.max_frames}
         if self.ensemble == "npt":

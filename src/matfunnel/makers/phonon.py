@@ -37,6 +37,8 @@ class PhononMaker(Maker):
 
     name: str = "mlip phonons"
     potential: str = DEFAULT_POTENTIAL
+    #: keyword arguments of the potential's factory (JSON values), e.g. ``{"modal": "PBE"}``
+    potential_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
     relax: bool = True
     relax_fmax: float = TIGHT_FMAX
@@ -54,7 +56,7 @@ class PhononMaker(Maker):
     @job
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
         structures, labels, bad = decode_inputs(structures, labels)
-        pot = load_potential(self.potential, self.device)
+        pot = load_potential(self.potential, self.device, **self.potential_kwargs)
         ok = [i for i in range(len(structures)) if i not in bad]
         relaxed: dict = {}
         if self.relax and ok:  # all structures at once on the batched engine, each keeping its space group

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from jobflow import Maker, job
@@ -67,6 +67,8 @@ class RelaxMaker(Maker):
 
     name: str = "mlip relax"
     potential: str = DEFAULT_POTENTIAL
+    #: keyword arguments of the potential's factory (JSON values), e.g. ``{"modal": "PBE"}``
+    potential_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
     fmax: float = 0.05
     max_steps: int = 500
@@ -87,7 +89,8 @@ class RelaxMaker(Maker):
         check_relax_settings(self.fmax, self.max_steps)
         structures, labels, bad = decode_inputs(structures, labels)
         cache = active_cache()
-        settings = {"potential": self.potential, "fmax": self.fmax, "max_steps": self.max_steps,
+        settings = {"potential": self.potential, **({"potential_kwargs": self.potential_kwargs}
+                                                    if self.potential_kwargs else {}), "fmax": self.fmax, "max_steps": self.max_steps,
                     "relax_cell": self.relax_cell}
         if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
             settings["symmetry"] = True
@@ -104,7 +107,7 @@ class RelaxMaker(Maker):
                     docs[i] = {**hit, "label": labels[i], "cached": True}
         todo = [i for i, d in enumerate(docs) if d is None]
         if todo:
-            pot = load_potential(self.potential, self.device)
+            pot = load_potential(self.potential, self.device, **self.potential_kwargs)
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
                 i = todo[j]
@@ -130,6 +133,8 @@ class StaticMaker(Maker):
 
     name: str = "mlip static"
     potential: str = DEFAULT_POTENTIAL
+    #: keyword arguments of the potential's factory (JSON values), e.g. ``{"modal": "PBE"}``
+    potential_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
 
     @job(data=True)
@@ -137,7 +142,7 @@ class StaticMaker(Maker):
         structures, labels, bad = decode_inputs(structures, labels)
         good = [i for i in range(len(structures)) if i not in bad]
         t0 = time.perf_counter()
-        pot = load_potential(self.potential, self.device)
+        pot = load_potential(self.potential, self.device, **self.potential_kwargs)
         outs = dict(zip(good, pot.predict([structures[i] for i in good], labels=[labels[i] for i in good],
                                           errors="record"))) if good else {}
         docs = []

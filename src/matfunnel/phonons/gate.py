@@ -106,6 +106,7 @@ def phonon_gate_job(candidate_docs: list, hull: dict, spec: dict):
         return {"enabled": True, "decisions": skipped, "results": []}
     pot = spec.get("potential") or {}
     maker = PhononMaker(potential=pot.get("name") or DEFAULT_POTENTIAL, device=pot.get("device", "cpu"),
+                        potential_kwargs=dict(pot.get("kwargs") or {}),
                         relax=opts.relax, relax_fmax=opts.relax_fmax, displacement=opts.displacement,
                         min_length=opts.min_length, max_supercell_atoms=opts.max_supercell_atoms,
                         imaginary_tol=opts.imaginary_tol, mesh=opts.mesh, band_npoints=21, dos_points=101)
@@ -135,12 +136,12 @@ def phonon_gate(candidate_docs: list, hull: dict, spec: dict) -> dict:
     chosen, decisions = select_for_phonons(candidate_docs, hull, opts)
     pot_opts = spec.get("potential") or {}
     name, device = pot_opts.get("name") or DEFAULT_POTENTIAL, pot_opts.get("device", "cpu")
-    maker = PhononMaker(potential=name, device=device, relax=opts.relax, relax_fmax=opts.relax_fmax,
+    maker = PhononMaker(potential=name, device=device, potential_kwargs=dict(pot_opts.get("kwargs") or {}), relax=opts.relax, relax_fmax=opts.relax_fmax,
                         displacement=opts.displacement, min_length=opts.min_length,
                         max_supercell_atoms=opts.max_supercell_atoms, imaginary_tol=opts.imaginary_tol,
                         mesh=opts.mesh, band_npoints=21, dos_points=101)
     structures = {d["label"]: d["final_structure"] for d in candidate_docs}
-    pot = load_potential(name, device)
+    pot = load_potential(name, device, **(pot_opts.get("kwargs") or {}))
     from pymatgen.core import Structure
 
     docs = [maker.run_one(Structure.from_dict(structures[c]), c, pot).as_dict() for c in chosen]
