@@ -166,3 +166,23 @@ def test_tiny_offline_campaign_with_sevennet(tmp_path):
     # the elemental corners come from the same model: relaxed fcc Al or bcc Li lands on the hull
     assert min(float(r["e_above_hull"]) for r in ok) < 0.005
     assert all(float(r["e_above_hull"]) >= -1e-6 for r in ok)
+
+
+def test_results_record_the_model(sevennet):
+    """Every relaxation document names the model, its package version and a checksum of its weights."""
+    import hashlib
+
+    from matfunnel.makers.relax import RelaxMaker
+
+    info = sevennet.model_info()
+    path = registry.resolve("sevennet-0").weights_path()
+    assert info["name"] == "sevennet-0" and info["package"] == "sevenn" and info["version"] == sevenn.__version__
+    assert info["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    s = Structure(Lattice.cubic(4.05), ["Al"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    maker = RelaxMaker(potential="sevennet-0", potential_kwargs={"calibrate": False}, progress=False)
+    (doc,) = RelaxMaker.make.original(maker, [s])
+    assert doc["error"] is None and doc["model"] == info
+    ours = load_potential("chgnet-0.3.0").model_info()
+    other = load_potential("chgnet-reference").model_info()
+    assert ours["weights_sha256"] == other["weights_sha256"]  # same 0.3.0 file behind both
+    assert other["package"] == "chgnet" and ours["package"] == "matfunnel"

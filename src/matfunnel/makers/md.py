@@ -80,10 +80,11 @@ class MDMaker(Maker):
         todo = [i for i in good if docs[i] is None]
         if todo:
             pot = load_potential(self.potential, self.device, **self.potential_kwargs)
+            model = pot.model_info()
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
                 i = todo[j]
-                docs[i] = {**result.as_dict(), "potential": self.potential, "cached": False}
+                docs[i] = {**result.as_dict(), "potential": self.potential, "model": model, "cached": False}
                 if keys.get(i) is not None and not result.data.get("potential_error"):
                     cache.put(keys[i], "mlip-md", docs[i])
 

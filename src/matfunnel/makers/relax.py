@@ -108,10 +108,11 @@ class RelaxMaker(Maker):
         todo = [i for i, d in enumerate(docs) if d is None]
         if todo:
             pot = load_potential(self.potential, self.device, **self.potential_kwargs)
+            model = pot.model_info()
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
                 i = todo[j]
-                doc = {**result.as_dict(), "potential": self.potential, "cached": False}
+                doc = {**result.as_dict(), "potential": self.potential, "model": model, "cached": False}
                 docs[i] = doc
                 if cache is not None and keys[i] is not None and not result.data.get("potential_error"):
                     cache.put(keys[i], "mlip-relax", doc)
@@ -153,7 +154,8 @@ class StaticMaker(Maker):
                 continue
             o = outs[i]
             doc = {"label": lab, "formula": s.composition.reduced_formula if isinstance(s, Structure) else "",
-                   "structure": initial_dict(s), "potential": self.potential, "error": o.get("error")}
+                   "structure": initial_dict(s), "potential": self.potential, "model": pot.model_info(),
+                   "error": o.get("error")}
             if "energy" in o:
                 doc.update(energy=float(o["energy"]), e_per_atom=float(o["energy"]) / len(s),
                            forces=np.asarray(o["forces"]).tolist(), stress=np.asarray(o["stress"]).tolist(),

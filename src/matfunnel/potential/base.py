@@ -155,6 +155,21 @@ class Potential(ABC):
         return Evaluation(t(energy), t(forces), t(stress) if compute_stress else None, t(magmoms),
                           errors if any(errors) else None)
 
+    def model_info(self) -> dict:
+        """Provenance of the model behind every result: ``name``, ``package``, ``version`` and ``weights_sha256``.
+
+        The checksum is of the weights file (``weights_file``) when the backend names one, else of the model's
+        parameters (``model.state_dict()``), else ``None``; it is computed once per potential.
+        """
+        cached = getattr(self, "_model_info", None)
+        if cached is not None:
+            return dict(cached)
+        from matfunnel.potential.provenance import model_info
+
+        info = model_info(self)
+        self._model_info = info
+        return dict(info)
+
     def calculator(self):
         """An ASE calculator backed by this potential."""
         from matfunnel.potential.calculator import MatfunnelCalculator

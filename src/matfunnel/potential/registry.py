@@ -124,13 +124,17 @@ PIP_NAMES = {"torch_sim": "torch-sim-atomistic", "sevenn": "sevenn", "mace": "ma
 def _chgnet_ours(device: str, **kw) -> Potential:
     from matfunnel.potential.chgnet.potential import ChgnetPotential
 
-    return ChgnetPotential(device=device, **kw)
+    pot = ChgnetPotential(device=device, **kw)
+    pot.weights_file = str(_chgnet_weights())  # the 0.3.0 file our modules' weights are mapped from
+    return pot
 
 
 def _chgnet_reference(device: str, **kw) -> Potential:
     from matfunnel.potential.reference import ChgnetReference
 
-    return ChgnetReference(device=device, **kw)
+    pot = ChgnetReference(device=device, **kw)
+    pot.weights_file, pot.package = str(_chgnet_weights()), "chgnet"
+    return pot
 
 
 def _chgnet_weights() -> Path | None:
