@@ -214,9 +214,9 @@ def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatc
     from jobflow import run_locally
 
     from matfunnel.makers import RelaxMaker
-    from matfunnel.potential import REGISTRY
+    from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
-    monkeypatch.setitem(REGISTRY, "pair-test", lambda device, **kw: PairPotential(device=device))
+    monkeypatch.setitem(REGISTERED, "pair-test", PotentialEntry("pair-test", lambda device, **kw: PairPotential(device=device)))
     monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
     rng = np.random.default_rng(0)
     structs = [ar_cell(rng), ar_cell(rng)]
@@ -240,7 +240,7 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
 
     from matfunnel.campaign.store import embedded_store
     from matfunnel.makers import RelaxMaker
-    from matfunnel.potential import REGISTRY
+    from matfunnel.potential.registry import REGISTERED, PotentialEntry
     from matfunnel.potential.base import Evaluation
 
     class FailsOnKr(PairPotential):
@@ -257,7 +257,7 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
 
     import torch
 
-    monkeypatch.setitem(REGISTRY, "pair-flaky", lambda device, **kw: FailsOnKr(device=device))
+    monkeypatch.setitem(REGISTERED, "pair-flaky", PotentialEntry("pair-flaky", lambda device, **kw: FailsOnKr(device=device)))
     monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
     rng = np.random.default_rng(1)
     good, kr = ar_cell(rng), ar_cell(rng, el="Kr", a=4.0)

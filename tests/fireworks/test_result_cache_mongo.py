@@ -25,14 +25,14 @@ JOB = textwrap.dedent("""
     from pymatgen.core import Lattice, Structure
     from matfunnel.engine.testing import PairPotential
     from matfunnel.makers import RelaxMaker
-    from matfunnel.potential import REGISTRY
+    from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
     class Slow(PairPotential):
         def evaluate(self, *a, **kw):
             time.sleep(0.02)
             return super().evaluate(*a, **kw)
 
-    REGISTRY["pair-slow"] = lambda device, **kw: Slow(device=device)
+    REGISTERED["pair-slow"] = PotentialEntry("pair-slow", lambda device, **kw: Slow(device=device))
     rng = np.random.default_rng(5)
     fcc = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
     structures = []

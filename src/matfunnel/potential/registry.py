@@ -200,6 +200,21 @@ def _builtin() -> dict[str, PotentialEntry]:
 
 
 BUILTIN: dict[str, PotentialEntry] = _builtin()
+#: names registered at run time with :func:`register` (scripts, tests)
+REGISTERED: dict[str, PotentialEntry] = {}
+
+
+def register(name: str, factory: Callable[..., Potential], summary: str = "") -> PotentialEntry:
+    """Register ``factory(device, **kwargs) -> Potential`` under ``name`` in this process.
+
+    For packages, the entry-point group :data:`ENTRY_POINT_GROUP` does the same without code at import.
+    A built-in name cannot be replaced.
+    """
+    if name in BUILTIN:
+        raise ValueError(f"{name!r} is a built-in potential name")
+    entry = PotentialEntry(name, factory, summary, source="register()")
+    REGISTERED[name] = entry
+    return entry
 
 
 def plugin_entries() -> dict[str, PotentialEntry]:
@@ -227,8 +242,8 @@ def plugin_entries() -> dict[str, PotentialEntry]:
 
 
 def entries() -> dict[str, PotentialEntry]:
-    """Every name usable here: the built-ins, then plug-ins (a plug-in cannot shadow a built-in)."""
-    return {**plugin_entries(), **BUILTIN}
+    """Every name usable here: built-ins, names registered in this process, plug-ins (none shadows a built-in)."""
+    return {**plugin_entries(), **REGISTERED, **BUILTIN}
 
 
 def _import_target(target: str, name: str):
