@@ -71,35 +71,28 @@ def summarize(name: str, results, wall: float) -> dict:
 
 
 def run_torch_sim(structures, potential, fmax: float, max_steps: int, max_atoms: int):
+    """torch-sim 0.6's own batched FIRE + Frechet cell filter with the same model: a torch-sim model's native
+    ``ModelInterface`` when the potential wraps one (e.g. sevennet-0), else our potential exported to torch-sim
+    (``matfunnel.potential.torchsim_export``, e.g. our CHGNet)."""
     import torch_sim as ts
     from torch_sim.autobatching import InFlightAutoBatcher
-    from torch_sim.models.interface import ModelInterface
 
-    from matfunnel.engine.state import EV_A3_TO_GPA
+    from matfunnel.potential.torchsim import TorchSimPotential
+    from matfunnel.potential.torchsim_export import MatfunnelModel
 
-    class Wrapped(ModelInterface):
-        def __init__(self, pot):
-            super().__init__()
-            self.pot = pot
-            self._device = torch.device(pot.device)
-            self._dtype = torch.float64
-            self._compute_stress = True
-            self._compute_forces = True
-            self._memory_scales_with = "n_atoms"
-
-        def forward(self, state, **kw):
-            n_atoms = torch.bincount(state.system_idx, minlength=state.n_systems)
-            ev = self.pot.evaluate(state.atomic_numbers, state.positions, state.row_vector_cell, n_atoms)
-            return {"energy": ev.energy, "forces": ev.forces, "stress": ev.stress / EV_A3_TO_GPA}
-
-    model = Wrapped(potential)
-    batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=float(max_atoms))
+    native = isinstance(potential, TorchSimPotential)
+    model = potential.model if native else MatfunnelModel(potential)
+    if native and potential.device.startswith("cuda"):  # torch-sim sizes its batches by measuring the GPU
+        batcher = True
+    else:  # torch-sim cannot measure CPU memory: the same atom budget as ours
+        batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=float(max_atoms))
+    states = ts.io.structures_to_state(list(structures), device=torch.device(potential.device), dtype=model.dtype)
     t0 = time.perf_counter()
-    final = ts.optimize(system=list(structures), model=model, optimizer=ts.frechet_cell_fire,
-                        convergence_fn=ts.generate_force_convergence_fn(fmax), autobatcher=batcher,
-                        max_steps=max_steps)
+    final = ts.optimize(system=states, model=model, optimizer=ts.Optimizer.fire, max_steps=max_steps,
+                        convergence_fn=ts.generate_force_convergence_fn(fmax, include_cell_forces=True),
+                        autobatcher=batcher, init_kwargs={"cell_filter": ts.CellFilter.frechet})
     wall = time.perf_counter() - t0
-    energies = final.energy.detach().cpu().numpy() if hasattr(final, "energy") else None
+    energies = model(final)["energy"].detach().cpu().double().numpy()
     return wall, energies
 
 

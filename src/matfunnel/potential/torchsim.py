@@ -53,13 +53,17 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         ``False`` keeps the built-in estimate.
     package
         Distribution that provides the model, for the provenance record.
+    weights_file
+        The model's weights file, for the provenance checksum.
+    max_atoms
+        Atoms per batch at most (default: from the device, see :class:`~matfunnel.potential.batching.ItemBudget`).
     """
 
     code_path = "torchsim"
 
     def __init__(self, model, *, name: str = "torchsim", name_kwargs: dict | None = None,
                  memory_budget: int | None = None, calibrate: bool | None = None, package: str | None = None,
-                 weights_file: str | None = None):
+                 weights_file: str | None = None, max_atoms: int | None = None):
         self.model = model
         self.name = name
         self.name_kwargs = dict(name_kwargs or {})
@@ -72,7 +76,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         self.graph_cutoffs = (self.cutoff, 0.0)
         self.memory_budget = int(memory_budget or calibration.default_budget(self.device))
         self.bytes_per_item = DEFAULT_BYTES_PER_ITEM["cuda" if self.device.startswith("cuda") else "cpu"]
-        self._max_atoms = None
+        self._max_atoms = max_atoms
         self.max_edges = self.max_angles = None
         self.calibration: dict | None = None
         self._set_budget()
@@ -84,7 +88,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         """Build from ``make(**kwargs)`` (a ``device`` keyword is passed when ``make`` takes one)."""
         import inspect
 
-        adapter_kw = {k: kwargs.pop(k) for k in ("memory_budget", "calibrate") if k in kwargs}
+        adapter_kw = {k: kwargs.pop(k) for k in ("memory_budget", "calibrate", "max_atoms") if k in kwargs}
         try:
             params = inspect.signature(make).parameters
         except (TypeError, ValueError):
