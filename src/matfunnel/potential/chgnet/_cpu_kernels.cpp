@@ -102,7 +102,7 @@ static inline v16 vexp(v16 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return (v16)_mm512_scalef_ps(p, n);
 #else
-    x = K * x;
+    x = static_cast<float>(K) * x;
     const v16 hi = splat(88.3762626647949f), lo = splat(-87.3365447504019f);
     x = x > hi ? hi : x;
     x = x < lo ? lo : x;
