@@ -9,8 +9,12 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from matfunnel.potential import UnknownPotential, WeightsMissing, load_potential
-from matfunnel.potential import registry
+from matfunnel.potential import (
+    UnknownPotential,
+    WeightsMissing,
+    load_potential,
+    registry,
+)
 
 pytest.importorskip("torch_sim")
 sevenn = pytest.importorskip("sevenn")
@@ -186,3 +190,29 @@ def test_results_record_the_model(sevennet):
     other = load_potential("chgnet-reference").model_info()
     assert ours["weights_sha256"] == other["weights_sha256"]  # same 0.3.0 file behind both
     assert other["package"] == "chgnet" and ours["package"] == "matfunnel"
+
+
+def test_potential_kwargs_from_the_command_line(tmp_path, capsys):
+    """--potential-kwargs: a JSON object or @FILE; anything else is one clear error, and the CLI exits 2."""
+    from matfunnel.cli import main
+
+    assert registry.parse_kwargs(None) == {} and registry.parse_kwargs("") == {}
+    assert registry.parse_kwargs('{"modal": "PBE", "cutoff": 6.0}') == {"modal": "PBE", "cutoff": 6.0}
+    f = tmp_path / "kw.json"
+    f.write_text('{"sigma": 2.5}')
+    assert registry.parse_kwargs(f"@{f}") == {"sigma": 2.5}
+    with pytest.raises(ValueError, match="not JSON.*sigma=2"):
+        registry.parse_kwargs("sigma=2")
+    with pytest.raises(ValueError, match="expected a JSON object.*list"):
+        registry.parse_kwargs("[1, 2]")
+    with pytest.raises(ValueError, match="cannot read .*missing.json"):
+        registry.parse_kwargs(f"@{tmp_path / 'missing.json'}")
+
+    args = ["phonons", "compare", "--reference", str(tmp_path), "--out", str(tmp_path / "o.csv")]
+    assert main([*args, "--potential", "sevennet-0", "--potential-kwargs", "{bad"]) == 2
+    assert "--potential-kwargs: not JSON" in capsys.readouterr().err
+    assert main([*args, "--potential", "sevennet-omni"]) == 2  # weights not in the wheel
+    assert "checkpoint_sevennet_omni.pth" in capsys.readouterr().err
+    # the kwargs reach the model: a wrong keyword is the model's own error, not silently dropped
+    assert main([*args, "--potential", "sevennet-0", "--potential-kwargs", '{"no_such_option": 1}']) == 2
+    assert "does not accept the keyword arguments ['no_such_option']" in capsys.readouterr().err

@@ -11,6 +11,8 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--reference", required=True, metavar="DIR",
                    help="folder with one subfolder per material: phonopy.yaml[.xz] (+ FORCE_SETS[.xz])")
     p.add_argument("--potential", default=None, help="potential name (default: matfunnel's default potential)")
+    p.add_argument("--potential-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments for the potential: a JSON object, or @FILE.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="per-material table; summary in FILE.summary.json")
     p.add_argument("--relax", action="store_true", help="relax each reference cell with the potential first "
@@ -27,10 +29,11 @@ def add_compare_arguments(p) -> None:
 def run_compare(args) -> int:
     from matfunnel.phonons.compare import compare_references
     from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
+    from matfunnel.potential.registry import parse_kwargs
 
     try:
-        pot = load_potential(args.potential or DEFAULT_POTENTIAL, args.device)
-    except ValueError as exc:
+        pot = load_potential(args.potential or DEFAULT_POTENTIAL, args.device, **parse_kwargs(args.potential_kwargs))
+    except (ValueError, FileNotFoundError) as exc:  # unknown name, bad kwargs, missing weights
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

@@ -39,6 +39,10 @@ class UnknownPotential(ValueError):
     """A potential name that is neither registered nor a valid ``torchsim:``/``ase:`` spec string."""
 
 
+class PotentialArguments(ValueError):
+    """Keyword arguments the model's factory does not take (the message names the model and the arguments)."""
+
+
 class WeightsMissing(FileNotFoundError):
     """A model's weights are not on this machine; the message names the file and the folder."""
 
@@ -111,7 +115,13 @@ class PotentialEntry:
                 f"(pip install {' '.join(PIP_NAMES.get(m, m) for m in missing)})")
         if "checkpoint" not in kwargs:
             self.check_weights()
-        return self.factory(device, **kwargs)
+        try:
+            return self.factory(device, **kwargs)
+        except TypeError as exc:
+            if "keyword argument" not in str(exc):
+                raise
+            raise PotentialArguments(f"potential {self.name!r} does not accept the keyword arguments "
+                                     f"{sorted(kwargs)}: {exc}") from exc
 
 
 #: pip names of import names that differ
@@ -312,3 +322,42 @@ def describe() -> list[PotentialRow]:
             w = None
         rows.append(PotentialRow(name, e.status(), e.summary, e.source, str(w) if w else None))
     return rows
+
+
+def parse_kwargs(text: str | None) -> dict:
+    """Keyword arguments for a potential from the command line: a JSON object, or ``@FILE`` holding one.
+
+    Parameters
+    ----------
+    text
+        ``'{"modal": "mpa"}'``, ``@kwargs.json``, or ``None``/empty for no arguments.
+
+    Returns
+    -------
+    dict
+        The arguments.
+
+    Raises
+    ------
+    ValueError
+        The text (or file) is not a JSON object; the message quotes what was given.
+    """
+    import json
+
+    if not text:
+        return {}
+    source = "--potential-kwargs"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text, source = path.read_text(), str(path)
+        except OSError as exc:
+            raise ValueError(f"--potential-kwargs: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(  # noqa: TRY004 - bad user input, reported like the other cases
+            f"{source}: expected a JSON object of keyword arguments, got {type(value).__name__}")
+    return value
