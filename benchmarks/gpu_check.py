@@ -63,7 +63,7 @@ def main() -> None:
 
     from matfunnel.potential.chgnet.graph import build_graph
     from matfunnel.potential.chgnet.potential import ChgnetPotential
-    from matfunnel.potential.chgnet.testing import random_structure, supercell
+    from matfunnel.potential.synthetic import random_structure, supercell
 
     dev = args.device
     gpu = dev.startswith("cuda")

@@ -128,7 +128,7 @@ def main() -> None:
     from chgnet.model import CHGNet
 
     from matfunnel.potential.chgnet.potential import ChgnetPotential
-    from matfunnel.potential.chgnet.testing import random_structures, supercell
+    from matfunnel.potential.synthetic import random_structures, supercell
 
     rng = np.random.default_rng(args.seed)
     structs = [s for s in random_structures(rng, args.n) if len(s) >= 2]

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 def make_structures(n: int, seed: int, max_atoms: int = 64):
     from pymatgen.core import Structure
 
-    from matfunnel.potential.chgnet.testing import random_structure
+    from matfunnel.potential.synthetic import random_structure
 
     rng = np.random.default_rng(seed)
     out = []

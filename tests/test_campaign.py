@@ -8,8 +8,8 @@ import json
 import pytest
 
 from builders import b32_lial, fcc
-from matfunnel.campaign.jobs import gate_decisions
 from matfunnel.campaign.spec import CampaignSpec, SpecError, load_spec
+from matfunnel.dft.gate import DftGateMaker
 
 
 def test_spec_errors_are_clear(tmp_path):
@@ -24,7 +24,7 @@ def test_spec_errors_are_clear(tmp_path):
         CampaignSpec.from_dict({"chemsys": "Li-O", "dft": {"engine": "abinit"}})
     with pytest.raises(SpecError, match="not found"):
         load_spec(tmp_path / "missing.yaml")
-    from matfunnel.campaign.flow import resolve
+    from matfunnel.campaign.funnel import resolve
 
     with pytest.raises(SpecError, match="Xx"):
         resolve(CampaignSpec.from_dict({"chemsys": "Li-Xx"}))
@@ -33,7 +33,7 @@ def test_spec_errors_are_clear(tmp_path):
 def test_shipped_flow_specs_load():
     from pathlib import Path
 
-    from matfunnel.campaign.flow import build_flow
+    from matfunnel.campaign.funnel import build_flow
 
     specs = sorted(Path(__file__).parents[1].joinpath("flows").glob("*.yaml"))
     assert any(p.name == "quickstart.yaml" for p in specs)
@@ -48,14 +48,14 @@ def _doc(cid, converged=True, n=2):
 
 
 def test_gate_sends_only_near_hull_candidates():
-    spec = CampaignSpec.from_dict({"chemsys": "Al", "dft": {"threshold": 0.05, "max_candidates": 2}})
+    gate = DftGateMaker(threshold=0.05, max_candidates=2)
     docs = [_doc("a"), _doc("b"), _doc("c"), _doc("d", converged=False), _doc("e"), _doc("f")]
     hull = {"rows": [
         {"entry_id": "a", "e_above_hull": 0.0}, {"entry_id": "b", "e_above_hull": 0.05},
         {"entry_id": "c", "e_above_hull": 0.051}, {"entry_id": "d", "e_above_hull": 0.0},
         {"entry_id": "e", "e_above_hull": 0.01}, {"entry_id": "f", "e_above_hull": None, "error": "bad"},
     ]}
-    dec = gate_decisions(docs, hull, spec)
+    dec = gate.decisions(docs, hull)
     assert dec["a"] == "to DFT" and dec["e"] == "to DFT"  # the two lowest
     assert dec["b"].startswith("near hull; beyond dft.max_candidates")
     assert dec["c"].startswith("above threshold")
@@ -63,10 +63,10 @@ def test_gate_sends_only_near_hull_candidates():
     assert dec["f"] == "skipped: bad"
     # the phonon gate drops dynamically unstable candidates before DFT
     phonons = {"enabled": True, "decisions": {"a": "unstable: imaginary optical mode at Gamma", "e": "stable"}}
-    dec = gate_decisions(docs, hull, spec, phonons)
+    dec = gate.decisions(docs, hull, phonons)
     assert dec["a"].startswith("skipped: dynamically unstable") and dec["e"] == "to DFT" and dec["b"] == "to DFT"
-    spec.dft.engine = "none"
-    assert gate_decisions(docs, hull, spec)["a"] == "near hull; DFT disabled"
+    gate.engine = "none"
+    assert gate.decisions(docs, hull)["a"] == "near hull; DFT disabled"
 
 
 @pytest.mark.slow
@@ -141,14 +141,12 @@ def test_gate_vasp_engine_builds_atomate2_flow_only_for_gated():
     routed to DFT workers, followed by the MP2020-hull collect job."""
     from jobflow import Flow, Response
 
-    from matfunnel.campaign.jobs import dft_gate_job
-
-    spec = CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"engine": "vasp", "threshold": 0.05}}).as_dict()
+    gate = DftGateMaker(engine="vasp", threshold=0.05)
     docs = [{"label": "near", "converged": True, "final_structure": b32_lial().as_dict()},
             {"label": "far", "converged": True, "final_structure": b32_lial(6.6).as_dict()}]
     hull = {"rows": [{"entry_id": "near", "e_above_hull": 0.01}, {"entry_id": "far", "e_above_hull": 0.2}],
             "phases": {}, "reference_entries": []}
-    resp = dft_gate_job.original(docs, hull, spec)
+    resp = DftGateMaker.make.original(gate, docs, hull, None, "Al-Li")
     assert isinstance(resp, Response) and isinstance(resp.replace, Flow)
     names = [j.name for j in resp.replace.jobs]
     assert names[-1] == "dft hull"

@@ -14,7 +14,7 @@ from matfunnel.potential.chgnet import cpu_ops
 from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.model import _Gated
 from matfunnel.potential.chgnet.ops import Index, scatter
-from matfunnel.potential.chgnet.testing import random_structures
+from matfunnel.potential.synthetic import random_structures
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -230,7 +230,7 @@ def test_whole_model_matches_torch_path():
 
 def test_neighbor_pairs_match_torch_cell_lists():
     from matfunnel.potential import neighbors
-    from matfunnel.potential.chgnet.testing import supercell
+    from matfunnel.potential.synthetic import supercell
 
     rng = np.random.default_rng()
     structs = random_structures(rng, 40) + [supercell(rng, 300, proto="fcc", bond=2.6)]

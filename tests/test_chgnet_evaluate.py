@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from matfunnel.potential import calibration
 from matfunnel.potential.chgnet.potential import BYTES_PER_ITEM, BYTES_PER_ITEM_FUSED, ChgnetPotential
-from matfunnel.potential.chgnet.testing import random_structure, supercell
+from matfunnel.potential.synthetic import random_structure, supercell
 
 warnings.filterwarnings("ignore")
 

@@ -18,7 +18,7 @@ from pymatgen.core import Lattice, Structure
 from matfunnel.potential import StructureError
 from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.potential import ChgnetPotential
-from matfunnel.potential.chgnet.testing import random_structure, supercell
+from matfunnel.potential.synthetic import random_structure, supercell
 from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path, load_checkpoint
 from matfunnel.potential.reference import ChgnetReference, parity_errors
 

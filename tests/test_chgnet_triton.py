@@ -133,7 +133,7 @@ def test_model_with_kernels_matches_torch_path():
     """The whole model (energy, forces, stress) with the Triton kernels selected vs the torch path."""
     from matfunnel.potential.chgnet.graph import build_graph
     from matfunnel.potential.chgnet.potential import ChgnetPotential
-    from matfunnel.potential.chgnet.testing import random_structure
+    from matfunnel.potential.synthetic import random_structure
 
     rng = np.random.default_rng(11)
     structs = [random_structure(rng, 2, proto="rocksalt", n_species=2, rattle=0.05),

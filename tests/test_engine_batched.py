@@ -238,7 +238,7 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
     out of the cache (a rerun tries it again)."""
     from jobflow import run_locally
 
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
     from matfunnel.makers import RelaxMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
     from matfunnel.potential.base import Evaluation
@@ -283,7 +283,7 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
 
 
 def test_cache_keys_tell_held_atoms_apart(rng):
-    from matfunnel.cache import structure_fingerprint
+    from matfunnel.common.cache import structure_fingerprint
 
     s = ar_cell(rng)
     held = s.copy(site_properties={"selective_dynamics": [[False] * 3] + [[True] * 3] * 3})

@@ -103,7 +103,7 @@ def test_md_failure_is_isolated():
 def test_md_maker_writes_trajectories_to_their_store(tmp_path, monkeypatch):
     from jobflow import run_locally
 
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
     from matfunnel.makers import MDMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
@@ -138,7 +138,7 @@ def test_md_inputs_checked_and_bad_ones_isolated(tmp_path, monkeypatch):
     the argument; a malformed structure document gets its error document and the others run."""
     from jobflow import run_locally
 
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
     from matfunnel.makers import MDMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
@@ -167,7 +167,7 @@ def test_md_maker_reuses_finished_runs_from_the_cache(tmp_path, monkeypatch):
     from it; another seed is another run."""
     from jobflow import run_locally
 
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
     from matfunnel.makers import MDMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 

@@ -133,7 +133,7 @@ def test_batched_matches_phonopy_one_displacement_at_a_time(potential):
 def test_phonon_maker_relaxes_and_records_failures(potential):
     from jobflow import run_locally
 
-    from matfunnel.makers.phonon import PhononMaker
+    from matfunnel.phonons.maker import PhononMaker
 
     good = rocksalt(5.5).get_primitive_structure()  # strained: the tight symmetric relaxation changes the volume
     bad = Structure(Lattice.cubic(3.0), ["Na", "Na"], [[0, 0, 0], [0.05, 0, 0]])  # overlapping atoms
@@ -275,38 +275,41 @@ def test_dft_reference_agreement(mid, stable, potential):
 
 # ------------------------------------------------------------------ campaign gate (selection logic)
 def test_phonon_gate_selection_and_verdicts():
-    from matfunnel.phonons.gate import PhononGateOptions, select_for_phonons, unstable_ids, verdict
+    from matfunnel.campaign.spec import CampaignSpec
+    from matfunnel.common.documents import PhononGateDoc
+    from matfunnel.phonons.gate import PhononGateMaker, select_for_phonons, verdict
 
     s = rocksalt().as_dict()
     docs = [{"label": c, "final_structure": s} for c in ("a", "b", "c", "d")]
     hull = {"rows": [{"entry_id": "a", "e_above_hull": 0.0}, {"entry_id": "b", "e_above_hull": 0.2},
                      {"entry_id": "c", "e_above_hull": 0.01}, {"entry_id": "d", "e_above_hull": None}]}
-    opts = PhononGateOptions.from_spec({"phonons": {"enabled": True, "threshold": 0.05, "max_candidates": 1}})
-    chosen, skipped = select_for_phonons(docs, hull, opts)
+    spec = CampaignSpec.from_dict({"chemsys": "Na-Cl", "phonons": {"enabled": True, "threshold": 0.05,
+                                                                   "max_candidates": 1}})
+    chosen, skipped = select_for_phonons(docs, hull, PhononGateMaker.from_options(spec.phonons))
     assert chosen == ["a"]
     assert skipped["b"].startswith("skipped: above") and "max_candidates" in skipped["c"] and "no hull" in skipped["d"]
     with pytest.raises(ValueError, match="unknown key"):
-        PhononGateOptions.from_spec({"phonons": {"treshold": 0.1}})
+        CampaignSpec.from_dict({"chemsys": "Na-Cl", "phonons": {"treshold": 0.1}})
     st = {"dynamically_stable": False, "stability": {"reason": "2 imaginary mode(s)"}}
     assert verdict(st).startswith("unstable") and verdict({"dynamically_stable": True}) == "stable"
-    out = {"enabled": True, "decisions": {"a": verdict(st), "c": "stable", "b": skipped["b"]}}
-    assert list(unstable_ids(out)) == ["a"] and unstable_ids({"enabled": False}) == {}
+    out = PhononGateDoc(enabled=True, decisions={"a": verdict(st), "c": "stable", "b": skipped["b"]})
+    assert list(out.unstable()) == ["a"] and PhononGateDoc(enabled=False).unstable() == {}
 
 
 def test_phonon_gate_job_runs_in_jobflow():
     from jobflow import Flow, run_locally
 
-    from matfunnel.phonons.gate import phonon_gate_job, unstable_ids
+    from matfunnel.common.documents import PhononGateDoc
+    from matfunnel.phonons.gate import PhononGateMaker, PhononGateOptions
 
     nacl = rocksalt().get_primitive_structure().as_dict()
     docs = [{"label": "nacl", "final_structure": nacl}, {"label": "far", "final_structure": nacl}]
     hull = {"rows": [{"entry_id": "nacl", "e_above_hull": 0.0}, {"entry_id": "far", "e_above_hull": 0.5}]}
-    spec = {"potential": {"name": DEFAULT_POTENTIAL, "device": "cpu"},
-            "phonons": {"enabled": True, "min_length": 6.0, "relax": False, "mesh": 10.0}}
-    j = phonon_gate_job(docs, hull, spec)
+    opts = PhononGateOptions(enabled=True, min_length=6.0, relax=False, mesh=10.0)
+    j = PhononGateMaker.from_options(opts, DEFAULT_POTENTIAL, "cpu").make(docs, hull)
     out = run_locally(Flow([j]), ensure_success=True, log=False)
-    res = next(r[max(r)].output for r in out.values() if isinstance(r[max(r)].output, dict)
-               and "decisions" in r[max(r)].output)
-    assert res["enabled"] and res["decisions"]["nacl"] == "stable" and res["decisions"]["far"].startswith("skipped")
-    assert res["results"][0]["dynamically_stable"] is True and "band" not in res["results"][0]
-    assert unstable_ids(res) == {}
+    res = next(r[max(r)].output for r in out.values() if isinstance(r[max(r)].output, PhononGateDoc)
+               and r[max(r)].output.decisions)
+    assert res.enabled and res.decisions["nacl"] == "stable" and res.decisions["far"].startswith("skipped")
+    assert res.results[0]["dynamically_stable"] is True and "band" not in res.results[0]
+    assert res.unstable() == {}

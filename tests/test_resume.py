@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from matfunnel.cache import ResultCache, content_key
+from matfunnel.common.cache import ResultCache, content_key
 
 
 def test_content_key_is_stable_and_input_sensitive():
@@ -26,7 +26,7 @@ def test_content_key_is_stable_and_input_sensitive():
 
 def test_cache_roundtrip_across_processes(tmp_path):
     path = tmp_path / "c.sqlite"
-    code = ("import sys; from matfunnel.cache import ResultCache; "
+    code = ("import sys; from matfunnel.common.cache import ResultCache; "
             "c = ResultCache(sys.argv[1]); [c.put(f'{sys.argv[2]}-{i}', 'k', {'i': i}) for i in range(50)]")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(p)]) for p in range(4)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
@@ -71,7 +71,7 @@ def test_sigkill_then_resume_recomputes_nothing_finished(tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["rows"] and all(r["status"] in ("ok", "unconverged") for r in report["rows"])
     # every relaxation finished before the kill was reused, none recomputed
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
 
     store = embedded_store(run_dir)
     docs = [d for j in store.query({"name": {"$regex": "relax [0-9]+$"}}, load=True) for d in (j["output"] or [])]

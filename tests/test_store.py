@@ -8,7 +8,7 @@ import time
 import pytest
 from jobflow import job
 
-from matfunnel.campaign.store import COLLECTIONS, embedded_store
+from matfunnel.common.store import COLLECTIONS, embedded_store
 
 N_PROCS = 8
 JOBS_PER_PROC = 12

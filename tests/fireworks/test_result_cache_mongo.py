@@ -14,7 +14,7 @@ import textwrap
 import time
 import uuid
 
-from matfunnel.cache import MongoResultCache, open_cache
+from matfunnel.common.cache import MongoResultCache, open_cache
 
 # one RelaxMaker job in its own process, on an analytic potential slowed to ~20 ms per evaluation (so the
 # kill lands mid-batch); argv: output JSON path
@@ -50,7 +50,7 @@ JOB = textwrap.dedent("""
 
 def test_mongo_cache_roundtrip_across_processes(mongoeco_server):
     uri = mongoeco_server.uri + f"cache_{uuid.uuid4().hex[:8]}"
-    code = ("import sys; from matfunnel.cache import open_cache; "
+    code = ("import sys; from matfunnel.common.cache import open_cache; "
             "c = open_cache(sys.argv[1]); [c.put(f'{sys.argv[2]}-{i}', 'k', {'i': i}) for i in range(20)]; "
             "c.put('shared', 'k', {'by': sys.argv[2]})")
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(p)]) for p in range(3)]

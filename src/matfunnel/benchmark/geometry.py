@@ -22,28 +22,25 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from pymatgen.core import Structure
+
+from matfunnel.common.structures import as_structure
 
 __all__ = ["geo_opt_metrics", "structure_rmsd", "symmetry_info"]
 
 SYMPREC = 1e-5
 
 
-def _struct(s) -> Structure:
-    return s if isinstance(s, Structure) else Structure.from_dict(s)
-
-
 def structure_rmsd(pred, ref) -> tuple[float, float]:
     """``(rmsd, max_dist)`` of ``pred`` vs ``ref`` (NaN, NaN when they do not match)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    out = StructureMatcher(stol=1.0, scale=False).get_rms_dist(_struct(pred), _struct(ref))
+    out = StructureMatcher(stol=1.0, scale=False).get_rms_dist(as_structure(pred), as_structure(ref))
     return (float(out[0]), float(out[1])) if out else (math.nan, math.nan)
 
 
 def symmetry_info(structure, symprec: float = SYMPREC) -> dict:
     """``{"spg_num", "n_sym_ops", "backend"}`` of a structure (NaN on failure)."""
-    s = _struct(structure)
+    s = as_structure(structure)
     try:
         import moyopy
         from moyopy.interface import MoyoAdapter
@@ -82,7 +79,7 @@ def geo_opt_metrics(pred_structures: Mapping[str, object], ref_structures: Mappi
     for mid in pred_structures:
         if mid not in ref_structures:
             continue
-        pred, ref = _struct(pred_structures[mid]), _struct(ref_structures[mid])
+        pred, ref = as_structure(pred_structures[mid]), as_structure(ref_structures[mid])
         rmsd, max_dist = structure_rmsd(pred, ref)
         sp = symmetry_info(pred, symprec)
         sr = dict(ref_symmetry[mid]) if ref_symmetry and mid in ref_symmetry else symmetry_info(ref, symprec)

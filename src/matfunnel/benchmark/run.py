@@ -34,6 +34,7 @@ from pathlib import Path
 from jobflow import Flow, job
 
 from matfunnel.benchmark import data as mbd_data
+from matfunnel.common.structures import as_structure
 from matfunnel.potential import DEFAULT_POTENTIAL
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,6 @@ def relaxation_rows(docs: list[dict], potential: str) -> list[dict]:
     """RelaxMaker documents -> prediction rows (MP2020-corrected E_form vs MP elemental refs)."""
     import warnings
 
-    from pymatgen.core import Structure
-
     from matfunnel.hull import e_form_vs_mp_elements, mlip_entry, process_entries
 
     rows, entries = {}, []
@@ -135,7 +134,7 @@ def relaxation_rows(docs: list[dict], potential: str) -> list[dict]:
             row["error"] = row["error"] or "no energy"
             continue
         fs = d["final_structure"]
-        s = fs if isinstance(fs, Structure) else Structure.from_dict(fs)
+        s = as_structure(fs, mid)
         row["structure"] = s.as_dict()
         row["n_sites"] = len(s)
         entries.append(mlip_entry(s, d["energy"], mid, model=potential))
@@ -244,7 +243,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Run (or resume) the IS2RE benchmark; return the metrics document (also written to disk)."""
     from jobflow import run_locally
 
-    from matfunnel.campaign.store import embedded_store
+    from matfunnel.common.store import embedded_store
 
     out = Path(cfg.out_dir).resolve()
     (out / "shards").mkdir(parents=True, exist_ok=True)

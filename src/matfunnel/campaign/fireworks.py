@@ -154,7 +154,8 @@ def _secret_values(extra: Iterable[str] = ()) -> list[str]:
     except Exception:  # pragma: no cover - pymatgen always importable here
         pass
     values.extend(extra)
-    from matfunnel.cache import ENV as CACHE_ENV, is_mongo_uri
+    from matfunnel.common.cache import ENV as CACHE_ENV
+    from matfunnel.common.cache import is_mongo_uri
 
     cache = os.environ.get(CACHE_ENV, "")
     if is_mongo_uri(cache):  # the shared result cache's URI may hold a password
@@ -251,10 +252,8 @@ def _as_flow(flow_or_spec):
     spec = load_spec(flow_or_spec) if isinstance(flow_or_spec, (str, Path)) else flow_or_spec
     if not isinstance(spec, CampaignSpec):
         raise SubmissionError(f"cannot submit a {type(flow_or_spec).__name__}: give a Flow, a Job, a CampaignSpec or a spec path")
-    try:
-        from matfunnel.campaign.flow import build_flow
-    except ImportError as exc:  # pragma: no cover - until the campaign flow exists
-        raise SubmissionError(f"matfunnel.campaign.flow.build_flow is not available: {exc}") from exc
+    from matfunnel.campaign.funnel import build_flow
+
     return build_flow(spec), spec
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from pymatgen.core import Structure
+from jobflow import Maker, job
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from matfunnel.campaign.spec import CampaignSpec
+from matfunnel.benchmark.gate import gate_metrics
+from matfunnel.common.documents import CandidatesDoc, DftDoc, HullDoc, PhononGateDoc, as_doc
+from matfunnel.common.structures import as_structure_or_none
 
 COLUMNS = [
     "id", "formula", "spacegroup", "n_sites", "source", "mlip_e_per_atom", "e_form_per_atom",
@@ -18,17 +22,11 @@ COLUMNS = [
 ]
 
 
-def _structure(s) -> Structure | None:
-    if s is None or isinstance(s, Structure):
-        return s
-    return Structure.from_dict(s)
-
-
 def _spacegroup(struct) -> str | None:
     if struct is None:
         return None
     try:
-        return SpacegroupAnalyzer(_structure(struct), symprec=0.1).get_space_group_symbol()
+        return SpacegroupAnalyzer(as_structure_or_none(struct), symprec=0.1).get_space_group_symbol()
     except Exception:  # noqa: BLE001 - spglib can fail on odd cells; the row stays
         return None
 
@@ -37,15 +35,46 @@ def _round(x, n=4):
     return None if x is None else round(float(x), n)
 
 
-def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, spec: CampaignSpec,
-                 phonons: dict | None = None) -> dict:
-    hull_rows = {r["entry_id"]: r for r in hull["rows"]}
-    phonons = phonons or {}
-    ph_decisions = phonons.get("decisions", {})
-    ph_docs = {r.get("label"): r for r in phonons.get("results", [])}
-    dft_rows = {r.get("id"): r for r in (dft or {}).get("results", [])}
-    decisions = (dft or {}).get("decisions", {})
-    provenance = {p.get("candidate_id"): p for p in candidates.get("provenance", [])}
+@dataclass
+class ReportMaker(Maker):
+    """The campaign's table (``report.csv``, ``report.json``) and hull plot (``hull.png``).
+
+    Parameters
+    ----------
+    name
+        The job's name.
+    campaign
+        The campaign's name (the report's title).
+    potential
+        The potential's name (shown in the title).
+    out_dir
+        Folder of the report files (None: the job's working folder).
+    """
+
+    name: str = "report"
+    campaign: str = "campaign"
+    potential: str = ""
+    out_dir: str | None = None
+
+    @job
+    def make(self, candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc, dft: DftDoc,
+             phonons: PhononGateDoc | None = None) -> dict:
+        """The report of the stages' documents, also written to ``out_dir``."""
+        hull = as_doc(HullDoc, hull)
+        report = build_report(as_doc(CandidatesDoc, candidates), candidate_docs, hull, as_doc(DftDoc, dft),
+                              self.campaign, self.potential, as_doc(PhononGateDoc, phonons) if phonons else None)
+        write_report(report, hull, Path(self.out_dir or os.getcwd()))
+        return report
+
+
+def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc, dft: DftDoc, campaign: str,
+                 potential: str, phonons: PhononGateDoc | None = None) -> dict:
+    """One row per candidate (and per rejected input), sorted: ok first, lowest ``e_above_hull`` first."""
+    hull_rows = hull.row_by_id()
+    phonons = phonons or PhononGateDoc()
+    ph_docs = {r.get("label"): r for r in phonons.results}
+    dft_rows = {r.get("id"): r for r in dft.results}
+    provenance = {p.get("candidate_id"): p for p in candidates.provenance}
     rows = []
     for d in candidate_docs:
         cid = d["label"]
@@ -65,48 +94,46 @@ def build_report(candidates: dict, candidate_docs: list, hull: dict, dft: dict, 
             "id": cid,
             "formula": d.get("formula"),
             "spacegroup": _spacegroup(d.get("final_structure")),
-            "n_sites": len(_structure(d["final_structure"])) if d.get("final_structure") else None,
+            "n_sites": len(as_structure_or_none(d["final_structure"])) if d.get("final_structure") else None,
             "source": prov.get("source_id") or prov.get("source"),
             "mlip_e_per_atom": _round(d.get("e_per_atom")),
             "e_form_per_atom": _round(h.get("e_form_per_atom")),
             "e_above_hull": _round(h.get("e_above_hull")),
             "hull_distance": _round(h.get("hull_distance")),
-            "reference": hull.get("reference_label"),
-            "phonons": ph_decisions.get(cid) if phonons.get("enabled") else None,
+            "reference": hull.reference_label,
+            "phonons": phonons.decisions.get(cid) if phonons.enabled else None,
             "omega_max_thz": _round(ph_docs.get(cid, {}).get("omega_max_thz"), 3),
-            "gate": decisions.get(cid, "n/a"),
+            "gate": dft.decisions.get(cid, "n/a"),
             "dft_e_above_hull": _round(x.get("dft_e_above_hull")),
             "dft_e_form_per_atom": _round(x.get("dft_e_form_per_atom")),
             "status": status,
             "error": error,
         })
-    for err in candidates.get("errors", []):  # inputs rejected before any GPU time
+    for err in candidates.errors:  # inputs rejected before any GPU time
         label = err.get("label") or err.get("file") or "input"
         rows.append({**dict.fromkeys(COLUMNS), "id": str(label), "status": "rejected", "gate": "n/a",
                      "error": err.get("error")})
     rows.sort(key=lambda r: (r["status"] != "ok", r["e_above_hull"] if r["e_above_hull"] is not None else 1e9, r["id"]))
-    from matfunnel.benchmark import gate_metrics
-
     return {
-        "name": spec.name,
-        "chemsys": spec.chemsys,
-        "potential": spec.potential.name,
-        "reference": hull.get("reference_label"),
-        "reference_details": hull.get("reference_details", {}),
-        "dft_engine": (dft or {}).get("engine", spec.dft.engine),
-        "dft_threshold": spec.dft.threshold,
-        "candidate_stats": candidates.get("stats", {}),
+        "name": campaign,
+        "chemsys": candidates.chemsys,
+        "potential": potential,
+        "reference": hull.reference_label,
+        "reference_details": hull.reference_details,
+        "dft_engine": dft.engine,
+        "dft_threshold": dft.threshold,
+        "candidate_stats": candidates.stats,
         "rows": rows,
         # the funnel scores itself: MLIP-predicted stable vs DFT stable for the DFT-checked rows
         "gate_metrics": gate_metrics(rows),
         "dft_runs": [
             {k: r.get(k) for k in ("label", "formula", "energy_per_atom", "converged", "wall_time_s", "error")}
-            for r in (dft or {}).get("runs", [])
+            for r in dft.runs
         ],
     }
 
 
-def write_report(report: dict, hull: dict, out_dir: Path) -> dict[str, Path]:
+def write_report(report: dict, hull: HullDoc, out_dir: Path) -> dict[str, Path]:
     """Write report.csv, report.json and hull.png into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "report.csv", "json": out_dir / "report.json", "png": out_dir / "hull.png"}
@@ -123,7 +150,7 @@ def write_report(report: dict, hull: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _plot(hull: dict, path: Path, report: dict) -> None:
+def _plot(hull: HullDoc, path: Path, report: dict) -> None:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
@@ -134,8 +161,8 @@ def _plot(hull: dict, path: Path, report: dict) -> None:
             return d
         return ComputedStructureEntry.from_dict(d) if "structure" in d else ComputedEntry.from_dict(d)
 
-    refs = [load(d) for d in hull["reference_entries"]]
-    cands = process_entries([load(d) for d in hull["candidate_entries"]]).entries
+    refs = [load(d) for d in hull.reference_entries]
+    cands = process_entries([load(d) for d in hull.candidate_entries]).entries
     if not refs:
         return
     plot_hull(PhaseDiagram(refs + list(cands)), path, title=f"{report['chemsys']}: {report['reference']}")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from jobflow import run_locally
 
-from matfunnel.cache import ENV
-from matfunnel.campaign.flow import build_flow, resolve
+from matfunnel.campaign.funnel import build_flow, resolve
 from matfunnel.campaign.spec import CampaignSpec
-from matfunnel.campaign.store import embedded_store
+from matfunnel.common.store import embedded_store
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +21,13 @@ def run_campaign(spec: CampaignSpec, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = resolve(spec)
     (run_dir / "spec.json").write_text(json.dumps(spec.as_dict(), indent=2))
-    flow = build_flow(spec, out_dir=str(run_dir))
+    # finished relaxations / DFT runs are identified by their inputs: a rerun of a killed
+    # campaign with the same command reuses them (see matfunnel.common.cache)
+    flow = build_flow(spec, out_dir=str(run_dir), result_cache=str(run_dir / "cache.sqlite"))
     store = embedded_store(run_dir)
     jobs_dir = run_dir / "jobs"
     jobs_dir.mkdir(exist_ok=True)
-    # finished relaxations / DFT runs are identified by their inputs: a rerun of a killed
-    # campaign with the same command reuses them (see matfunnel.cache)
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = str(run_dir / "cache.sqlite")
-    try:
-        responses = run_locally(flow, store=store, create_folders=True, root_dir=str(jobs_dir), log=True)
-    finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
+    responses = run_locally(flow, store=store, create_folders=True, root_dir=str(jobs_dir), log=True)
     report = load_report(run_dir, store=store)
     if report is None:
         failed = [str(uuid) for uuid, r in responses.items() if not r] if responses else []

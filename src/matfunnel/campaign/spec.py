@@ -1,7 +1,8 @@
-"""Campaign specifications (``flows/*.yaml``).
+"""Campaign specifications (``flows/*.yaml``), parsed once into typed sections.
 
-Every section has defaults, so the smallest spec is ``chemsys: Li-Mn-O``. Unknown keys are an
-error (a typo must not silently fall back to a default).
+Every section has defaults, so the smallest spec is ``chemsys: Li-Mn-O``. The defaults are the stage
+makers' own (each is defined once, on its maker). Unknown keys are an error (a typo must not silently fall
+back to a default). :meth:`matfunnel.campaign.funnel.FunnelMaker.from_spec` turns a spec into the funnel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Any
 
 import yaml
 
+from matfunnel.candidates.maker import REFERENCE_MODES, CandidatesMaker, ReferencesMaker
+from matfunnel.dft.gate import ENGINES, DftGateMaker
+from matfunnel.hull.maker import HullMaker
+from matfunnel.makers.relax import BatchedRelaxMaker, RelaxMaker
 from matfunnel.phonons.gate import PhononGateOptions
 
 
@@ -21,15 +26,19 @@ class SpecError(ValueError):
 
 @dataclass
 class CandidateOptions:
-    sources: list[str] = field(default_factory=lambda: ["aflow", "user"])
+    """``candidates``: see :class:`~matfunnel.candidates.maker.CandidatesMaker`."""
+
+    sources: list[str] = field(default_factory=lambda: list(CandidatesMaker().sources))
     structures: list[str] = field(default_factory=list)  # files/folders, relative to the spec
-    max_candidates: int = 50
-    max_sites: int = 8
-    charge_neutral: bool = True
+    max_candidates: int = CandidatesMaker.max_candidates
+    max_sites: int = CandidatesMaker.max_sites
+    charge_neutral: bool = CandidatesMaker.charge_neutral
 
 
 @dataclass
 class PotentialOptions:
+    """``potential``: the model of every MLIP stage (``matfunnel potentials`` lists the names)."""
+
     name: str | None = None  # None: matfunnel's default potential; see 'matfunnel potentials'
     device: str = "cpu"
     kwargs: dict = field(default_factory=dict)  # keyword arguments of the model's factory
@@ -37,31 +46,39 @@ class PotentialOptions:
 
 @dataclass
 class RelaxOptions:
-    fmax: float = 0.05
-    max_steps: int = 300
-    relax_cell: bool = True
-    batch_size: int = 32  # structures per relaxation job
+    """``relax``: see :class:`~matfunnel.makers.relax.RelaxMaker` (``batch_size``: structures per job)."""
+
+    fmax: float = RelaxMaker.fmax
+    max_steps: int = RelaxMaker.max_steps
+    relax_cell: bool = RelaxMaker.relax_cell
+    batch_size: int = BatchedRelaxMaker.batch_size
 
 
 @dataclass
 class HullOptions:
-    references: str = "auto"  # auto (MP API if MP_API_KEY is set, else offline) | mp | offline
-    competing_max_sites: int = 4
-    cache_dir: str | None = None
+    """``hull``: see :class:`~matfunnel.candidates.maker.ReferencesMaker` and :class:`~matfunnel.hull.maker.HullMaker`."""
+
+    references: str = ReferencesMaker.references  # auto (MP API if MP_API_KEY is set, else offline) | mp | offline
+    competing_max_sites: int = ReferencesMaker.competing_max_sites
+    cache_dir: str | None = HullMaker.cache_dir
 
 
 @dataclass
 class DftOptions:
-    engine: str = "gpaw"  # gpaw | vasp | none
-    threshold: float = 0.05  # eV/atom: candidates at or below this e_above_hull go to DFT
-    max_candidates: int = 5
-    max_sites: int | None = None  # skip larger candidates (cost guard)
-    preset: str = "quick"
+    """``dft``: see :class:`~matfunnel.dft.gate.DftGateMaker`."""
+
+    engine: str = DftGateMaker.engine  # gpaw | vasp | none
+    threshold: float = DftGateMaker.threshold  # eV/atom: candidates at or below this e_above_hull go to DFT
+    max_candidates: int = DftGateMaker.max_candidates
+    max_sites: int | None = DftGateMaker.max_sites  # skip larger candidates (cost guard)
+    preset: str = DftGateMaker.preset
     settings: dict = field(default_factory=dict)
 
 
 @dataclass
 class CampaignSpec:
+    """A campaign: the chemical system and one typed section per stage."""
+
     chemsys: str
     name: str = "campaign"
     candidates: CandidateOptions = field(default_factory=CandidateOptions)
@@ -73,10 +90,12 @@ class CampaignSpec:
     base_dir: str = "."  # folder of the spec file: relative paths resolve against it
 
     def as_dict(self) -> dict:
+        """The spec as plain data (``spec.json`` of a run)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: str | Path = ".") -> "CampaignSpec":
+    def from_dict(cls, d: dict[str, Any], base_dir: str | Path = ".") -> CampaignSpec:
+        """Parse and check a spec mapping (``SpecError`` naming the key or section at fault)."""
         d = dict(d)
         sections = {"candidates": CandidateOptions, "potential": PotentialOptions, "relax": RelaxOptions,
                     "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions}
@@ -100,18 +119,21 @@ class CampaignSpec:
             else:
                 kw[key] = value
         spec = cls(**kw)
-        if spec.dft.engine not in ("gpaw", "vasp", "none"):
-            raise SpecError(f"dft.engine must be gpaw, vasp or none, not {spec.dft.engine!r}")
-        if spec.hull.references not in ("auto", "mp", "offline"):
-            raise SpecError(f"hull.references must be auto, mp or offline, not {spec.hull.references!r}")
+        if spec.dft.engine not in ENGINES:
+            raise SpecError(f"dft.engine must be one of {', '.join(ENGINES)}, not {spec.dft.engine!r}")
+        if spec.hull.references not in REFERENCE_MODES:
+            raise SpecError(f"hull.references must be one of {', '.join(REFERENCE_MODES)}, "
+                            f"not {spec.hull.references!r}")
         return spec
 
     def structure_paths(self) -> list[str]:
+        """The user's structure paths, resolved against the spec's folder."""
         base = Path(self.base_dir)
         return [str(p if Path(p).is_absolute() else base / p) for p in self.candidates.structures]
 
 
 def load_spec(path: str | Path) -> CampaignSpec:
+    """Read a YAML campaign spec (``SpecError`` naming the file when it is missing or invalid)."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"campaign spec {str(path)!r} not found")

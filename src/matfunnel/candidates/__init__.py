@@ -10,10 +10,22 @@
 from matfunnel.candidates.chemsys import ANION_ELEMENTS, is_ionic, parse_chemsys
 from matfunnel.candidates.competing import competing_phase_structures
 from matfunnel.candidates.dedupe import dedupe_ranked, dedupe_structures
-from matfunnel.candidates.generate import CandidateSet, candidate_id, generate_candidates
-from matfunnel.candidates.prototypes import Prototype, get_prototype, load_aflow_prototypes
+from matfunnel.candidates.generate import (
+    CandidateSet,
+    candidate_id,
+    generate_candidates,
+)
+from matfunnel.candidates.prototypes import (
+    Prototype,
+    get_prototype,
+    load_aflow_prototypes,
+)
 from matfunnel.candidates.sources import load_user_structures
-from matfunnel.candidates.substitution import SubstitutionTable, default_table, target_species
+from matfunnel.candidates.substitution import (
+    SubstitutionTable,
+    default_table,
+    target_species,
+)
 
 __all__ = [
     "ANION_ELEMENTS",

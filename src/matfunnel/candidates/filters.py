@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from pymatgen.core import Species, Structure
 
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 from matfunnel.potential.validate import MIN_DISTANCE, validate_structure
 
 

@@ -51,7 +51,12 @@ from matfunnel.candidates.dedupe import dedupe_ranked
 from matfunnel.candidates.filters import check_candidate, net_charge
 from matfunnel.candidates.prototypes import load_aflow_prototypes
 from matfunnel.candidates.sources import load_user_structures
-from matfunnel.candidates.substitution import default_table, enumerate_maps, target_species
+from matfunnel.candidates.substitution import (
+    default_table,
+    enumerate_maps,
+    target_species,
+)
+from matfunnel.common.structures import as_structure
 from matfunnel.potential.validate import to_structure
 
 DEFAULT_MAX_SITES = 12
@@ -102,7 +107,7 @@ class CandidateSet(MSONable):
     def from_dict(cls, d: dict) -> CandidateSet:
         return cls(
             chemsys=list(d["chemsys"]),
-            candidates=[s if isinstance(s, Structure) else Structure.from_dict(s) for s in d["candidates"]],
+            candidates=[as_structure(s) for s in d["candidates"]],
             rejected=list(d.get("rejected", [])),
             errors=list(d.get("errors", [])),
             stats=dict(d.get("stats", {})),

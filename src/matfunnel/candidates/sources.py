@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
 
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 from matfunnel.potential.validate import to_structure, validate_structure
 
 #: file suffixes picked up when scanning a folder (plus names containing POSCAR/CONTCAR)

@@ -10,7 +10,12 @@
   VASP, and MP2020-compatible entries from its output (atomate2 imported lazily).
 """
 
-from matfunnel.dft.dft_hull import dft_hull, dft_hull_from_results, expand_results, plan_dft_runs
+from matfunnel.dft.dft_hull import (
+    dft_hull,
+    dft_hull_from_results,
+    expand_results,
+    plan_dft_runs,
+)
 from matfunnel.dft.gpaw_engine import ensure_gpaw_setups, kpoint_mesh, run_gpaw
 from matfunnel.dft.settings import GpawSettings, as_settings
 from matfunnel.dft.vasp import vasp_entry, vasp_entry_from_dir, vasp_flow, vasp_result

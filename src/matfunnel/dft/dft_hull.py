@@ -23,11 +23,14 @@ candidates.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from matfunnel.common.errors import StructureError
+from matfunnel.common.structures import as_structure
 from matfunnel.dft.gpaw_engine import run_gpaw
 from matfunnel.dft.settings import GpawSettings, as_settings
 
@@ -42,25 +45,6 @@ def _matcher():
     # (primitive vs conventional cells of one crystal do match).
     return StructureMatcher(ltol=0.01, stol=0.05, angle_tol=0.5, primitive_cell=True,
                             scale=False, attempt_supercell=True)
-
-
-def _as_structure(s: Any):
-    from pymatgen.core import Structure
-
-    if isinstance(s, Structure):
-        return s
-    if isinstance(s, dict):
-        return Structure.from_dict(s)
-    try:
-        from ase import Atoms
-
-        if isinstance(s, Atoms):
-            from pymatgen.io.ase import AseAtomsAdaptor
-
-            return AseAtomsAdaptor.get_structure(s)
-    except ImportError:  # pragma: no cover
-        pass
-    return s  # let run_gpaw report it
 
 
 def plan_dft_runs(candidates: Sequence[Item], competing: Sequence[Item]) -> dict[str, Any]:
@@ -82,7 +66,8 @@ def plan_dft_runs(candidates: Sequence[Item], competing: Sequence[Item]) -> dict
     for target, items in ((cand_ids, candidates), (comp_ids, competing)):
         for sid, s in items:
             sid = str(sid)
-            s = _as_structure(s)
+            with contextlib.suppress(StructureError):  # not a structure: run_gpaw records its error
+                s = as_structure(s, sid)
             if sid in structures:
                 if structures[sid] is not s and not _same(structures[sid], s):
                     raise ValueError(f"id {sid!r} is given twice with different structures")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from matfunnel.common.structures import as_structure
 from matfunnel.dft.settings import (
     DEFAULT_MAGMOM,
     MAGNETIC_ELEMENTS,
@@ -87,12 +88,7 @@ def _to_atoms(structure: Any):
         atoms = structure.copy()
         atoms.calc = None
         return atoms
-    from pymatgen.core import Structure
-
-    if isinstance(structure, dict):
-        structure = Structure.from_dict(structure)
-    if not isinstance(structure, Structure):
-        raise TypeError(f"expected a pymatgen Structure or ASE Atoms, got {type(structure).__name__}")
+    structure = as_structure(structure)
     if not structure.is_ordered:
         raise ValueError("structure is disordered (partial occupancies); order it first")
     from pymatgen.io.ase import AseAtomsAdaptor

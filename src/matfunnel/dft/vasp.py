@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matfunnel.common.structures import as_structure
+
 
 def vasp_flow(structure: Any, relax_maker: Any = None, static_maker: Any = None,
               name: str | None = None, prev_dir: str | Path | None = None,
@@ -68,7 +70,6 @@ def vasp_entry(taskdoc: Any, apply_mp2020: bool = True, entry_id: str | None = N
     With ``apply_mp2020`` the MP2020 corrections are applied; returns None if the
     calculation is not MP2020-compatible (e.g. wrong POTCARs or functional).
     """
-    from pymatgen.core import Structure
     from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
     entry = _get(taskdoc, "entry")
@@ -79,8 +80,7 @@ def vasp_entry(taskdoc: Any, apply_mp2020: bool = True, entry_id: str | None = N
     structure = _get(_get(taskdoc, "output"), "structure") or _get(taskdoc, "structure")
     if structure is None:
         raise ValueError("TaskDoc has no final structure")
-    if isinstance(structure, dict):
-        structure = Structure.from_dict(structure)
+    structure = as_structure(structure, str(entry_id or "") or None)
     if structure.composition.reduced_composition != entry.composition.reduced_composition:
         raise ValueError(f"entry composition {entry.composition} does not match "
                          f"structure {structure.composition}")

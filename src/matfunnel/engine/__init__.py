@@ -13,10 +13,23 @@ trajectories); argument checks in :mod:`~matfunnel.engine.inputs`.
 """
 
 from matfunnel.engine.ase_relax import RelaxResult, relax_structure, relax_structures
-from matfunnel.engine.fire import FireConfig, FireState, fire_forces, fire_init, fire_update
+from matfunnel.engine.fire import (
+           FireConfig,
+           FireState,
+           fire_forces,
+           fire_init,
+           fire_update,
+)
 from matfunnel.engine.md import MDResult, MDState, run_md
 from matfunnel.engine.runner import AtomBudget, relax_batched
-from matfunnel.engine.state import SystemState, concat, evaluate, from_structures, select, to_structure
+from matfunnel.engine.state import (
+           SystemState,
+           concat,
+           evaluate,
+           from_structures,
+           select,
+           to_structure,
+)
 
 __all__ = ["AtomBudget", "FireConfig", "FireState", "MDResult", "MDState", "RelaxResult", "SystemState", "concat",
            "evaluate", "fire_forces", "fire_init", "fire_update", "from_structures", "relax_batched",

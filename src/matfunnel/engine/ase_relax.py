@@ -7,41 +7,16 @@ non-convergence) is recorded with its reason and the rest carry on.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from matfunnel.engine.results import RelaxResult
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, validate_structure
 
 MAX_FORCE = 1e3  # eV/A: beyond this a relaxation has blown up
-
-
-@dataclass
-class RelaxResult:
-    """One structure's relaxation outcome (all plain JSON types)."""
-
-    label: str
-    formula: str
-    initial_structure: dict
-    final_structure: dict | None = None
-    energy: float | None = None
-    e_per_atom: float | None = None
-    forces: list | None = None
-    stress: list | None = None
-    magmoms: list | None = None
-    n_steps: int = 0
-    converged: bool = False
-    error: str | None = None
-    wall_time: float = 0.0
-    data: dict = field(default_factory=dict)
-    #: sampled path of the relaxation (:class:`~matfunnel.engine.trajectory.Frames`), when asked for
-    trajectory: dict | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def relax_structure(
@@ -126,3 +101,6 @@ def relax_structures(
             on_result(i, r)
         results.append(r)
     return results
+
+
+__all__ = ["MAX_FORCE", "RelaxResult", "relax_structure", "relax_structures"]

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, system_field, upgrade
+from matfunnel.common.units import EV_A3_TO_GPA
+from matfunnel.engine.state import DTYPE, SystemState, atom_field, system_field, upgrade
 
 
 @dataclass(frozen=True)

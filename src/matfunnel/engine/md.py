@@ -8,16 +8,15 @@ Units follow ASE: eV, A, amu, internal time ``ase.units.fs``; inputs are in fs, 
 Functional pieces: :func:`md_init` (velocities), :func:`nve_step`, :func:`langevin_step`,
 :func:`npt_step` (each one potential evaluation), :func:`kinetic_energy`, :func:`temperature`,
 :func:`pressure`; :func:`run_md` drives batches of structures (sized by
-:class:`~matfunnel.engine.runner.AtomBudget`), samples a trajectory every ``sample_every`` steps
+:class:`~matfunnel.engine.batching.InFlightBatcher`), samples a trajectory every ``sample_every`` steps
 (thinned to at most ``max_frames`` frames) and isolates failing structures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,15 +25,23 @@ from ase.data import atomic_masses
 from pymatgen.core import Structure
 from torch import Tensor
 
+from matfunnel.common.units import EV_A3_TO_GPA
+from matfunnel.engine.batching import AtomBudget, HostView, InFlightBatcher, validated
 from matfunnel.engine.documents import initial_dict, structure_dict
 from matfunnel.engine.inputs import labels_for, per_structure
-from matfunnel.engine.runner import AtomBudget
-from matfunnel.engine.state import DTYPE, EV_A3_TO_GPA, SystemState, atom_field, evaluate, \
-    failure_reasons, from_structures, select, system_field, upgrade
+from matfunnel.engine.results import MDResult
+from matfunnel.engine.state import (
+    DTYPE,
+    SystemState,
+    atom_field,
+    evaluate,
+    failure_reasons,
+    from_structures,
+    system_field,
+    upgrade,
+)
 from matfunnel.engine.trajectory import Thinned
-from matfunnel.potential import Potential, StructureError
-from matfunnel.potential.validate import structure_label, to_structure as as_structure, \
-    validate_structure
+from matfunnel.potential import Potential
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
@@ -51,34 +58,6 @@ class MDState(SystemState):
     tau_p: Tensor = system_field(default=None)  # (B,) ASE time units
     compressibility: Tensor = system_field(default=None)  # (B,) A^3/eV
     n_steps: Tensor = system_field(default=None)  # (B,) long
-
-
-@dataclass
-class MDResult:
-    """One structure's MD run (plain JSON types). ``trajectory`` goes to the ``trajectories`` store."""
-
-    label: str
-    formula: str
-    initial_structure: dict
-    ensemble: str
-    timestep_fs: float
-    temperature: float | None = None
-    pressure: float | None = None  # GPa
-    final_structure: dict | None = None
-    energy: float | None = None  # final potential energy, eV
-    e_per_atom: float | None = None
-    n_steps: int = 0
-    mean_temperature: float | None = None
-    mean_pressure: float | None = None  # GPa, over the sampled frames
-    initial_volume: float | None = None
-    final_volume: float | None = None
-    trajectory: dict | None = None
-    error: str | None = None
-    wall_time: float = 0.0
-    data: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _per_system(value, n: int, dtype, device) -> Tensor:
@@ -270,6 +249,9 @@ def run_md(
     ``tau_p`` fs and ``compressibility`` 1/GPa (barostat). NVE starts from Maxwell-Boltzmann velocities
     at ``temperature``. A structure that blows up (NaN, forces > 1e3 eV/A, atoms closer than 0.5 A)
     stops with ``error`` set; the others go on. Returns one :class:`MDResult` per input, in order.
+
+    All inputs are validated first; the valid ones then run in fixed batches (the next batch starts when the
+    last member of the previous one has finished).
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
@@ -277,108 +259,112 @@ def run_md(
     labels = labels_for(labels, n)
     temps = per_structure("temperature", temperature, n, minimum=0.0)
     press = per_structure("pressure", pressure, n)
-    if np.ndim(seed) == 0:
-        seeds = [int(seed) + i for i in range(n)]
-    else:
-        seeds = per_structure("seed", seed, n, integer=True)
+    seeds = [int(seed) + i for i in range(n)] if np.ndim(seed) == 0 else per_structure("seed", seed, n, integer=True)
     if not (steps >= 0 and timestep > 0 and sample_every >= 1 and max_frames >= 2):
         raise ValueError(f"need steps >= 0, timestep > 0, sample_every >= 1 and max_frames >= 2; got {steps}, "
                          f"{timestep}, {sample_every}, {max_frames}")
-    results: list[MDResult | None] = [None] * n
-    inputs: dict[int, Structure] = {}
-    dev = potential.device
+    job = _Dynamics(structures, potential, labels, ensemble, steps, timestep, temps, press, seeds,
+                    dict(friction=friction, tau_p=tau_p, compressibility=compressibility),
+                    sample_every, max_frames, check_distance_every)
+    batcher = InFlightBatcher(job, n, AtomBudget(potential, max_atoms), in_flight=False, on_result=on_result)
+    batcher.prepare_all()
+    state, it = batcher.refill(None), 0
+    while state is not None:
+        reasons, done = job.check(state, it)
+        state = batcher.harvest(state, done, reasons, job.document)
+        if state is None:  # the batch is over: the next one (if any) starts at its own step 0
+            state, it = batcher.refill(None), 0
+        else:
+            state, it = job.step(state), it + 1
+    return batcher.close()
 
-    def blank(i, s) -> MDResult:
+
+@dataclass
+class _Dynamics:
+    """One :func:`run_md` call.
+
+    Its settings, the validated inputs, and the random streams and trajectories of the structures in the batch.
+    """
+
+    structures: Sequence
+    potential: Potential
+    labels: list[str | None]
+    ensemble: str
+    steps: int
+    timestep: float
+    temps: list[float]
+    press: list[float]
+    seeds: list[int]
+    #: ``friction``, ``tau_p`` and ``compressibility`` for :func:`md_init`
+    coupling: dict
+    sample_every: int
+    max_frames: int
+    check_distance_every: int
+    inputs: dict[int, Structure] = field(default_factory=dict)
+    gens: dict[int, torch.Generator] = field(default_factory=dict)
+    recorders: dict[int, _Recorder] = field(default_factory=dict)
+
+    def prepare(self, i: int) -> Structure:
+        """Validate input ``i``."""
+        self.inputs[i] = validated(self.structures[i], self.labels, i, self.potential.supported_elements)
+        return self.inputs[i]
+
+    def failed(self, i: int, error: str) -> MDResult:
+        """Return the document of input ``i``, which could not run."""
+        res = self._blank(i, self.structures[i])
+        res.error = error
+        return res
+
+    def start(self, take: list[int]) -> MDState:
+        """Build the evaluated MD state of the inputs ``take``, with their velocities, streams and trajectories."""
+        for i, g in zip(take, _generators([self.seeds[i] for i in take])):
+            self.gens[i] = g
+            self.recorders[i] = _Recorder(self.sample_every, self.max_frames, self.timestep)
+        state = md_init(from_structures([self.inputs[i] for i in take], self.potential.device, ids=take),
+                        [self.gens[i] for i in take],
+                        temperature=torch.tensor([self.temps[i] for i in take], dtype=DTYPE),
+                        pressure=torch.tensor([self.press[i] for i in take], dtype=DTYPE), **self.coupling)
+        return evaluate(state, self.potential)
+
+    def check(self, state: MDState, it: int) -> tuple[list[str | None], list[bool]]:
+        """Return each member's failure reason (or ``None``) and whether it is done; record due trajectory frames."""
+        reasons = _check(state, it, self.check_distance_every)
+        steps_l = state.n_steps.tolist()
+        _record(state, self.recorders, state.ids.tolist(), steps_l, reasons)
+        return reasons, [r is not None or s >= self.steps for r, s in zip(reasons, steps_l)]
+
+    def step(self, state: MDState) -> MDState:
+        """Move ``state`` one step of the ensemble."""
+        if self.ensemble == "nve":
+            return nve_step(state, self.potential, self.timestep)
+        gens = [self.gens[i] for i in state.ids.tolist()]
+        stepper = langevin_step if self.ensemble == "nvt" else npt_step
+        return stepper(state, self.potential, self.timestep, gens)
+
+    def document(self, i: int, b: int, view: HostView, reason: str | None) -> MDResult:
+        """Write the document of input ``i``, member ``b`` of the batch, which leaves it now."""
+        res = self._blank(i, self.inputs[i])
+        res.n_steps = int(view.values("n_steps")[b])
+        res.trajectory = traj = self.recorders.pop(i).as_dict()
+        self.gens.pop(i)
+        if traj["temperature"]:
+            res.mean_temperature = float(np.mean(traj["temperature"]))
+            res.mean_pressure = float(np.mean(traj["pressure"]))
+        if reason is not None:
+            res.error = f"structure {self.labels[i]!r}: {reason}"
+        else:
+            cell, e = view.array("cell")[b], float(view.values("energy")[b])
+            res.final_structure = structure_dict(self.inputs[i], cell, view.atoms("positions", b))
+            res.final_volume = float(abs(np.linalg.det(cell)))
+            res.energy, res.e_per_atom = e, e / view.counts[b]
+        return res
+
+    def _blank(self, i: int, s) -> MDResult:
         ok = isinstance(s, Structure) and len(s)
-        return MDResult(label=labels[i], formula=s.composition.reduced_formula if ok else "",
-                        initial_structure=initial_dict(s), ensemble=ensemble,
-                        timestep_fs=timestep, temperature=temps[i], pressure=press[i] if ensemble == "npt" else None,
+        return MDResult(label=self.labels[i], formula=s.composition.reduced_formula if ok else "",
+                        initial_structure=initial_dict(s), ensemble=self.ensemble, timestep_fs=self.timestep,
+                        temperature=self.temps[i], pressure=self.press[i] if self.ensemble == "npt" else None,
                         initial_volume=float(s.volume) if ok else None)
-
-    def finish(i: int, res: MDResult, t0: float) -> None:
-        res.wall_time = time.perf_counter() - t0
-        results[i] = res
-        if on_result is not None:
-            on_result(i, res)
-
-    todo = []
-    for i, obj in enumerate(structures):
-        try:
-            s = as_structure(obj, labels[i] or f"structure#{i}")
-            labels[i] = labels[i] or structure_label(s, i)
-            validate_structure(s, labels[i], potential.supported_elements)
-            inputs[i] = s
-            todo.append(i)
-        except StructureError as exc:
-            labels[i] = labels[i] or f"structure#{i}"
-            res = blank(i, obj)
-            res.error = str(exc)
-            finish(i, res, time.perf_counter())
-
-    budget = AtomBudget(potential, max_atoms)
-    groups, cur, tally = [], [], budget.tally([])
-    for i in todo:
-        budget.register(i, len(inputs[i]), float(inputs[i].volume))
-        if not budget.add(tally, i):  # full: start the next group (a lone structure always fits)
-            groups.append(cur)
-            cur, tally = [], budget.tally([])
-            budget.add(tally, i)
-        cur.append(i)
-    if cur:
-        groups.append(cur)
-
-    step_fn = {"nve": lambda s, g: nve_step(s, potential, timestep),
-               "nvt": lambda s, g: langevin_step(s, potential, timestep, g),
-               "npt": lambda s, g: npt_step(s, potential, timestep, g)}[ensemble]
-    for group in groups:
-        t0 = time.perf_counter()
-        gens_by_id = {i: g for i, g in zip(group, _generators([seeds[i] for i in group]))}
-        recorders = {i: _Recorder(sample_every, max_frames, timestep) for i in group}
-        state = md_init(from_structures([inputs[i] for i in group], dev, ids=group),
-                        [gens_by_id[i] for i in group],
-                        temperature=torch.tensor([temps[i] for i in group], dtype=DTYPE),
-                        pressure=torch.tensor([press[i] for i in group], dtype=DTYPE),
-                        friction=friction, tau_p=tau_p, compressibility=compressibility)
-        state = evaluate(state, potential)
-        it = 0
-        while state is not None:
-            ids = state.ids.tolist()
-            reasons = _check(state, it, check_distance_every)
-            steps_l = state.n_steps.tolist()
-            _record(state, recorders, ids, steps_l, reasons)
-            done = [r is not None or s >= steps for r, s in zip(reasons, steps_l)]
-            if any(done):
-                counts = state.n_atoms.tolist()
-                starts = np.concatenate([[0], np.cumsum(counts)])
-                e_l = state.energy.tolist()
-                pos_h, cell_h = state.positions.detach().cpu().numpy(), state.cell.detach().cpu().numpy()
-                for b in [k for k, d in enumerate(done) if d]:
-                    i = ids[b]
-                    res = blank(i, inputs[i])
-                    res.n_steps = int(steps_l[b])
-                    traj = recorders[i].as_dict()
-                    res.trajectory = traj
-                    if traj["temperature"]:
-                        res.mean_temperature = float(np.mean(traj["temperature"]))
-                        res.mean_pressure = float(np.mean(traj["pressure"]))
-                    if state.eval_error and state.eval_error[b] is not None:  # may pass on a retry: not to be kept
-                        res.data["potential_error"] = str(state.eval_error[b])
-                    if reasons[b] is not None:
-                        res.error = f"structure {labels[i]!r}: {reasons[b]}"
-                    else:
-                        res.final_structure = structure_dict(inputs[i], cell_h[b], pos_h[starts[b]:starts[b + 1]])
-                        res.final_volume = float(abs(np.linalg.det(cell_h[b])))
-                        res.energy = float(e_l[b])
-                        res.e_per_atom = float(e_l[b]) / counts[b]
-                    finish(i, res, t0)
-                keep = torch.tensor([not d for d in done], device=state.device)
-                state = select(state, keep) if not all(done) else None
-                if state is None:
-                    break
-            gens = [gens_by_id[i] for i in state.ids.tolist()]
-            state = step_fn(state, gens)
-            it += 1
-    return results  # type: ignore[return-value]
 
 
 def _check(state: MDState, it: int, every: int) -> list[str | None]:

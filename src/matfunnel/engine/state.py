@@ -24,8 +24,6 @@ from torch import Tensor
 
 from matfunnel.potential.base import Evaluation
 
-#: eV/A^3 -> GPa
-from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 DTYPE = torch.float64
 
 S = TypeVar("S", bound="SystemState")

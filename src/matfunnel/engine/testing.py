@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from matfunnel.engine.state import EV_A3_TO_GPA
+from matfunnel.common.units import EV_A3_TO_GPA
 from matfunnel.potential.base import Evaluation, Potential
 
 

@@ -1,7 +1,6 @@
-"""jobflow makers wrapping the engine: batched relax/static, MD and phonons."""
+"""jobflow makers wrapping the engine: batched relax/static and MD (phonons: :mod:`matfunnel.phonons`)."""
 
 from matfunnel.makers.md import MDMaker
-from matfunnel.makers.phonon import PhononMaker
 from matfunnel.makers.relax import RelaxMaker, StaticMaker
 
-__all__ = ["MDMaker", "PhononMaker", "RelaxMaker", "StaticMaker"]
+__all__ = ["MDMaker", "RelaxMaker", "StaticMaker"]

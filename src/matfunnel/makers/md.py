@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from matfunnel.cache import active_cache, result_key
+from matfunnel.common.cache import active_cache, result_key
 from matfunnel.engine.inputs import per_structure
 from matfunnel.engine.md import MDResult, run_md
 from matfunnel.makers.relax import decode_inputs
@@ -26,7 +26,7 @@ class MDMaker(Maker):
     (sampled every ``sample_every`` steps, thinned to at most ``max_frames`` frames) is written to the
     job store's additional ``trajectories`` store, the rest to ``outputs``.
 
-    With a result cache (:mod:`matfunnel.cache`) each structure's run is committed when it finishes and
+    With a result cache (:mod:`matfunnel.common.cache`) each structure's run is committed when it finishes and
     reused by a rerun with the same inputs (seed included); a group of structures
     in progress when a job is killed runs again.
     """
@@ -48,6 +48,8 @@ class MDMaker(Maker):
     sample_every: int = 10
     max_frames: int = 200
     max_atoms: int | None = None
+    #: SQLite file of finished results (None: ``MATFUNNEL_RESULT_CACHE`` if set; see :mod:`matfunnel.common.cache`)
+    result_cache: str | None = None
 
     @job(trajectories="trajectory")
     def make(
@@ -71,7 +73,7 @@ class MDMaker(Maker):
             docs[i] = {**MDResult(label=labels[i], formula="", initial_structure={}, ensemble=self.ensemble,
                                   timestep_fs=self.timestep, temperature=temps[i], error=error).as_dict(),
                        "potential": self.potential, "cached": False}
-        cache = active_cache()
+        cache = active_cache(self.result_cache)
         keys = {i: self._key(structures[i], temps[i], press[i], seed[i]) for i in good} if cache is not None else {}
         for i, k in keys.items():  # runs identified by their inputs (the seed included): finished work is reused
             hit = cache.get(k) if k is not None else None

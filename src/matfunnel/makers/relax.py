@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from jobflow import Maker, job
+from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
-from matfunnel.cache import active_cache, result_key
+from matfunnel.common.cache import active_cache, result_key
 from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
@@ -60,7 +60,7 @@ class RelaxMaker(Maker):
     (GridFS in production), so thousands of structures per job never meet MongoDB's 16 MB document limit;
     ``store.get_output(uuid, load=True)`` and downstream jobs see the list as usual.
 
-    With a result cache (:mod:`matfunnel.cache`) every finished structure is committed as soon as it leaves
+    With a result cache (:mod:`matfunnel.common.cache`) every finished structure is committed as soon as it leaves
     the batch, and a rerun after a crash reuses it; failures raised by the potential itself (out of memory)
     are not kept, so a rerun tries them again.
     """
@@ -79,6 +79,8 @@ class RelaxMaker(Maker):
     max_atoms: int | None = None
     trajectory_every: int = 0
     max_frames: int = 100
+    #: SQLite file of finished results (None: ``MATFUNNEL_RESULT_CACHE`` if set; see :mod:`matfunnel.common.cache`)
+    result_cache: str | None = None
 
     @job(data=True)
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
@@ -88,7 +90,7 @@ class RelaxMaker(Maker):
             raise ValueError("symmetry-constrained relaxation and trajectories need engine='batched'")
         check_relax_settings(self.fmax, self.max_steps)
         structures, labels, bad = decode_inputs(structures, labels)
-        cache = active_cache()
+        cache = active_cache(self.result_cache)
         settings = {"potential": self.potential, **({"potential_kwargs": self.potential_kwargs}
                                                     if self.potential_kwargs else {}), "fmax": self.fmax, "max_steps": self.max_steps,
                     "relax_cell": self.relax_cell}
@@ -164,3 +166,52 @@ class StaticMaker(Maker):
         for d in docs:
             d["wall_time"] = (time.perf_counter() - t0) / max(len(docs), 1)
         return docs
+
+
+@dataclass
+class BatchedRelaxMaker(Maker):
+    """Relax any number of structures as one :class:`RelaxMaker` job per ``batch_size`` structures.
+
+    The job replaces itself (a dynamic jobflow ``Response``) by the batch jobs, each marked
+    ``metadata["category"] = "gpu"`` for FireWorks routing, and a ``gather`` job whose output is every
+    relaxation document, in input order.
+
+    Parameters
+    ----------
+    name
+        The job's name; the batch jobs are ``"<label> relax <k>"``.
+    relax
+        The maker of each batch.
+    batch_size
+        Structures per batch job.
+    """
+
+    name: str = "relax"
+    relax: RelaxMaker = field(default_factory=RelaxMaker)
+    batch_size: int = 32
+
+    @job
+    def make(self, structures: list, ids: list[str], label: str = "structures"):
+        """Relax ``structures`` (named ``ids``); ``label`` names the batch jobs."""
+        if not structures:
+            return []
+        return Response(replace=self.batches(structures, ids, label))
+
+    def batches(self, structures: list, ids: list[str], label: str) -> Flow:
+        """The batch jobs and the gather job, as a flow whose output is all documents in order."""
+        size = max(1, int(self.batch_size))
+        jobs = []
+        for start in range(0, len(structures), size):
+            j = self.relax.make(structures[start:start + size], ids[start:start + size])
+            j.name = f"{label} relax {start // size + 1}"
+            j.update_metadata({"category": "gpu"}, dynamic=False)
+            jobs.append(j)
+        gather = gather_job([j.output for j in jobs])
+        return Flow([*jobs, gather], output=gather.output, name=f"{label} relaxation")
+
+
+@job(name="gather", data=True)
+def gather_job(parts: list[list]) -> list:
+    """Concatenate the outputs of the batch jobs, in order (to the ``data`` store: a large campaign's documents
+    together pass MongoDB's 16 MB document limit)."""
+    return [doc for part in parts for doc in part]

@@ -27,7 +27,7 @@ _EXPORTS = {
     "find_references": "reference",
     "compare_references": "compare", "compare_with_reference": "compare", "summarize": "compare",
     "cheapest_references": "compare",
-    "phonon_gate": "gate",
+    "PhononGateMaker": "gate", "PhononMaker": "maker",
 }
 
 __all__ = sorted(_EXPORTS)

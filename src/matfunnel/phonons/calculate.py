@@ -17,8 +17,16 @@ from pymatgen.core import Structure
 
 from matfunnel.phonons.document import PhononResult, round_nested
 from matfunnel.phonons.forces import displaced_forces
-from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES, harmonic_summary
-from matfunnel.phonons.relax import TIGHT_FMAX, SymmetricRelaxation, relax_symmetric_many
+from matfunnel.phonons.properties import (
+    DEFAULT_MESH,
+    DEFAULT_TEMPERATURES,
+    harmonic_summary,
+)
+from matfunnel.phonons.relax import (
+    TIGHT_FMAX,
+    SymmetricRelaxation,
+    relax_symmetric_many,
+)
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
 
@@ -96,7 +104,7 @@ def run_phonons(
     structure is first relaxed keeping its symmetry (batched engine), unless ``relaxation`` (done
     already, e.g. for many structures at once by :func:`~matfunnel.phonons.relax.relax_symmetric_many`)
     is given. Errors propagate;
-    :class:`~matfunnel.makers.phonon.PhononMaker` records them per structure instead.
+    :class:`~matfunnel.phonons.maker.PhononMaker` records them per structure instead.
     """
     t0 = time.perf_counter()
     pot = _potential(potential, device)

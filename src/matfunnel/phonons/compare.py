@@ -19,12 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
+from matfunnel.phonons.bandpath import band_path
 from matfunnel.phonons.calculate import build_phonopy, produce_force_constants
-from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES, harmonic_summary, primitive_structure
-from matfunnel.phonons.reference import PhononReferenceError, find_references, load_reference
+from matfunnel.phonons.properties import (
+    DEFAULT_MESH,
+    DEFAULT_TEMPERATURES,
+    harmonic_summary,
+    primitive_structure,
+)
+from matfunnel.phonons.reference import (
+    PhononReferenceError,
+    find_references,
+    load_reference,
+)
 from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
-from matfunnel.phonons.bandpath import band_path
 
 log = logging.getLogger(__name__)
 

@@ -1,30 +1,33 @@
 """The optional phonon gate of a campaign: dynamically unstable candidates do not go to DFT.
 
-After the hull, candidates within ``phonons.threshold`` eV/atom of the hull (at most
-``phonons.max_candidates``, lowest first) get an MLIP phonon check (:class:`PhononMaker`, a "gpu"
-job). :func:`phonon_gate_job` returns::
-
-    {"enabled": bool, "decisions": {candidate id: "stable" | "unstable: <reason>" | "skipped: <why>"},
-     "results": [compact phonon documents]}
-
-and :func:`unstable_ids` gives the candidates the DFT gate must drop. Spec section (YAML)::
+After the hull, candidates within ``threshold`` eV/atom of the hull (at most ``max_candidates``, lowest
+first) get an MLIP phonon check (:class:`~matfunnel.phonons.maker.PhononMaker`, a "gpu" job).
+:class:`PhononGateMaker` returns a :class:`~matfunnel.common.documents.PhononGateDoc`; its ``unstable()``
+gives the candidates the DFT gate drops. Spec section (YAML; :class:`PhononGateOptions`)::
 
     phonons:
       enabled: true
       threshold: 0.05        # eV/atom above hull
       max_candidates: 10
       min_length: 12.0       # Angstrom, supercell width
-      max_supercell_atoms: 400
+      max_supercell_atoms: 1000
       relax: true            # tight symmetric relaxation first (fmax 0.005 eV/A)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 
-from jobflow import Flow, Response, job
+from jobflow import Flow, Maker, Response, job
 
+from matfunnel.common.documents import HullDoc, PhononGateDoc, as_doc
+from matfunnel.common.structures import as_structure
+from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT
+from matfunnel.phonons.maker import PhononMaker
+from matfunnel.phonons.relax import TIGHT_FMAX
 from matfunnel.phonons.stability import IMAGINARY_TOL
+from matfunnel.phonons.supercell import MAX_SUPERCELL_ATOMS
+from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 
 #: document keys kept in the gate's output (band/DOS arrays stay out of the campaign report)
 COMPACT_KEYS = ("label", "formula", "potential", "supercell_matrix", "n_supercell_atoms", "n_displacements",
@@ -34,32 +37,34 @@ COMPACT_KEYS = ("label", "formula", "potential", "supercell_matrix", "n_supercel
 
 @dataclass
 class PhononGateOptions:
+    """The ``phonons`` section of a campaign spec (see the module doc)."""
+
     enabled: bool = False
     threshold: float = 0.05  # eV/atom above hull
     max_candidates: int = 10
     min_length: float = 12.0  # Angstrom
-    max_supercell_atoms: int = 400
-    displacement: float = 0.01  # Angstrom
+    max_supercell_atoms: int = MAX_SUPERCELL_ATOMS
+    displacement: float = DEFAULT_DISPLACEMENT  # Angstrom
     relax: bool = True
-    relax_fmax: float = 0.005  # eV/A
+    relax_fmax: float = TIGHT_FMAX  # eV/A
     imaginary_tol: float = IMAGINARY_TOL  # THz
     mesh: float = 50.0  # phonopy mesh length (a gate needs the sign of the frequencies, not converged S/F)
 
-    @classmethod
-    def from_spec(cls, spec: dict) -> "PhononGateOptions":
-        d = spec.get("phonons") or {}
-        if not isinstance(d, dict):
-            d = asdict(d)
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in section 'phonons'; known: {sorted(known)}")
-        return cls(**d)
+
+def gate_phonons(opts: PhononGateOptions, potential: str | None = None, device: str = "cpu",
+                 potential_kwargs: dict | None = None) -> PhononMaker:
+    """The phonon pipeline a gate runs: ``opts`` with coarse band/DOS grids (a gate needs the verdict)."""
+    return PhononMaker(name="phonons", potential=potential or DEFAULT_POTENTIAL, device=device,
+                       potential_kwargs=dict(potential_kwargs or {}), relax=opts.relax, relax_fmax=opts.relax_fmax,
+                       displacement=opts.displacement, min_length=opts.min_length,
+                       max_supercell_atoms=opts.max_supercell_atoms, imaginary_tol=opts.imaginary_tol,
+                       mesh=opts.mesh, band_npoints=21, dos_points=101)
 
 
-def select_for_phonons(candidate_docs: list, hull: dict, opts: PhononGateOptions) -> tuple[list[str], dict]:
-    """Ids that get a phonon check (lowest e_above_hull first) and the reasons for the others."""
-    rows = {r["entry_id"]: r for r in hull.get("rows", [])}
+def select_for_phonons(candidate_docs: list, hull: HullDoc | dict, opts: PhononGateOptions | PhononGateMaker,
+                       ) -> tuple[list[str], dict[str, str]]:
+    """Ids that get a phonon check (lowest ``e_above_hull`` first) and the reasons for the others."""
+    rows = as_doc(HullDoc, hull).row_by_id()
     skipped, eligible = {}, []
     for d in candidate_docs:
         cid = d["label"]
@@ -78,6 +83,7 @@ def select_for_phonons(candidate_docs: list, hull: dict, opts: PhononGateOptions
 
 
 def verdict(doc: dict) -> str:
+    """``stable``, ``unstable: <reason>`` or ``skipped: phonon check failed (...)`` for one phonon document."""
     if doc.get("dynamically_stable") is None:
         return f"skipped: phonon check failed ({doc.get('error')})"
     if doc["dynamically_stable"]:
@@ -85,66 +91,70 @@ def verdict(doc: dict) -> str:
     return f"unstable: {doc['stability']['reason']}"
 
 
-def unstable_ids(gate_output: dict | None) -> dict[str, str]:
-    """``{candidate id: decision}`` for the candidates found dynamically unstable (to drop from DFT)."""
-    if not gate_output or not gate_output.get("enabled"):
-        return {}
-    return {cid: dec for cid, dec in gate_output["decisions"].items() if dec.startswith("unstable")}
+@dataclass
+class PhononGateMaker(Maker):
+    """Phonon-check the candidates near the hull; the unstable ones are kept from DFT.
+
+    Parameters
+    ----------
+    name
+        The job's name.
+    enabled
+        Off: the gate decides nothing (a :class:`PhononGateDoc` with ``enabled=False``).
+    threshold
+        eV/atom above the hull up to which a candidate is checked.
+    max_candidates
+        At most this many checks, lowest ``e_above_hull`` first.
+    phonons
+        The per-structure phonon pipeline (potential, supercell, displacement, relaxation, mesh).
+    """
+
+    name: str = "phonon gate"
+    enabled: bool = PhononGateOptions.enabled
+    threshold: float = PhononGateOptions.threshold
+    max_candidates: int = PhononGateOptions.max_candidates
+    phonons: PhononMaker = field(default_factory=lambda: gate_phonons(PhononGateOptions()))
+
+    @classmethod
+    def from_options(cls, opts: PhononGateOptions, potential: str | None = None, device: str = "cpu",
+                     potential_kwargs: dict | None = None) -> PhononGateMaker:
+        """The gate of a campaign spec's ``phonons`` section, run with the campaign's potential."""
+        return cls(enabled=opts.enabled, threshold=opts.threshold, max_candidates=opts.max_candidates,
+                   phonons=gate_phonons(opts, potential, device, potential_kwargs))
+
+    @job
+    def make(self, candidate_docs: list, hull: HullDoc):
+        """The gate's :class:`PhononGateDoc` (a dynamic Response when there is something to check)."""
+        if not self.enabled:
+            return PhononGateDoc(enabled=False)
+        chosen, skipped = select_for_phonons(candidate_docs, hull, self)
+        if not chosen:
+            return PhononGateDoc(enabled=True, decisions=skipped)
+        structures = {d["label"]: d["final_structure"] for d in candidate_docs}
+        j = self.phonons.make([structures[c] for c in chosen], chosen)
+        j.update_metadata({"category": "gpu"}, dynamic=False)
+        collect = phonon_verdicts_job(j.output, skipped)
+        return Response(replace=Flow([j, collect], output=collect.output, name="phonon gate"))
+
+    def run(self, candidate_docs: list, hull: HullDoc | dict) -> PhononGateDoc:
+        """The gate in this process, without jobflow (for scripts and notebooks)."""
+        chosen, decisions = select_for_phonons(candidate_docs, hull, self)
+        structures = {d["label"]: d["final_structure"] for d in candidate_docs}
+        m = self.phonons
+        pot = load_potential(m.potential, m.device, **m.potential_kwargs)
+        docs = [m.run_one(as_structure(structures[c], c), c, pot).as_dict() for c in chosen]
+        return _verdicts(docs, decisions)
 
 
-@job(name="phonon gate")
-def phonon_gate_job(candidate_docs: list, hull: dict, spec: dict):
-    """Phonon-check the candidates near the hull (a dynamic jobflow Response)."""
-    from matfunnel.makers.phonon import PhononMaker
-    from matfunnel.potential import DEFAULT_POTENTIAL
-
-    opts = PhononGateOptions.from_spec(spec)
-    if not opts.enabled:
-        return {"enabled": False, "decisions": {}, "results": []}
-    chosen, skipped = select_for_phonons(candidate_docs, hull, opts)
-    if not chosen:
-        return {"enabled": True, "decisions": skipped, "results": []}
-    pot = spec.get("potential") or {}
-    maker = PhononMaker(potential=pot.get("name") or DEFAULT_POTENTIAL, device=pot.get("device", "cpu"),
-                        potential_kwargs=dict(pot.get("kwargs") or {}),
-                        relax=opts.relax, relax_fmax=opts.relax_fmax, displacement=opts.displacement,
-                        min_length=opts.min_length, max_supercell_atoms=opts.max_supercell_atoms,
-                        imaginary_tol=opts.imaginary_tol, mesh=opts.mesh, band_npoints=21, dos_points=101)
-    structures = {d["label"]: d["final_structure"] for d in candidate_docs}
-    j = maker.make([structures[c] for c in chosen], chosen)
-    j.name = "phonons"
-    j.metadata = {**(j.metadata or {}), "category": "gpu"}
-    collect = phonon_verdicts_job(j.output, skipped)
-    return Response(replace=Flow([j, collect], output=collect.output, name="phonon gate"))
-
-
-@job(name="phonon verdicts")
-def phonon_verdicts_job(docs: list, skipped: dict) -> dict:
+def _verdicts(docs: list[dict], skipped: dict[str, str]) -> PhononGateDoc:
     decisions = dict(skipped)
     for d in docs:
         decisions[d["label"]] = verdict(d)
-    return {"enabled": True, "decisions": decisions,
-            "results": [{k: d.get(k) for k in COMPACT_KEYS} for d in docs]}
+    return PhononGateDoc(enabled=True, decisions=decisions,
+                         results=[{k: d.get(k) for k in COMPACT_KEYS} for d in docs])
 
 
-def phonon_gate(candidate_docs: list, hull: dict, spec: dict) -> dict:
-    """The gate run in-process, without jobflow (for scripts and notebooks)."""
-    from matfunnel.makers.phonon import PhononMaker
-    from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
-
-    opts = PhononGateOptions.from_spec(spec)
-    chosen, decisions = select_for_phonons(candidate_docs, hull, opts)
-    pot_opts = spec.get("potential") or {}
-    name, device = pot_opts.get("name") or DEFAULT_POTENTIAL, pot_opts.get("device", "cpu")
-    maker = PhononMaker(potential=name, device=device, potential_kwargs=dict(pot_opts.get("kwargs") or {}), relax=opts.relax, relax_fmax=opts.relax_fmax,
-                        displacement=opts.displacement, min_length=opts.min_length,
-                        max_supercell_atoms=opts.max_supercell_atoms, imaginary_tol=opts.imaginary_tol,
-                        mesh=opts.mesh, band_npoints=21, dos_points=101)
-    structures = {d["label"]: d["final_structure"] for d in candidate_docs}
-    pot = load_potential(name, device, **(pot_opts.get("kwargs") or {}))
-    from pymatgen.core import Structure
-
-    docs = [maker.run_one(Structure.from_dict(structures[c]), c, pot).as_dict() for c in chosen]
-    for d in docs:
-        decisions[d["label"]] = verdict(d)
-    return {"enabled": True, "decisions": decisions, "results": [{k: d.get(k) for k in COMPACT_KEYS} for d in docs]}
+@job(name="phonon verdicts")
+def phonon_verdicts_job(docs: list, skipped: dict) -> PhononGateDoc:
+    """The verdict of each phonon document, with the candidates the gate skipped."""
+    return _verdicts(docs, skipped)

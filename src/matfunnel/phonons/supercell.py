@@ -13,6 +13,8 @@ import math
 import numpy as np
 
 DEFAULT_MIN_LENGTH = 15.0  # Angstrom; the DFT references used >= 20 A
+#: largest supercell a phonon check builds (the maker and the campaign's gate); larger ones are an error
+MAX_SUPERCELL_ATOMS = 1000
 
 
 def face_distances(lattice: np.ndarray) -> np.ndarray:

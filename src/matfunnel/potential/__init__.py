@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 
 from matfunnel.potential.base import Potential
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 from matfunnel.potential.registry import UnknownPotential, WeightsMissing, resolve
 
 #: the funnel's default potential

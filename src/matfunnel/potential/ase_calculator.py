@@ -11,8 +11,8 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from matfunnel.potential.base import Potential
-from matfunnel.potential.errors import StructureError
-from matfunnel.units import EV_A3_TO_GPA
+from matfunnel.common.errors import StructureError
+from matfunnel.common.units import EV_A3_TO_GPA
 
 
 class AseCalculatorPotential(Potential):

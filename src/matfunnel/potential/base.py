@@ -8,7 +8,7 @@
 * ``magmoms`` (n,) mu_B
 
 Structures may be pymatgen ``Structure`` or ASE ``Atoms``. A structure that cannot be evaluated
-raises :class:`~matfunnel.potential.errors.StructureError` naming it; with ``errors="record"`` its
+raises :class:`~matfunnel.common.errors.StructureError` naming it; with ``errors="record"`` its
 result is ``{"error": message}`` and the rest of the batch is still evaluated.
 
 ``evaluate(numbers, positions, cells, n_atoms)`` is the tensor-level entry the batched engine
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 from matfunnel.potential.validate import structure_label, to_structure, validate_structure
 
 

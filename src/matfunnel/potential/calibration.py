@@ -19,7 +19,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -81,18 +81,6 @@ def slope(points: Sequence[tuple[int, int]]) -> float:
     if n1 <= n0:
         raise ValueError("the probes must differ in size")
     return (b1 - b0) / (n1 - n0)
-
-
-def cuda_peak(run: Callable[[], int], device) -> tuple[int, int]:
-    """(items, peak bytes allocated above the start) of ``run()``, which returns its number of items."""
-    dev = torch.device(device)
-    torch.cuda.synchronize(dev)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(dev)
-    base = torch.cuda.memory_allocated(dev)
-    items = run()
-    torch.cuda.synchronize(dev)
-    return items, torch.cuda.max_memory_allocated(dev) - base
 
 
 def record(points: Sequence[tuple[int, int]], how: str) -> dict:

@@ -16,10 +16,13 @@ import json
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+
+from matfunnel.potential.synthetic import supercell
 
 #: probe cells (atoms) per device type: big enough that the pass, not start-up, sets the peak (for
 #: chgnet-0.3.0 the CPU pair peaks at about 0.7 and 1.2 GB; below 4 GB available a potential's small sizes)
@@ -43,9 +46,20 @@ class ProbeSpec:
     target_bytes: int | None = None
 
 
+def cuda_peak(run: Callable[[], int], device) -> tuple[int, int]:
+    """(items, peak bytes allocated above the start) of ``run()``, which returns its number of items."""
+    dev = torch.device(device)
+    torch.cuda.synchronize(dev)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    items = run()
+    torch.cuda.synchronize(dev)
+    return items, torch.cuda.max_memory_allocated(dev) - base
+
+
 def probe_cell(n_atoms: int):
     """The rattled rocksalt probe cell of about ``n_atoms`` atoms (the same cell on every call)."""
-    from matfunnel.potential.chgnet.testing import supercell
 
     cubic = round((n_atoms / 4) ** (1 / 3)) ** 3 * 4 == n_atoms  # as before for the cubic sizes
     return supercell(np.random.default_rng(0), n_atoms, proto="rocksalt", bond=2.75, cubic=cubic)
@@ -55,8 +69,6 @@ def measure_cuda(pot, sizes: Sequence[int] = SIZES["cuda"],
                  target_bytes: int | None = None) -> list[tuple[int, int]]:
     """(items, peak bytes allocated) of each probe (``sizes``, or by ``target_bytes``: see :class:`ProbeSpec`),
     in this process."""
-    from matfunnel.potential.calibration import cuda_peak
-
     def run(cell) -> tuple[int, int]:
         return cuda_peak(lambda: pot.memory_probe(cell), pot.device)
 

@@ -14,7 +14,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from matfunnel.potential.base import Potential
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 
 
 def parity_errors(ref: dict, ours: dict, n_atoms: int) -> dict:

@@ -361,3 +361,8 @@ def parse_kwargs(text: str | None) -> dict:
         raise ValueError(  # noqa: TRY004 - bad user input, reported like the other cases
             f"{source}: expected a JSON object of keyword arguments, got {type(value).__name__}")
     return value
+
+
+def probe_potential(name: str, kwargs: dict) -> Potential:
+    """A registered model for the CPU memory probe's child process: uncalibrated, with an unlimited budget."""
+    return resolve(name).load("cpu", **kwargs, calibrate=False, memory_budget=1 << 40)

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from matfunnel.common.errors import StructureError
+from matfunnel.common.structures import as_structure
+from matfunnel.common.units import EV_A3_TO_GPA
 from matfunnel.potential import calibration
 from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.batching import ItemBudget, pack_greedy
-from matfunnel.potential.errors import StructureError
 from matfunnel.potential.validate import site_numbers
-from matfunnel.units import EV_A3_TO_GPA
 
 #: built-in bytes per item until this device is measured (deliberately large: equivariant models)
 DEFAULT_BYTES_PER_ITEM = {"cpu": 40_000, "cuda": 20_000}
@@ -117,7 +118,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         """How the CPU memory probe's child process rebuilds this model from its registry name."""
         from matfunnel.potential.memprobe import ProbeSpec
 
-        return ProbeSpec(f"{__name__}:_probe_potential", {"name": self.name, "kwargs": self.name_kwargs},
+        return ProbeSpec("matfunnel.potential.registry:probe_potential", {"name": self.name, "kwargs": self.name_kwargs},
                          target_bytes=int(min(2 << 30, self.memory_budget)))
 
     def _measure_memory(self):
@@ -129,7 +130,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
 
     def memory_probe(self, cell) -> int:
         """One forward (energy, forces, stress) of ``cell``; returns its items."""
-        s = Structure.from_dict(cell.as_dict()) if not isinstance(cell, Structure) else cell
+        s = as_structure(cell)
         self._evaluate_many(*self._tensors([s]))
         return int(self.work_estimate(len(s), s.volume)[0])
 
@@ -215,10 +216,3 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                                          else np.full((3, 3), np.nan)),
                               "magmoms": np.zeros(hi - lo)}
         return results
-
-
-def _probe_potential(name: str, kwargs: dict) -> TorchSimPotential:
-    """The CPU memory probe's potential: the registry model, uncalibrated, with an unlimited budget."""
-    from matfunnel.potential.registry import resolve
-
-    return resolve(name).load("cpu", **kwargs, calibrate=False, memory_budget=1 << 40)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from matfunnel.potential.base import Potential
-from matfunnel.units import EV_A3_TO_GPA
+from matfunnel.common.units import EV_A3_TO_GPA
 
 try:
     from torch_sim.models.interface import ModelInterface

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from pymatgen.core import Structure
 
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 
 MIN_DISTANCE = 0.5  # Angstrom: closer atoms are treated as overlapping
 

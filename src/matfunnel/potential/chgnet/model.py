@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
+from matfunnel.common.units import EV_A3_TO_GPA
 from matfunnel.potential.chgnet import basis, cpu_ops, triton_ops
+from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
 from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
-
-from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.weights import load_checkpoint
-from matfunnel.potential.errors import StructureError
+from matfunnel.common.errors import StructureError
 from matfunnel.potential.validate import MIN_DISTANCE, site_numbers
 
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed

@@ -30,12 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from matfunnel.common.units import EV_A3_TO_GPA
 from matfunnel.potential.matris import triton_ops
 from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.graph import MatrisGraph
-
-#: eV/A^3 -> GPa
-from matfunnel.units import EV_A3_TO_GPA  # noqa: E402,F401
 
 
 def activation(name: str):

@@ -1,7 +1,8 @@
-"""Random test structures: prototype-derived, strained (triclinic), rattled, mixed chemistries.
+"""Synthetic structures: prototype-derived, strained (triclinic), rattled, mixed chemistries.
 
-Used by the parity tests and the throughput benchmark; every call with a fresh ``rng`` gives new
-structures.
+The memory probes (:mod:`matfunnel.potential.memprobe`) size their cells with :func:`supercell`; the parity
+tests and the throughput benchmarks draw random structures here (every call with a fresh ``rng`` gives new
+ones).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ the settings) rather than by jobflow's fresh UUIDs. Each finished unit of work (
 relaxation, one DFT calculation) is committed as soon as it is done, so a SIGKILL loses at most
 the units in progress.
 
-The cache is active when ``MATFUNNEL_RESULT_CACHE`` is set:
+The makers take the cache as an argument (``result_cache``: an SQLite file path; ``matfunnel run`` passes
+``<run>/cache.sqlite``). Without one, the user's configuration ``MATFUNNEL_RESULT_CACHE`` names it:
 
-* a file path: an SQLite file (``matfunnel run`` sets it to ``<run>/cache.sqlite``), for one machine;
+* a file path: an SQLite file, for one machine;
 * a ``mongodb://`` (or ``mongodb+srv://``) URI: the ``result_cache`` collection of the URI's database
   (``matfunnel`` when the URI names none), for FireWorks workers on many nodes. A job that a killed
   worker left behind and that ``lpad detect_lostruns --rerun`` starts again reuses every structure
@@ -31,6 +32,8 @@ import numpy as np
 from monty.json import MontyDecoder, MontyEncoder, jsanitize
 from pymatgen.core import Structure
 
+from matfunnel.common.structures import as_structure
+
 ENV = "MATFUNNEL_RESULT_CACHE"
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -39,8 +42,7 @@ SCHEMA = 1
 def structure_fingerprint(s: Structure | dict) -> list:
     """Lattice, species and fractional coordinates, rounded: what a calculation depends on (plus the atoms held
     fixed, for a structure with ``selective_dynamics``). Raises for a disordered structure."""
-    if isinstance(s, dict):
-        s = Structure.from_dict(s)
+    s = as_structure(s)
     out = [
         np.round(s.lattice.matrix, 8).tolist(),
         [str(sp) for sp in s.species],
@@ -164,9 +166,18 @@ def open_cache(location: str | Path) -> ResultCache | MongoResultCache:
 _open: dict[str, ResultCache | MongoResultCache] = {}
 
 
-def active_cache() -> ResultCache | MongoResultCache | None:
-    """The cache named by ``MATFUNNEL_RESULT_CACHE`` (one connection per process), or None."""
-    location = os.environ.get(ENV)
+def active_cache(location: str | Path | None = None) -> ResultCache | MongoResultCache | None:
+    """The result cache at ``location`` (one connection per process and location), or None.
+
+    Parameters
+    ----------
+    location
+        An SQLite file path, given by whoever builds the jobs (``matfunnel run`` passes
+        ``<run>/cache.sqlite`` to every maker). When ``None``, the user's configuration
+        ``MATFUNNEL_RESULT_CACHE`` applies (a path or a MongoDB URI, e.g. exported on FireWorks
+        workers, so that a password never enters a job); unset: no cache.
+    """
+    location = str(location) if location else os.environ.get(ENV)
     if not location:
         return None
     if location not in _open:

@@ -1,4 +1,5 @@
-"""jobflow maker for MLIP phonon checks (finite displacements, batched force evaluation)."""
+"""The per-structure phonon pipeline as a jobflow maker: MLIP phonon checks (finite displacements, batched
+force evaluation). The campaign's phonon gate (:mod:`matfunnel.phonons.gate`) runs it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from matfunnel.phonons.document import PhononResult
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES
 from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
-from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
+from matfunnel.phonons.supercell import (
+    DEFAULT_MIN_LENGTH,
+    MAX_SUPERCELL_ATOMS,
+    supercell_matrix_for,
+)
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 
 
@@ -46,7 +51,7 @@ class PhononMaker(Maker):
     displacement: float = DEFAULT_DISPLACEMENT
     min_length: float = DEFAULT_MIN_LENGTH
     supercell_matrix: list | None = None
-    max_supercell_atoms: int | None = 1000
+    max_supercell_atoms: int | None = MAX_SUPERCELL_ATOMS
     mesh: float | list = DEFAULT_MESH
     temperatures: list = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     band_npoints: int = 31

@@ -1,0 +1,57 @@
+"""Structure coercion: the one place where a stage's input becomes a pymatgen ``Structure``.
+
+Jobs receive structures as ``Structure`` objects, as their ``as_dict()`` documents (after a trip through
+a job store), or as ASE ``Atoms``. :func:`as_structure` accepts all three and gives one clear error for
+anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymatgen.core import IStructure, Structure
+
+from matfunnel.common.errors import StructureError
+
+
+def as_structure(obj: Any, label: str | None = None) -> Structure:
+    """``obj`` as a pymatgen ``Structure``.
+
+    Parameters
+    ----------
+    obj
+        A ``Structure`` (or ``IStructure``), a ``Structure.as_dict()`` document, or an ASE ``Atoms``.
+    label
+        The structure's name, for the error message.
+
+    Returns
+    -------
+    Structure
+        ``obj`` itself when it already is one.
+
+    Raises
+    ------
+    StructureError
+        ``obj`` is none of these, or a document that does not decode.
+    """
+    if isinstance(obj, Structure):
+        return obj
+    if isinstance(obj, IStructure):
+        return Structure.from_sites(obj)
+    name = label or "input"
+    if isinstance(obj, dict):
+        try:
+            return Structure.from_dict(obj)
+        except Exception as exc:  # noqa: BLE001 - any malformed document: one error naming it
+            raise StructureError(name, f"not a pymatgen Structure document ({type(exc).__name__}: {exc})") \
+                from exc
+    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_cell"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(obj)
+    raise StructureError(name, f"expected a pymatgen Structure, its dict or ASE Atoms, got {type(obj).__name__}")
+
+
+def as_structure_or_none(obj: Any, label: str | None = None) -> Structure | None:
+    """:func:`as_structure`, passing ``None`` through (optional structure fields of stored documents)."""
+    return None if obj is None else as_structure(obj, label)
