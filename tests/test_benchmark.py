@@ -11,6 +11,7 @@ import sys
 import threading
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,8 @@ import pytest
 
 from matfunnel.benchmark import data as mbd
 from matfunnel.benchmark.metrics import (
-    EACH_TRUE,
     E_FORM_DFT,
+    EACH_TRUE,
     UNIQ_PROTO,
     discovery_metrics,
     score_predictions,
@@ -140,9 +141,9 @@ def test_score_predictions_subsets_outliers_rounding(rng):
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     honour_range = True
-    seen_ranges: list = []
+    seen_ranges: ClassVar[list] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         rng_hdr = self.headers.get("Range")
         type(self).seen_ranges.append(rng_hdr)
         body, status = self.payload, 200
@@ -171,7 +172,7 @@ def server(rng):
 
 def test_download_md5_and_resume(server, tmp_path):
     handler, url = server
-    md5 = hashlib.md5(handler.payload).hexdigest()  # noqa: S324
+    md5 = hashlib.md5(handler.payload).hexdigest()
     dest = tmp_path / "a" / "file.bin"
     assert mbd.download(url, dest, md5=md5, progress=False).read_bytes() == handler.payload
     assert handler.seen_ranges == [None]
@@ -323,7 +324,12 @@ def test_published_chgnet_counts_give_published_f1_and_daf():
     classification uses hull distances rounded to 3 decimals — so 432 materials 0 < E_hull <
     0.0005 eV/atom count as stable (TP/FN) yet not in the prevalence. The summary below is built
     to have exactly that structure, in a shuffled order, and scored through the whole file path."""
-    from matfunnel.benchmark.metrics import E_FORM_DFT, EACH_TRUE, UNIQ_PROTO, score_predictions
+    from matfunnel.benchmark.metrics import (
+        E_FORM_DFT,
+        EACH_TRUE,
+        UNIQ_PROTO,
+        score_predictions,
+    )
 
     rng = np.random.default_rng()
     n_raw_stable, n_rounding, n_total = 32_942, 432, 215_488
@@ -352,3 +358,165 @@ def test_published_chgnet_counts_give_published_f1_and_daf():
     assert round(m["F1"], 4) == 0.6126
     assert round(m["DAF"], 3) == 3.361
     assert res["published"]["unique_prototypes"]["F1"] == 0.613
+
+
+# ----------------------------------------------------------------------------------- protocols
+def test_protocol_presets_resolve_and_unsupported_ones_error():
+    from matfunnel.benchmark.protocols import (
+        DEFAULT_PROTOCOL,
+        LEADERBOARD,
+        PRESETS,
+        UnknownProtocol,
+        UnsupportedProtocol,
+        get_protocol,
+        resolve_protocol,
+    )
+
+    p = get_protocol(DEFAULT_PROTOCOL)
+    assert (p.optimizer, p.cell_filter, p.fmax, p.max_steps, p.supported) == ("FIRE", "FrechetCellFilter", 0.05,
+                                                                              500, True)
+    assert {"chgnet-0.3.0", "mace-mp-0", "sevennet-0"} <= set(p.models)
+    assert get_protocol("mbd-fire-0.02").fmax == 0.02 and "orb-v3" in get_protocol("mbd-fire-0.02").models
+    # a leaderboard model key gives the preset that model was run with
+    assert get_protocol("orb-v3").name == "mbd-fire-0.02"
+    assert get_protocol("sevennet-mf-ompa").name == "mbd-fire-0.02-800"
+    # every leaderboard entry belongs to exactly one preset, and every preset has an entry
+    assert sorted(m for q in PRESETS.values() for m in q.models) == sorted(LEADERBOARD)
+    assert all(q.models for q in PRESETS.values())
+    # settings our relaxer lacks: one clear error naming what is missing and what can run
+    with pytest.raises(UnsupportedProtocol, match="cell filter 'ExpCellFilter'.*mbd-fire-0.05") as exc:
+        get_protocol("m3gnet")
+    assert "m3gnet was run with it" in str(exc.value)
+    with pytest.raises(UnsupportedProtocol, match="optimizer 'GOQN'"):
+        get_protocol("mbd-goqn-0.05")
+    assert not get_protocol("mbd-goqn-0.05", allow_unsupported=True).supported
+    with pytest.raises(UnknownProtocol, match="mbd-fire-0.05"):
+        get_protocol("lbfgs-please")
+    # overrides are applied and recorded; none when the values equal the preset's
+    r = resolve_protocol("mbd-fire-0.05", fmax=0.02, max_steps=500)
+    assert (r["fmax"], r["max_steps"]) == (0.02, 500)
+    assert r["overrides"] == {"fmax": {"preset": 0.05, "used": 0.02}}
+    assert resolve_protocol()["overrides"] == {}
+    with pytest.raises(ValueError, match="fmax must be positive"):
+        resolve_protocol(fmax=0)
+
+
+def test_protocols_cli_lists_presets_and_rejects_unsupported(tmp_path, capsys):
+    from matfunnel.cli import main
+
+    assert main(["benchmark", "protocols"]) == 0
+    out = capsys.readouterr().out
+    assert "mbd-fire-0.05" in out and "chgnet-0.3.0" in out and "ExpCellFilter" in out
+    run = ["benchmark", "matbench-discovery", "--out", str(tmp_path / "run"), "--no-download"]
+    assert main([*run, "--protocol", "mattersim-v1-5m"]) == 2
+    assert "ExpCellFilter" in capsys.readouterr().err
+    assert main([*run, "--potential-kwargs", "{not json"]) == 2
+    assert "--potential-kwargs: not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+PUBLISHED_DISCOVERY_CSV = """material_id,e_form_per_atom
+wbm-1-1,-2.1034
+wbm-1-2,
+wbm-2-1,-0.1712
+"""
+
+
+def test_submission_files_and_run_info_with_protocol_and_potential_kwargs(tmp_path, monkeypatch, capsys):
+    """A pair potential registered at run time, through the CLI: --protocol, an override and
+    --potential-kwargs reach the relaxation and the potential and are recorded; the submission files
+    have the published columns and round-trip."""
+    import gzip
+    import io
+    import json
+
+    from pymatgen.core import Structure
+
+    from matfunnel.benchmark.protocols import DISCOVERY_COLUMNS, GEO_OPT_COLUMNS
+    from matfunnel.benchmark.run import BenchmarkConfig, run_benchmark
+    from matfunnel.benchmark.score import score_file
+    from matfunnel.benchmark.synthetic import make_synthetic_wbm
+    from matfunnel.cli import main
+    from matfunnel.engine.testing import PairPotential
+    from matfunnel.potential import registry
+
+    seen = []
+
+    def factory(device, **kw):
+        seen.append(kw)
+        return PairPotential(device=device, **kw)
+
+    monkeypatch.setattr(registry, "REGISTERED", dict(registry.REGISTERED))
+    registry.register("pair-mbd-test", factory, "LJ pair potential (test)")
+    data_dir = tmp_path / "data"
+    make_synthetic_wbm(data_dir)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "2000-01-01-discovery.csv.gz").write_bytes(b"stale")  # an older submission file is replaced
+    argv = ["benchmark", "matbench-discovery", "--model", "pair-mbd-test", "--protocol", "mbd-fire-0.02",
+            "--max-steps", "25", "--potential-kwargs", '{"sigma": 2.2, "cutoff": 4.5}', "--subset", "4",
+            "--shard-size", "2", "--data-dir", str(data_dir), "--no-download", "--no-md5-check",
+            "--geometry", "off", "--out", str(out)]
+    assert main(argv) == 0
+    assert "overridden: max_steps 25 (preset 500)" in capsys.readouterr().err
+    assert seen and all(kw == {"sigma": 2.2, "cutoff": 4.5} for kw in seen)
+
+    metrics = json.loads((out / "metrics-pair_mbd_test.json").read_text())
+    files = metrics["files"]
+    info = json.loads(Path(files["run_info"]).read_text())
+    proto = info["protocol"]
+    assert (proto["name"], proto["fmax"], proto["max_steps"]) == ("mbd-fire-0.02", 0.02, 25)
+    assert proto["overrides"] == {"max_steps": {"preset": 500, "used": 25}}
+    assert (proto["optimizer"], proto["cell_filter"], proto["fire"]["dt"]) == ("FIRE", "FrechetCellFilter", 0.1)
+    assert info["potential_kwargs"] == proto["potential_kwargs"] == {"sigma": 2.2, "cutoff": 4.5}
+    assert info["model"]["name"] == "pair-lj" and info["model"]["package"] == "matfunnel"
+    assert {"weights_sha256", "version"} <= set(info["model"]) and info["versions"]["torch"]
+    assert info["yaml_evaluation"] == {"ase_optimizer": "FIRE", "cell_filter": "FrechetCellFilter",
+                                       "max_force": 0.02, "max_steps": 25}
+    assert "orb-v3" in info["preset_leaderboard_models"]
+    assert metrics["protocol"] == proto and metrics["model_info"] == info["model"]
+
+    # the energies file: exactly the published columns, lining up with a published file
+    disc = Path(files["discovery"])
+    assert disc.name.endswith("-discovery.csv.gz") and not (out / "2000-01-01-discovery.csv.gz").exists()
+    ours = pd.read_csv(disc)
+    published = pd.read_csv(io.StringIO(PUBLISHED_DISCOVERY_CSV))
+    assert tuple(ours.columns) == tuple(published.columns) == DISCOVERY_COLUMNS
+    assert ours.dtypes.equals(published.dtypes)
+    both = pd.concat([published, ours])
+    assert list(both.columns) == list(DISCOVERY_COLUMNS) and len(both) == 3 + 4
+    assert ours["material_id"].tolist() == ["wbm-1-1", "wbm-1-2", "wbm-2-1", "wbm-2-2"]
+    preds = pd.read_csv(files["predictions"]).set_index("material_id")["e_form_per_atom_pair_mbd_test"]
+    assert np.allclose(ours.set_index("material_id")["e_form_per_atom"], preds.round(4), equal_nan=True, atol=1e-12)
+    scored = score_file(disc, pred_col="e_form_per_atom", data_dir=str(data_dir), restrict=True,
+                        download=False, check_md5=False)
+    assert scored["info"]["n_materials"] == metrics["info"]["n_materials"] == 4
+
+    # the relaxed structures: JSON lines as the site's geo-opt analysis reads them
+    geo = pd.read_json(files["geo_opt"], lines=True)
+    assert tuple(geo.columns) == GEO_OPT_COLUMNS
+    with gzip.open(files["structures"], "rt") as fh:
+        relaxed = {d["material_id"]: d["pair_mbd_test_structure"] for d in map(json.loads, fh)}
+    ok = preds.dropna().index.tolist()
+    assert geo["material_id"].tolist() == ok
+    for row in geo.itertuples():
+        got, want = Structure.from_dict(row.structure), Structure.from_dict(relaxed[row.material_id])
+        assert np.allclose(got.lattice.matrix, want.lattice.matrix, atol=1e-8)
+        assert np.allclose(got.frac_coords, want.frac_coords, atol=1e-8)
+        assert 0 < row.n_steps <= 25 and isinstance(row.converged, (bool, np.bool_))
+    assert geo["energy"].notna().all()
+
+    # resume: same protocol reuses the shards and rewrites the files; another protocol is refused
+    cfg = BenchmarkConfig(potential="pair-mbd-test", preset="mbd-fire-0.02", max_steps=25, subset=4, shard_size=2,
+                          data_dir=str(data_dir), out_dir=str(out), geometry="off", download=False,
+                          check_md5=False, progress=False, potential_kwargs={"sigma": 2.2, "cutoff": 4.5})
+    n_calls = len(seen)
+    res = run_benchmark(cfg)
+    assert res["n_shards_run"] == 0 and res["model_info"]["name"] == "pair-lj" and len(seen) == n_calls
+    assert len(list(out.glob("*-discovery.csv.gz"))) == 1
+    for change in ({"max_steps": 26}, {"preset": "mbd-fire-0.05"}, {"potential_kwargs": {}}):
+        with pytest.raises(ValueError, match="different selection or protocol"):
+            run_benchmark(BenchmarkConfig(**{**cfg.__dict__, **change}))
+    # the same settings reached from another preset are the same run (recorded as overrides of that preset)
+    again = run_benchmark(BenchmarkConfig(**{**cfg.__dict__, "preset": "mbd-fire-0.05", "fmax": 0.02}))
+    assert again["n_shards_run"] == 0 and again["protocol"]["overrides"]["fmax"] == {"preset": 0.05, "used": 0.02}

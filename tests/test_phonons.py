@@ -231,6 +231,29 @@ def test_compare_against_self_made_references_and_cli(reference_dir, tmp_path, p
     assert set(summary["errors"]) == {"bad-empty", "bad-no-forces", "bad-mismatch"}
 
 
+def test_compare_resumes_from_its_journal(reference_dir, tmp_path, potential, monkeypatch):
+    """Each finished row is journaled at once; a rerun with the same model and settings reuses the good rows
+    (no phonon work for them), retries the failed ones, and different settings start afresh."""
+    import matfunnel.phonons.compare as cmp
+
+    out = tmp_path / "cmp.csv"
+    ids = ["good-yaml-xz", "bad-empty", "good-force-sets"]
+    first, _ = compare_references(reference_dir, potential, out, ids=ids, mesh=[6, 6, 6], band_npoints=5)
+    journal = out.with_suffix(".rows.jsonl")
+    assert len(journal.read_text().splitlines()) == 2  # the two good rows; the failure is not kept
+    computed = []
+    real = cmp.compare_with_reference
+    monkeypatch.setattr(cmp, "compare_with_reference", lambda ref, *a, **k: computed.append(ref) or real(ref, *a, **k))
+    again, summary = compare_references(reference_dir, potential, out, ids=ids, mesh=[6, 6, 6], band_npoints=5)
+    assert computed == []  # bad-empty fails while loading, before any phonon work
+    assert [r["material_id"] for r in again] == [r["material_id"] for r in first]
+    good = [r for r in again if not r.get("error")]
+    assert [r["omega_max_thz_ours"] for r in good] == [r["omega_max_thz_ours"] for r in first if not r.get("error")]
+    assert summary["n_compared"] == 2 and summary["n_failed"] == 1
+    compare_references(reference_dir, potential, out, ids=ids[:1], mesh=[8, 8, 8], band_npoints=5)
+    assert len(computed) == 1  # another mesh: computed again
+
+
 def test_compare_with_relaxation_relaxes_all_references_together(reference_dir, potential, monkeypatch):
     """``--relax``: the good references' cells are relaxed in one batched call (symmetry kept), bad folders are
     still reported per folder."""

@@ -70,13 +70,24 @@ def cmd_benchmark_mbd(args) -> int:
     from matfunnel.benchmark.data import DataUnavailableError
     from matfunnel.benchmark.run import BenchmarkConfig, model_slug, run_benchmark
     from matfunnel.benchmark.score import format_metrics
+    from matfunnel.potential.registry import parse_kwargs
 
-    cfg = BenchmarkConfig(
-        potential=args.model, device=args.device, fmax=args.fmax, max_steps=args.max_steps,
-        shard_size=args.shard_size, subset=args.subset, sample=args.sample, seed=args.seed,
-        data_dir=args.data_dir, out_dir=args.out or f"runs/matbench-discovery-{model_slug(args.model)}",
-        geometry=args.geometry, download=not args.no_download, check_md5=not args.no_md5_check,
-    )
+    try:  # bad --protocol / --fmax / --potential-kwargs: one clear line before any work
+        cfg = BenchmarkConfig(
+            potential=args.model, device=args.device, fmax=args.fmax, max_steps=args.max_steps,
+            shard_size=args.shard_size, subset=args.subset, sample=args.sample, seed=args.seed,
+            data_dir=args.data_dir, out_dir=args.out or f"runs/matbench-discovery-{model_slug(args.model)}",
+            geometry=args.geometry, download=not args.no_download, check_md5=not args.no_md5_check,
+            preset=args.protocol, potential_kwargs=parse_kwargs(args.potential_kwargs),
+        )
+        settings = cfg.settings()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    changed = ", ".join(f"{k} {v['used']:g} (preset {v['preset']:g})" for k, v in settings["overrides"].items())
+    print(f"protocol {settings['name']}: {settings['optimizer']} + {settings['cell_filter']}, fmax "
+          f"{settings['fmax']:g} eV/A, <= {settings['max_steps']} steps" + (f"; overridden: {changed}" if changed else ""),
+          file=sys.stderr)
     try:
         result = run_benchmark(cfg)
     except DataUnavailableError as exc:
@@ -84,6 +95,13 @@ def cmd_benchmark_mbd(args) -> int:
         return 3
     print(format_metrics(result))
     print(f"\noutputs in {cfg.out_dir}: " + ", ".join(Path(p).name for p in result["files"].values()))
+    return 0
+
+
+def cmd_benchmark_protocols(args) -> int:
+    from matfunnel.benchmark.protocols import format_protocols
+
+    print(format_protocols())
     return 0
 
 
@@ -108,6 +126,7 @@ def cmd_benchmark_score(args) -> int:
 
 
 def _add_benchmark(sub) -> None:
+    from matfunnel.benchmark.protocols import DEFAULT_PROTOCOL
     from matfunnel.potential import DEFAULT_POTENTIAL
 
     b = sub.add_parser("benchmark", help="external benchmarks (Matbench Discovery)")
@@ -126,8 +145,14 @@ def _add_benchmark(sub) -> None:
     m.add_argument("--subset", type=int, default=None, metavar="N", help="only N materials (first N, or --sample)")
     m.add_argument("--sample", action="store_true", help="with --subset: a random sample (see --seed)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--fmax", type=float, default=0.05, help="FIRE force criterion, eV/A (benchmark: 0.05)")
-    m.add_argument("--max-steps", type=int, default=500, help="FIRE step limit (benchmark: 500)")
+    m.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="NAME",
+                   help=f"relaxation preset, or a leaderboard model key to use that model's protocol "
+                        f"(see 'matfunnel benchmark protocols'; default {DEFAULT_PROTOCOL}: FIRE + "
+                        f"FrechetCellFilter, fmax 0.05 eV/A, 500 steps)")
+    m.add_argument("--fmax", type=float, default=None, help="override the preset's force criterion, eV/A (recorded)")
+    m.add_argument("--max-steps", type=int, default=None, help="override the preset's step limit (recorded)")
+    m.add_argument("--potential-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments for the potential: a JSON object, or @FILE.json")
     m.add_argument("--shard-size", type=int, default=250, help="structures per relaxation job")
     m.add_argument("--geometry", choices=["auto", "on", "off"], default="auto",
                    help="RMSD/symmetry vs DFT structures (auto: if the DFT structures file is local)")
@@ -145,6 +170,9 @@ def _add_benchmark(sub) -> None:
     s.add_argument("--json", default=None, help="also write the result as JSON here")
     data_opts(s)
     s.set_defaults(func=cmd_benchmark_score)
+
+    pr = bsub.add_parser("protocols", help="relaxation presets and the leaderboard models that used each")
+    pr.set_defaults(func=cmd_benchmark_protocols)
 
 
 def cmd_potentials(args) -> int:

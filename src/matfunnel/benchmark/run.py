@@ -1,8 +1,9 @@
 """Matbench Discovery IS2RE with a matfunnel potential, sharded into jobflow jobs with resume.
 
 WBM initial structures -> relaxation through :class:`~matfunnel.makers.RelaxMaker` (FIRE +
-FrechetCellFilter, ``fmax`` 0.05 eV/A, at most 500 steps: the protocol of the benchmark's UIP
-submissions, e.g. CHGNet/MACE) -> MLIP total energy as an MP-like ComputedStructureEntry
+FrechetCellFilter with a preset of :mod:`matfunnel.benchmark.protocols`; default ``mbd-fire-0.05``:
+``fmax`` 0.05 eV/A, at most 500 steps, the protocol of e.g. CHGNet and MACE-MP-0; ``potential_kwargs``
+go to the potential's factory) -> MLIP total energy as an MP-like ComputedStructureEntry
 (:func:`~matfunnel.hull.mlip_entry`) -> MaterialsProject2020Compatibility -> formation energy vs
 the MP elemental references -> predicted hull distance = DFT hull distance + (E_form pred -
 E_form DFT).
@@ -17,6 +18,10 @@ Layout of an output folder ``out``::
     relaxed-structures-<model>.jsonl.gz   material_id, <model>_structure (pymatgen dicts)
     scored-<model>.csv.gz           per-material truth/prediction used for the metrics
     metrics-<model>.json            discovery metrics (3 subsets) [+ geometry metrics]
+    run-info-<model>.json           protocol (preset, overrides), potential kwargs, model name/version/
+                                    weights checksum, package versions, counts, files
+    <yyyy-mm-dd>-discovery.csv.gz   submission format: exactly material_id, e_form_per_atom
+    <yyyy-mm-dd>-geo-opt.jsonl.gz   submission format: material_id, structure, energy, converged, n_steps
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ from pathlib import Path
 from jobflow import Flow, job
 
 from matfunnel.benchmark import data as mbd_data
+from matfunnel.benchmark import protocols
 from matfunnel.common.structures import as_structure
 from matfunnel.potential import DEFAULT_POTENTIAL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchmarkConfig", "model_slug", "pred_column", "run_benchmark", "select_ids"]
+__all__ = ["BenchmarkConfig", "model_slug", "pred_column", "run_benchmark", "select_ids", "write_submission"]
 
-#: protocol of the Matbench Discovery UIP submissions (FIRE + FrechetCellFilter)
-FMAX = 0.05
-MAX_STEPS = 500
+#: settings of the default preset (FIRE + FrechetCellFilter, as CHGNet / MACE-MP-0 on the leaderboard)
+FMAX = protocols.PRESETS[protocols.DEFAULT_PROTOCOL].fmax
+MAX_STEPS = protocols.PRESETS[protocols.DEFAULT_PROTOCOL].max_steps
+#: protocol keys a resumed run must share with the run folder's plan
+_RESUME_KEYS = ("potential", "fmax", "max_steps", "optimizer", "cell_filter", "shard_size")
+_DATED = re.compile(r"\d{4}-\d{2}-\d{2}-(discovery\.csv\.gz|geo-opt\.jsonl\.gz)")
 
 
 def model_slug(name: str) -> str:
@@ -57,10 +66,17 @@ def pred_column(model: str) -> str:
 
 @dataclass
 class BenchmarkConfig:
+    """Settings of an IS2RE run.
+
+    ``preset`` names a protocol of :mod:`matfunnel.benchmark.protocols` (or a leaderboard model key);
+    ``fmax`` / ``max_steps`` override the preset's values when not ``None`` (recorded as overrides).
+    ``potential_kwargs`` go to the potential's factory (``load_potential(potential, device, **kw)``).
+    """
+
     potential: str = DEFAULT_POTENTIAL
     device: str = "cpu"
-    fmax: float = FMAX
-    max_steps: int = MAX_STEPS
+    fmax: float | None = None
+    max_steps: int | None = None
     shard_size: int = 250
     subset: int | None = None
     sample: bool = False
@@ -72,14 +88,33 @@ class BenchmarkConfig:
     check_md5: bool = True  # off only for home-made (e.g. synthetic) data files
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    preset: str = protocols.DEFAULT_PROTOCOL
+    potential_kwargs: dict = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         return model_slug(self.potential)
 
+    def settings(self) -> dict:
+        """The preset's settings with this run's overrides (:func:`protocols.resolve_protocol`).
+
+        Raises
+        ------
+        ValueError
+            Unknown preset, a preset our relaxer cannot run, or bad ``fmax`` / ``max_steps``.
+        """
+        return protocols.resolve_protocol(self.preset, fmax=self.fmax, max_steps=self.max_steps)
+
     def protocol(self) -> dict:
-        return {"potential": self.potential, "fmax": self.fmax, "max_steps": self.max_steps,
-                "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "shard_size": self.shard_size}
+        """What the run does, as recorded in ``plan.json``, the metrics and the run info."""
+        from matfunnel.engine.fire import FireConfig
+
+        s = self.settings()
+        return {"name": s["name"], "potential": self.potential, "potential_kwargs": dict(self.potential_kwargs),
+                "fmax": s["fmax"], "max_steps": s["max_steps"], "optimizer": s["optimizer"],
+                "cell_filter": s["cell_filter"], "overrides": s["overrides"], "fire": asdict(FireConfig()),
+                "cell_filter_params": {"exp_cell_factor": "number of atoms", "scalar_pressure": 0.0},
+                "shard_size": self.shard_size}
 
 
 def select_ids(summary, subset: int | None = None, sample: bool = False, seed: int = 0) -> list[str]:
@@ -164,7 +199,8 @@ def load_shard_job(input_path: str) -> dict:
 def shard_result_job(docs: list, shard_path: str, potential: str, shard: int) -> dict:
     """Formation energies of one relaxed shard, written to ``shard_path`` (the resume marker)."""
     rows = relaxation_rows(docs, potential)
-    _write_json_gz(Path(shard_path), {"shard": shard, "potential": potential, "rows": rows})
+    model = next((d["model"] for d in docs if d.get("model")), None)  # Potential.model_info()
+    _write_json_gz(Path(shard_path), {"shard": shard, "potential": potential, "model": model, "rows": rows})
     return {"shard": shard, "path": shard_path, "n": len(rows),
             "n_missing": sum(r["e_form_per_atom"] is None for r in rows)}
 
@@ -179,7 +215,10 @@ def _plan(cfg: BenchmarkConfig, out: Path, summary) -> dict:
     path = out / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("shards") != shards or old.get("protocol") != plan["protocol"]:
+        was, now = old.get("protocol") or {}, plan["protocol"]
+        same = (all(was.get(k) == now[k] for k in _RESUME_KEYS)
+                and (was.get("potential_kwargs") or {}) == now["potential_kwargs"])
+        if old.get("shards") != shards or not same:
             raise ValueError(
                 f"{out} holds a run with a different selection or protocol ({old.get('protocol')}, "
                 f"{old.get('ids_count')} materials); use another --out or delete it"
@@ -211,8 +250,10 @@ def build_flow(cfg: BenchmarkConfig, plan: dict, out: Path) -> Flow | None:
     """One load -> RelaxMaker -> result chain per shard without a result file (None: all done)."""
     from matfunnel.makers import RelaxMaker
 
-    maker = RelaxMaker(name="mbd relax", potential=cfg.potential, device=cfg.device, fmax=cfg.fmax,
-                       max_steps=cfg.max_steps, relax_cell=True, progress=cfg.progress)
+    s = cfg.settings()
+    maker = RelaxMaker(name="mbd relax", potential=cfg.potential, potential_kwargs=dict(cfg.potential_kwargs),
+                       device=cfg.device, fmax=s["fmax"], max_steps=s["max_steps"], relax_cell=True,
+                       progress=cfg.progress)
     jobs = []
     for i, _ in enumerate(plan["shards"]):
         result = out / "shards" / _shard_name(i)
@@ -222,21 +263,136 @@ def build_flow(cfg: BenchmarkConfig, plan: dict, out: Path) -> Flow | None:
         load.name = f"mbd load {i}"
         relax = maker.make(load.output["structures"], load.output["ids"])
         relax.name = f"mbd relax {i}"
-        relax.metadata = {**(relax.metadata or {}), "category": "gpu", "shard": i}
+        relax.update_metadata({"category": "gpu", "shard": i}, dynamic=False)
         post = shard_result_job(relax.output, str(result), cfg.potential, i)
         post.name = f"mbd result {i}"
         jobs += [load, relax, post]
     return Flow(jobs, name=f"matbench-discovery {cfg.potential}") if jobs else None
 
 
-def collect(plan: dict, out: Path) -> list[dict]:
+def collect(plan: dict, out: Path, models: list | None = None) -> list[dict]:
+    """Rows of all shards, in plan order; each shard's model record is appended to ``models`` if given."""
     rows = []
     for i, _ in enumerate(plan["shards"]):
         path = out / "shards" / _shard_name(i)
         if not path.exists():
             raise RuntimeError(f"shard {i} has no result ({path}); rerun to resume")
-        rows += _read_json_gz(path)["rows"]
+        shard = _read_json_gz(path)
+        rows += shard["rows"]
+        if models is not None:
+            models.append(shard.get("model"))
     return rows
+
+
+# ----------------------------------------------------------------------------------- submission
+def write_submission(rows: list[dict], out: Path, date: str | None = None) -> dict[str, Path]:
+    """Write the run in Matbench Discovery's submission format.
+
+    Parameters
+    ----------
+    rows
+        Per-material rows (:func:`relaxation_rows`).
+    out
+        Folder; older dated submission files in it are replaced.
+    date
+        ``YYYY-MM-DD`` of the file names (default today).
+
+    Returns
+    -------
+    dict
+        ``discovery``: ``<date>-discovery.csv.gz`` with exactly the columns
+        :data:`protocols.DISCOVERY_COLUMNS` (every material; formation energy rounded to 4 decimals,
+        empty where it failed); ``geo_opt``: ``<date>-geo-opt.jsonl.gz``, one JSON record per material
+        with a formation energy, keys :data:`protocols.GEO_OPT_COLUMNS` (``structure`` a pymatgen dict).
+    """
+    import pandas as pd
+
+    date = date or time.strftime("%Y-%m-%d")
+    paths = {"discovery": out / f"{date}-discovery.csv.gz", "geo_opt": out / f"{date}-geo-opt.jsonl.gz"}
+    id_col, e_col = protocols.DISCOVERY_COLUMNS
+    e_form = pd.Series([r["e_form_per_atom"] for r in rows], dtype=float, name=e_col,
+                       index=pd.Index([r["material_id"] for r in rows], name=id_col)).round(4)
+    tmp = paths["discovery"].with_name(paths["discovery"].name + ".tmp")
+    e_form.to_frame().to_csv(tmp, compression="gzip")
+    os.replace(tmp, paths["discovery"])
+    geo = [{"material_id": r["material_id"], "structure": r["structure"], "energy": r["energy"],
+            "converged": bool(r["converged"]), "n_steps": int(r["n_steps"] or 0)}
+           for r in rows if r["e_form_per_atom"] is not None and r.get("structure") is not None]
+    tmp = paths["geo_opt"].with_name(paths["geo_opt"].name + ".tmp")
+    pd.DataFrame(geo, columns=list(protocols.GEO_OPT_COLUMNS)).to_json(tmp, orient="records", lines=True,
+                                                                        compression="gzip")
+    os.replace(tmp, paths["geo_opt"])
+    keep = {p.name for p in paths.values()}
+    for old in out.iterdir():
+        if _DATED.fullmatch(old.name) and old.name not in keep:
+            old.unlink()
+    return paths
+
+
+def _versions() -> dict:
+    import importlib.metadata
+
+    out = {}
+    for dist in ("matfunnel", "torch", "pymatgen", "ase", "jobflow", "numpy", "pandas"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _model_record(cfg: BenchmarkConfig, models: list) -> tuple[dict | None, list[dict]]:
+    """The model record of the shards (distinct ones too); loads the potential only if no shard has one."""
+    distinct: list[dict] = []
+    for m in models:
+        if m and m not in distinct:
+            distinct.append(m)
+    if distinct:
+        if len(distinct) > 1:
+            log.warning("the shards of this run were relaxed with %d different models (weights changed?): %s",
+                        len(distinct), distinct)
+        return distinct[0], distinct
+    try:  # shards written before the model was recorded
+        from matfunnel.potential import load_potential
+
+        info = load_potential(cfg.potential, cfg.device, **cfg.potential_kwargs).model_info()
+    except Exception as exc:  # noqa: BLE001 - provenance only: say why it is missing
+        return {"name": cfg.potential, "error": f"{type(exc).__name__}: {exc}"}, []
+    return info, [info]
+
+
+def write_run_info(cfg: BenchmarkConfig, result: dict, models: list, path: Path) -> dict:
+    """Write the run metadata JSON (protocol, model provenance, versions, counts, files); return it."""
+    model, distinct = _model_record(cfg, models)
+    proto = cfg.protocol()
+    info = {
+        "benchmark": "matbench-discovery",
+        "task": "IS2RE",
+        "potential": cfg.potential,
+        "potential_kwargs": dict(cfg.potential_kwargs),
+        "model": model,
+        "models_seen": distinct,
+        "protocol": proto,
+        "preset_leaderboard_models": protocols.PRESETS[proto["name"]].models,
+        "protocol_source": f"github.com/janosh/matbench-discovery@{protocols.SOURCE_COMMIT} models/*/*.yml",
+        # the model-YAML form (hyperparams.evaluation) of what was run
+        "yaml_evaluation": {"ase_optimizer": proto["optimizer"], "cell_filter": proto["cell_filter"],
+                            "max_force": proto["fmax"], "max_steps": proto["max_steps"]},
+        "engine": "matfunnel batched FIRE + Frechet cell filter (matfunnel.engine.fire)",
+        "device": cfg.device,
+        "versions": _versions(),
+        "selection": {"subset": cfg.subset, "sample": cfg.sample, "seed": cfg.seed},
+        "n_relaxed": result.get("n_relaxed"),
+        "n_converged": result.get("n_converged"),
+        "n_failed": result.get("n_failed"),
+        "wall_time_s": result.get("wall_time_s"),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": dict(result.get("files", {})),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+    return info
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
@@ -245,6 +401,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
 
     from matfunnel.common.store import embedded_store
 
+    cfg.settings()  # unknown or unsupported protocol: fail before any work
     out = Path(cfg.out_dir).resolve()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     summary_path = mbd_data.fetch("wbm_summary", cfg.data_dir, download_missing=cfg.download,
@@ -261,11 +418,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         run_locally(flow, store=embedded_store(out), create_folders=True, root_dir=str(out / "jobs"),
                     log=log.isEnabledFor(logging.INFO))
     wall = time.perf_counter() - t0
-    rows = collect(plan, out)
+    models: list = []
+    rows = collect(plan, out, models)
     from matfunnel.benchmark.score import score_run
 
-    return score_run(rows, cfg, out, summary, wall_time=wall,
-                     n_shards_run=0 if flow is None else len(flow.jobs) // 3)
+    result = score_run(rows, cfg, out, summary, wall_time=wall,
+                       n_shards_run=0 if flow is None else len(flow.jobs) // 3)
+    sub = write_submission(rows, out)
+    run_info = out / f"run-info-{cfg.slug}.json"
+    result["files"].update({"discovery": str(sub["discovery"]), "geo_opt": str(sub["geo_opt"]),
+                            "run_info": str(run_info)})
+    info = write_run_info(cfg, result, models, run_info)
+    result["model_info"] = info["model"]
+    Path(result["files"]["metrics"]).write_text(json.dumps(result, indent=2))
+    return result
 
 
 def config_dict(cfg: BenchmarkConfig) -> dict:

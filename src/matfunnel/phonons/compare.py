@@ -158,14 +158,47 @@ def write_csv(rows: list[dict], path) -> None:
             w.writerow({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
 
 
+def _finished_rows(journal: Path | None, settings: dict) -> dict[str, dict]:
+    """Rows of an earlier run with the same settings, by material id (unreadable lines are skipped)."""
+    if journal is None or not journal.exists():
+        return {}
+    out = {}
+    for line in journal.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if rec.get("settings") == settings and not rec["row"].get("error"):
+            out[rec["row"]["material_id"]] = rec["row"]
+    return out
+
+
+def _append_row(journal: Path, settings: dict, row: dict) -> None:
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"settings": settings, "row": row}, default=_json_value)
+    with open(journal, "a") as fh:  # one write per row: a kill loses at most the row in progress
+        fh.write(line + "\n")
+        fh.flush()
+
+
+def _json_value(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
 def compare_references(root, potential, out=None, *, ids=None, limit: int | None = None, cheapest: bool = False,
                        relax: bool = False, mesh=DEFAULT_MESH, band_npoints: int = 31,
                        imaginary_tol: float = IMAGINARY_TOL, progress=None) -> tuple[list[dict], dict]:
     """Compare every reference folder under ``root`` (or ``ids``; the first ``limit``).
 
     A bad folder becomes a row with ``error`` set (the message names the folder); the others go on.
-    With ``out`` the rows go to that CSV and the summary to ``<out stem>.summary.json``.
-    ``progress(i, n, material_id)`` is called before each material.
+    With ``out`` the rows go to that CSV and the summary to ``<out stem>.summary.json``; every finished
+    row is also appended to ``<out stem>.rows.jsonl`` as soon as it is done, and a rerun with the same
+    potential and settings reuses those rows (failed ones are tried again), so a killed comparison
+    resumes where it stopped. ``progress(i, n, material_id)`` is called before each material.
     """
     if cheapest and not ids:
         ids = cheapest_references(root)
@@ -181,8 +214,17 @@ def compare_references(root, potential, out=None, *, ids=None, limit: int | None
                 pass
         good = list(refs)
         relaxed = dict(zip(good, relax_references([refs[f] for f in good], potential)))
+    name = getattr(potential, "name", str(potential))
+    model = potential.model_info() if hasattr(potential, "model_info") else {"name": name}
+    settings = {"model": model, "relax": relax,
+                "mesh": mesh, "band_npoints": band_npoints, "imaginary_tol": imaginary_tol}
+    journal = Path(out).with_suffix(".rows.jsonl") if out else None
+    done = _finished_rows(journal, settings)
     rows = []
     for i, folder in enumerate(folders):
+        if folder.name in done:
+            rows.append(done[folder.name])
+            continue
         if progress:
             progress(i, len(folders), folder.name)
         t0 = time.perf_counter()
@@ -198,9 +240,11 @@ def compare_references(root, potential, out=None, *, ids=None, limit: int | None
         row.setdefault("wall_time_s", time.perf_counter() - t0)
         if row.get("error"):
             log.warning("%s", row["error"])
+        elif journal is not None:
+            _append_row(journal, settings, row)
         rows.append(row)
     summary = summarize(rows)
-    summary["potential"] = getattr(potential, "name", str(potential))
+    summary["potential"] = name
     summary["relax"] = relax
     if out:
         write_csv(rows, out)
