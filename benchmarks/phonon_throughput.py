@@ -11,7 +11,7 @@ Structures: unit cells of the shared DFT references (``--refs``), in supercells 
 
 ``--relax N``: also the tight symmetric relaxation before phonons (fmax 0.005 eV/Å, space group kept) of the
 first N references' cells: all together on the batched engine
-(:func:`matfunnel.phonons.relax.relax_symmetric_many`) against ASE's FIRE + FixSymmetry one after another
+(:func:`matfunnel.phonons.symmetric_relax.relax_symmetric_many`) against ASE's FIRE + FixSymmetry one after another
 with the same potential, in the same run; prints the times, their ratio and the agreement.
 
     .venv/bin/python benchmarks/phonon_throughput.py [--potential chgnet-0.3.0] [--device cuda]
@@ -117,7 +117,7 @@ def main() -> None:
 def relax_comparison(pot, n: int, device: str) -> None:
     from matfunnel.phonons import load_reference
     from matfunnel.phonons.compare import cheapest_references
-    from matfunnel.phonons.relax import relax_symmetric, relax_symmetric_many
+    from matfunnel.phonons.symmetric_relax import relax_symmetric, relax_symmetric_many
 
     root = SHARED / "data/phonons/pbe-reference"
     refs = [load_reference(root / mid) for mid in cheapest_references(root)[:n]]

@@ -38,7 +38,7 @@ def _over(err: dict) -> str:
 
 def _agree(ref_preds, ours, structs, device) -> None:
     """Print the max differences; where one is over the tolerance, compare both with chgnet in float64."""
-    from matfunnel.potential.reference import ChgnetReference, parity_errors
+    from matfunnel.potential.chgnet_reference import ChgnetReference, parity_errors
 
     errs = [parity_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs)]
     worst = {q: max(e[q] for e in errs) for q in TOL}

@@ -20,7 +20,7 @@ from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.potential import ChgnetPotential
 from matfunnel.potential.synthetic import random_structure, supercell
 from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path, load_checkpoint
-from matfunnel.potential.reference import ChgnetReference, parity_errors
+from matfunnel.potential.chgnet_reference import ChgnetReference, parity_errors
 
 warnings.filterwarnings("ignore")
 TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}

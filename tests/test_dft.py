@@ -30,7 +30,7 @@ from matfunnel.dft import (
     plan_dft_runs,
     run_gpaw,
 )
-from matfunnel.dft.gpaw_engine import _initial_magmoms, _to_atoms, check_atoms
+from matfunnel.dft.gpaw import _initial_magmoms, _to_atoms, check_atoms
 
 HAS_GPAW = importlib.util.find_spec("gpaw") is not None
 

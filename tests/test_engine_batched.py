@@ -194,7 +194,7 @@ def test_symmetry_mode_starts_from_the_exact_symmetry(rng):
 def test_symmetric_relaxation_matches_ase_fixsymmetry(rng):
     """The phonon checks' relaxation (batched, ``symmetry=True``) against ASE's FIRE + FixSymmetry (the path they
     used before): the same path, to round-off."""
-    from matfunnel.phonons.relax import relax_symmetric
+    from matfunnel.phonons.symmetric_relax import relax_symmetric
 
     s = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.3, 5.2), ["Ar", "Kr"],
                                   [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.37]])

@@ -22,7 +22,7 @@ def _flows_dir() -> Path:
 
 def cmd_run(args) -> int:
     from matfunnel.campaign.report import format_table
-    from matfunnel.campaign.runner import run_campaign
+    from matfunnel.campaign.local import run_campaign
     from matfunnel.campaign.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -42,7 +42,7 @@ def cmd_quickstart(args) -> int:
 
 def cmd_report(args) -> int:
     from matfunnel.campaign.report import format_table
-    from matfunnel.campaign.runner import load_report
+    from matfunnel.campaign.local import load_report
 
     report = load_report(args.run_dir)
     if report is None:

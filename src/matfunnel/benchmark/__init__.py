@@ -6,12 +6,12 @@
 * ``run``       the sharded, resumable IS2RE run through jobflow (``matfunnel benchmark
   matbench-discovery``).
 * ``score``     scoring prediction files (``matfunnel benchmark score``) and finished runs.
-* ``gate``      :func:`gate_metrics`: a campaign's MLIP gate vs its own DFT results.
+* ``gate_metrics`` :func:`gate_metrics`: a campaign's MLIP gate vs its own DFT results.
 * ``synthetic`` a tiny WBM-format data set for tests and demos.
 """
 
 from matfunnel.benchmark.data import DATA_FILES, DataUnavailableError, fetch
-from matfunnel.benchmark.gate import gate_metrics
+from matfunnel.benchmark.gate_metrics import gate_metrics
 from matfunnel.benchmark.metrics import (
     classify_stable,
     discovery_metrics,

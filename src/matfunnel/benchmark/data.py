@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "MATFUNNEL_DATA_DIR"
 OFFLINE_ENV = "MATFUNNEL_OFFLINE"
-REGISTRY_SOURCE = (
-    "matbench_discovery/data-files.yml, github.com/janosh/matbench-discovery "
-    "@ 02c292dbc95fb54b688f7100137d96c3244a4090"
-)
 FIGSHARE_ARTICLE = "https://figshare.com/articles/dataset/22715158"
 _CHUNK = 1 << 20
 
@@ -375,14 +370,3 @@ def load_structures(path, ids=None, keys: tuple[str, ...] = _STRUCT_KEYS) -> dic
 def load_dft_structures(path, ids=None) -> dict[str, dict]:
     """DFT-relaxed WBM structures (from the computed-structure-entries file), id -> dict."""
     return dict(iter_structures(path, ids, keys=("structure", "relaxed_structure")))
-
-
-def copy_into(key: str, src: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
-    """Copy a local file into ``data_dir`` under the registry's relative path (md5-checked)."""
-    f = DATA_FILES[key]
-    verify(src, f.md5)
-    dest = Path(data_dir) / f.path
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    return dest
-

@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -141,10 +140,6 @@ def _write_json_gz(path: Path, obj) -> None:
 def _read_json_gz(path: Path):
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def _nan_to_none(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
 def _shard_name(i: int) -> str:
@@ -432,7 +427,3 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     result["model_info"] = info["model"]
     Path(result["files"]["metrics"]).write_text(json.dumps(result, indent=2))
     return result
-
-
-def config_dict(cfg: BenchmarkConfig) -> dict:
-    return asdict(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 from jobflow import Maker, job
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from matfunnel.benchmark.gate import gate_metrics
+from matfunnel.benchmark.gate_metrics import gate_metrics
 from matfunnel.common.documents import CandidatesDoc, DftDoc, HullDoc, PhononGateDoc, as_doc
 from matfunnel.common.structures import as_structure_or_none
 

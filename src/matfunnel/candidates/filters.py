@@ -31,11 +31,6 @@ def net_charge(counts: Iterable[tuple[float, str]]) -> float | None:
     return total
 
 
-def is_charge_neutral(counts: Iterable[tuple[float, str]], tol: float = 1e-6) -> bool:
-    q = net_charge(counts)
-    return q is not None and abs(q) < tol
-
-
 def check_candidate(struct: Structure, label: str, min_distance: float = MIN_DISTANCE) -> str | None:
     """None if ``struct`` can go to the potential, else the reason (overlap, empty, disorder, ...)."""
     try:

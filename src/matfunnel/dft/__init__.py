@@ -16,7 +16,7 @@ from matfunnel.dft.dft_hull import (
     expand_results,
     plan_dft_runs,
 )
-from matfunnel.dft.gpaw_engine import ensure_gpaw_setups, kpoint_mesh, run_gpaw
+from matfunnel.dft.gpaw import ensure_gpaw_setups, kpoint_mesh, run_gpaw
 from matfunnel.dft.settings import GpawSettings, as_settings
 from matfunnel.dft.vasp import vasp_entry, vasp_entry_from_dir, vasp_flow, vasp_result
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from matfunnel.common.errors import StructureError
 from matfunnel.common.structures import as_structure
-from matfunnel.dft.gpaw_engine import run_gpaw
+from matfunnel.dft.gpaw import run_gpaw
 from matfunnel.dft.settings import GpawSettings, as_settings
 
 Item = tuple[str, Any]  # (id, pymatgen Structure)

@@ -153,7 +153,7 @@ def competing_for(row: dict, hull: HullDoc, elements: list[str]) -> list[str]:
 @job(name="gpaw")
 def gpaw_job(structure: dict, settings: dict, label: str, result_cache: str | None = None) -> dict:
     """One GPAW PAW-PBE plane-wave calculation (in the job's own folder); finished runs are cached."""
-    from matfunnel.dft.gpaw_engine import run_gpaw
+    from matfunnel.dft.gpaw import run_gpaw
 
     cache = active_cache(result_cache)
     key = content_key("gpaw", structure_fingerprint(structure), settings)

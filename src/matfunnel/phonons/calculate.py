@@ -3,7 +3,7 @@
 Phonopy generates the symmetry-reduced displacements (0.01 Å by default); all displaced
 supercells are evaluated together in one batched ``potential.predict`` call, the drift is removed
 and the force constants are symmetrised (translational and permutation symmetry). Optionally the
-structure is first relaxed tightly with its symmetry fixed (:mod:`matfunnel.phonons.relax`).
+structure is first relaxed tightly with its symmetry fixed (:mod:`matfunnel.phonons.symmetric_relax`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from matfunnel.phonons.properties import (
     DEFAULT_TEMPERATURES,
     harmonic_summary,
 )
-from matfunnel.phonons.relax import (
+from matfunnel.phonons.symmetric_relax import (
     TIGHT_FMAX,
     SymmetricRelaxation,
     relax_symmetric_many,
@@ -102,7 +102,7 @@ def run_phonons(
     ``potential`` is a :class:`~matfunnel.potential.Potential` or a registered name (default: the
     funnel's default potential). ``supercell_matrix`` wins over ``min_length``. With ``relax`` the
     structure is first relaxed keeping its symmetry (batched engine), unless ``relaxation`` (done
-    already, e.g. for many structures at once by :func:`~matfunnel.phonons.relax.relax_symmetric_many`)
+    already, e.g. for many structures at once by :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`)
     is given. Errors propagate;
     :class:`~matfunnel.phonons.maker.PhononMaker` records them per structure instead.
     """

@@ -27,12 +27,12 @@ from matfunnel.phonons.properties import (
     harmonic_summary,
     primitive_structure,
 )
-from matfunnel.phonons.reference import (
+from matfunnel.phonons.dft_reference import (
     PhononReferenceError,
     find_references,
     load_reference,
 )
-from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _mesh_mae(ours, ref_mesh: dict) -> float:
 
 def relax_references(refs: list, potential, *, fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list:
     """The symmetric relaxations of the references' cells, all together on the batched engine (see
-    :func:`~matfunnel.phonons.relax.relax_symmetric_many`)."""
+    :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`)."""
     return relax_symmetric_many([r.structure for r in refs], potential, labels=[r.material_id for r in refs],
                                 fmax=fmax, max_steps=max_steps)
 

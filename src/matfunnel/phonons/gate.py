@@ -24,7 +24,7 @@ from matfunnel.common.documents import HullDoc, PhononGateDoc, as_doc
 from matfunnel.common.structures import as_structure
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT
 from matfunnel.phonons.maker import PhononMaker
-from matfunnel.phonons.relax import TIGHT_FMAX
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import MAX_SUPERCELL_ATOMS
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential

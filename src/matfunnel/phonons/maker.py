@@ -13,7 +13,7 @@ from matfunnel.makers.relax import decode_inputs
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT, run_phonons
 from matfunnel.phonons.document import PhononResult
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES
-from matfunnel.phonons.relax import TIGHT_FMAX, relax_symmetric_many
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import (
     DEFAULT_MIN_LENGTH,
@@ -32,7 +32,7 @@ class PhononMaker(Maker):
     """Harmonic phonons of a batch of structures with an MLIP.
 
     Optional tight symmetry-fixed relaxation of all structures together on the batched engine (``relax``, fmax
-    ``relax_fmax``; :func:`~matfunnel.phonons.relax.relax_symmetric_many`), then per structure phonopy
+    ``relax_fmax``; :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`), then per structure phonopy
     displacements of ``displacement`` Å in a supercell given by ``supercell_matrix`` or at least
     ``min_length`` Å wide, all displaced supercells in one batched prediction, then thermal
     properties, ω_max, DOS, band structure and the dynamical-stability flag. Returns one
@@ -79,7 +79,7 @@ class PhononMaker(Maker):
 
     def run_one(self, structure: Structure, label: str, pot, relaxation=None) -> PhononResult:
         """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation`` (a
-        :class:`~matfunnel.phonons.relax.SymmetricRelaxation`, or its error message; relaxed here when not given)."""
+        :class:`~matfunnel.phonons.symmetric_relax.SymmetricRelaxation`, or its error message; relaxed here when not given)."""
         t0 = time.perf_counter()
         try:
             if isinstance(relaxation, str):  # the relaxation failed (overlapping atoms, NaN, ...)

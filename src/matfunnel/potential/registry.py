@@ -140,7 +140,7 @@ def _chgnet_ours(device: str, **kw) -> Potential:
 
 
 def _chgnet_reference(device: str, **kw) -> Potential:
-    from matfunnel.potential.reference import ChgnetReference
+    from matfunnel.potential.chgnet_reference import ChgnetReference
 
     pot = ChgnetReference(device=device, **kw)
     pot.weights_file, pot.package = str(_chgnet_weights()), "chgnet"
