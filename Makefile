@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make quickstart   set up (idempotent) and run the offline quickstart campaign
-#   make test         set up (idempotent) and run the test suite
-.PHONY: setup setup-test quickstart test
+#   make test         set up (idempotent), lint (ruff), type-check (mypy) and run the test suite
+.PHONY: setup setup-test quickstart lint test
 
 setup:
 	@scripts/setup.sh
@@ -12,5 +12,9 @@ setup-test:
 quickstart: setup
 	.venv/bin/matfunnel quickstart
 
-test: setup-test
+lint: setup-test
+	.venv/bin/ruff check src tests benchmarks analysis
+	.venv/bin/mypy
+
+test: lint
 	.venv/bin/python -m pytest -q --durations=20
