@@ -69,19 +69,19 @@ def documents(structures, repeats: int) -> dict:
                s.cart_coords + rng.normal(0, 0.05, (len(s), 3))) for s in structures]
 
     def pymatgen_way():
-        for s, (lat, cart) in zip(structures, finals):
+        for s, (lat, cart) in zip(structures, finals, strict=False):
             s.as_dict()
             t = Structure(Lattice(lat), s.species, cart, coords_are_cartesian=True)
             t.properties = dict(s.properties)
             t.as_dict()
 
     def table_way():
-        for s, (lat, cart) in zip(structures, finals):
+        for s, (lat, cart) in zip(structures, finals, strict=False):
             table = SiteTable(s)
             table.initial()
             table.at(lat, cart)
 
-    for s, (lat, cart) in zip(structures[:50], finals[:50]):
+    for s, (lat, cart) in zip(structures[:50], finals[:50], strict=False):
         assert SiteTable(s).initial() == s.as_dict()
     ref, ours = _best(pymatgen_way, repeats), _best(table_way, repeats)
     n = len(structures)

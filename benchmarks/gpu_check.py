@@ -120,7 +120,7 @@ def main() -> None:
         b = pot.predict(structs)
         t_to = _median_time(lambda: pot.predict(structs))
         _triton(True)
-        df = max(float(np.abs(x["forces"] - y["forces"]).max()) for x, y in zip(a, b))
+        df = max(float(np.abs(x["forces"] - y["forces"]).max()) for x, y in zip(a, b, strict=False))
         n_at = int(n.sum())
         print(f"{name:<30}{n_at:>7}{items:>10,}{peak / 2**20:>10.0f}{peak / max(items, 1):>8.0f}{t_tr * 1e3:>11.1f}"
               f"{t_to * 1e3:>10.1f}{t_tr / n_at * 1e6:>9.2f}{df:>10.1e}")
@@ -209,7 +209,7 @@ def main() -> None:
         prof.disable()
         wall = time.perf_counter() - t0
         steps = sum(r.n_steps or 0 for r in res)
-        atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res))
+        atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res, strict=False))
         print(f"\n== relax_batched profile: {len(structs)} structures ({sum(len(s) for s in structs)} atoms), "
               f"at most {args.relax_steps} steps: {wall:.2f} s (cProfile on), {steps} structure-steps, "
               f"{atom_steps / wall:,.0f} atom-steps/s")

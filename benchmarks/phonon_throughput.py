@@ -130,7 +130,7 @@ def relax_comparison(pot, n: int, device: str) -> None:
     t = time.perf_counter()
     ase = [relax_symmetric(s, pot) for s in structures]
     ta = time.perf_counter() - t
-    ok = [(b, a, s) for b, a, s in zip(batched, ase, structures) if not isinstance(b, str)]
+    ok = [(b, a, s) for b, a, s in zip(batched, ase, structures, strict=False) if not isinstance(b, str)]
     de = [abs(b.energy - a.energy) / len(s) * 1e3 for b, a, s in ok]
     dv = [abs(b.structure.volume / a.structure.volume - 1) * 100 for b, a, s in ok]
     same = sum(b.n_steps == a.n_steps for b, a, s in ok)

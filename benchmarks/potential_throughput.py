@@ -40,7 +40,7 @@ def _agree(ref_preds, ours, structs, device) -> None:
     """Print the max differences; where one is over the tolerance, compare both with chgnet in float64."""
     from matfunnel.potential.chgnet_reference import ChgnetReference, parity_errors
 
-    errs = [parity_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs)]
+    errs = [parity_errors(p, o, len(s)) for p, o, s in zip(ref_preds, ours, structs, strict=False)]
     worst = {q: max(e[q] for e in errs) for q in TOL}
     print(f"max |diff| over {len(structs)} structures: energy/atom {worst['energy']:.2e} eV, forces "
           f"{worst['forces']:.2e} eV/A, stress {worst['stress']:.2e} GPa, magmoms {worst['magmoms']:.2e} muB")

@@ -113,7 +113,7 @@ def _worker(args) -> int:
     sys.stdin.readline()
     res = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps)
     _sync(args.device)
-    print(json.dumps({"atom_steps": sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res)),
+    print(json.dumps({"atom_steps": sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res, strict=False)),
                       "converged": sum(bool(r.converged) for r in res), "e": [r.e_per_atom for r in res]}))
     return 0
 
@@ -223,17 +223,17 @@ def main(argv=None) -> int:
     _sync(args.device)
     wall_b = time.perf_counter() - t0
     rows = {"batched": summarize("batched", batched, wall_b)}
-    atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, batched))
+    atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, batched, strict=False))
     per_struct = wall_b / len(structs)
     print(f"batched: {atom_steps / wall_b:,.0f} atom-steps/s ({atom_steps:,} atom-steps: mean "
           f"{atom_steps / len(structs):.0f} per structure); at this rate {args.wbm:,} structures like these take "
           f"{args.wbm * per_struct / 3600:.2f} h")
     # steady state: until the last structure enters the batch the device is full; after it, the batch drains
     # (the tail). A structure's atom-steps are spread evenly over its time in the batch.
-    entered = [f - (r.wall_time or 0.0) for f, r in zip(finished_at, batched)]
+    entered = [f - (r.wall_time or 0.0) for f, r in zip(finished_at, batched, strict=False)]
     t_full = max(entered)
     done = sum(len(s) * (r.n_steps or 0) * min(1.0, max(0.0, (t_full - e) / max(f - e, 1e-9)))
-               for s, r, e, f in zip(structs, batched, entered, finished_at))
+               for s, r, e, f in zip(structs, batched, entered, finished_at, strict=False))
     if t_full > 0.1 * wall_b and done > 0:
         steady = done / t_full
         tail = wall_b - t_full
@@ -263,14 +263,14 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ase = relax_structures(ref_structs, pot, fmax=args.fmax, max_steps=args.max_steps)
         rows["ase"] = summarize("ase", ase, time.perf_counter() - t0)
-        both = [(a, b) for a, b in zip(ase, ref_batched) if a.converged and b.converged]
+        both = [(a, b) for a, b in zip(ase, ref_batched, strict=False) if a.converged and b.converged]
         de = np.array([abs(a.e_per_atom - b.e_per_atom) * 1000 for a, b in both])
-        same_steps = sum(a.n_steps == b.n_steps for a, b in zip(ase, ref_batched))
+        same_steps = sum(a.n_steps == b.n_steps for a, b in zip(ase, ref_batched, strict=False))
         if len(de):
             print(f"batched vs ase (both converged: {len(both)}): |dE| median {np.median(de):.4f}, "
                   f"max {de.max():.4f} meV/atom, {int((de > 1).sum())} above 1 meV/atom; "
                   f"identical step counts {same_steps}/{len(ref_structs)}")
-        for (a, b), d in zip(both, de):
+        for (a, b), d in zip(both, de, strict=False):
             if d > 1:
                 print(f"    {b.label}: ase {a.e_per_atom:.5f} eV/atom in {a.n_steps} steps, batched "
                       f"{b.e_per_atom:.5f} in {b.n_steps} (final volumes {_volume(a):.2f} / {_volume(b):.2f} A^3)")
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         rows["chgnet"] = {"wall": wall, "rate": len(ref_structs) / wall}
         print(f"{'chgnet':>10}: {len(ref_structs)} structures in {wall:8.1f} s = {len(ref_structs) / wall:7.3f} "
               f"structures/s (StructOptimizer, FIRE + FrechetCellFilter)")
-        de = np.array([abs(e - b.e_per_atom) * 1000 for (e, _), b in zip(ref, ref_batched)
+        de = np.array([abs(e - b.e_per_atom) * 1000 for (e, _), b in zip(ref, ref_batched, strict=False)
                        if b.converged and np.isfinite(e)])
         if len(de):
             print(f"batched vs chgnet StructOptimizer: |dE| median {np.median(de):.4f}, max {de.max():.4f} meV/atom")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
             print(f"{'torch-sim':>10}: {len(structs)} structures in {wall:8.1f} s = "
                   f"{len(structs) / wall:7.3f} structures/s")
             if energies is not None and len(energies) == len(structs):
-                de = [abs(e / n - b.e_per_atom) * 1000 for e, n, b in zip(energies, sizes, batched)
+                de = [abs(e / n - b.e_per_atom) * 1000 for e, n, b in zip(energies, sizes, batched, strict=False)
                       if b.e_per_atom is not None]
                 print(f"torch-sim vs batched: |dE| median {np.median(de):.4f}, max {np.max(de):.4f} meV/atom")
             print(f"speed-up batched / torch-sim: {wall / rows['batched']['wall']:.2f}x")

@@ -95,7 +95,7 @@ def test_optimize_equals_our_engine(run):
         assert abs(r.e_per_atom - e_a2[k]) < 1e-3, (k, r.e_per_atom, e_a2[k])
         assert doc.structures[k].composition == structs[k].composition
     # the relaxation moved something: the energy went down from the perturbed start
-    start = [p["energy"] / len(s) for p, s in zip(load_potential(POTENTIAL).predict(structs), structs)]
+    start = [p["energy"] / len(s) for p, s in zip(load_potential(POTENTIAL).predict(structs), structs, strict=False)]
     assert np.all(e_a2 < np.array(start))
 
 
@@ -103,11 +103,11 @@ def test_static_equals_our_potential(run):
     _, store, uuids = run
     doc = output(store, uuids["static"])
     relaxed = output(store, uuids["relax"]).structures
-    for a, b in zip(doc.structures, relaxed):  # the static job got the optimization's structures
+    for a, b in zip(doc.structures, relaxed, strict=False):  # the static job got the optimization's structures
         np.testing.assert_allclose(a.cart_coords, b.cart_coords, atol=1e-8)
         np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-8)
     ours = load_potential(POTENTIAL).predict(doc.structures)
-    for k, (s, o) in enumerate(zip(doc.structures, ours)):
+    for k, (s, o) in enumerate(zip(doc.structures, ours, strict=False)):
         assert abs(doc.output.energies[k] - o["energy"]) / len(s) < 1e-5, (k, doc.output.energies[k], o["energy"])
     forces = np.concatenate([np.asarray(f) for f in doc.calcs_reversed[0].output.all_forces])
     np.testing.assert_allclose(forces, np.concatenate([o["forces"] for o in ours]), atol=1e-4)

@@ -55,7 +55,7 @@ def _assert_matches(out_k, g_k, out_t, g_t):
     assert out_k.shape == out_t.shape
     scale = float(out_t.abs().max()) if out_t.numel() else 1.0
     torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=2e-6 * max(scale, 1.0))
-    for a, b in zip(g_k, g_t):
+    for a, b in zip(g_k, g_t, strict=False):
         if a is None and b is None:  # an input the output does not depend on
             continue
         b = torch.zeros_like(a) if b is None else b
@@ -90,12 +90,12 @@ def test_gated_matches_torch(rows, n_seg, hidden, n_tab, dense, weight, reduce, 
     gout = torch.randn(gout_shape)
 
     def run():
-        out = mlp.fused(list(zip(tabs, ixs)), x, wd, w, seg, reduce=reduce, residual=not reduce)
+        out = mlp.fused(list(zip(tabs, ixs, strict=False)), x, wd, w, seg, reduce=reduce, residual=not reduce)
         grads = torch.autograd.grad(out, inputs, gout, allow_unused=True)
         return out.detach(), grads
 
     with cpu_ops.use(True):
-        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), x)
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs, strict=False)), x)
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
@@ -119,11 +119,11 @@ def test_gathered_weight_matches_torch(rows, n_seg, n_b2, n_tab, dense, threads)
     gout = torch.randn(n_seg, 64)
 
     def run():
-        out = mlp.fused(list(zip(tabs, ixs)), x, wd, (t0, t1), seg)
+        out = mlp.fused(list(zip(tabs, ixs, strict=False)), x, wd, (t0, t1), seg)
         return out.detach(), torch.autograd.grad(out, inputs, gout, allow_unused=True)
 
     with cpu_ops.use(True):
-        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), x, (t0, t1), seg)
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs, strict=False)), x, (t0, t1), seg)
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
@@ -150,13 +150,13 @@ def test_narrow_input_with_separate_residual_matches_torch(rows, hidden, reduce,
 
     def run():
         if reduce:
-            out = mlp.fused(list(zip(tabs, ixs)), basis, wd, w, seg)
+            out = mlp.fused(list(zip(tabs, ixs, strict=False)), basis, wd, w, seg)
         else:
-            out = mlp.fused(list(zip(tabs, ixs)), basis, wd, None, seg, reduce=False, residual=True, x_res=feats)
+            out = mlp.fused(list(zip(tabs, ixs, strict=False)), basis, wd, None, seg, reduce=False, residual=True, x_res=feats)
         return out.detach(), torch.autograd.grad(out, inputs, gout, allow_unused=True)
 
     with cpu_ops.use(True):
-        assert cpu_ops.supports(mlp, list(zip(tabs, ixs)), basis, None, seg, None if reduce else feats, not reduce)
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs, strict=False)), basis, None, seg, None if reduce else feats, not reduce)
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()
@@ -189,7 +189,7 @@ def test_two_piece_table_matches_concatenated(split_at, threads):
         out_split, g_split = run((lo, hi))
         out_cat, g_cat = run(torch.cat([lo, hi]))
     torch.testing.assert_close(out_split, out_cat, rtol=0, atol=0)
-    for a, b in zip(g_split, g_cat):
+    for a, b in zip(g_split, g_cat, strict=False):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -243,7 +243,7 @@ def test_neighbor_pairs_match_torch_cell_lists():
     def pairs(out):
         i, j, img, d = out
         return {(a, b, tuple(m)): dist for a, b, m, dist in
-                zip(i.tolist(), j.tolist(), img.round().long().tolist(), d.tolist())}
+                zip(i.tolist(), j.tolist(), img.round().long().tolist(), d.tolist(), strict=False)}
 
     ref = pairs(neighbors.neighbor_pairs(frac, lat, batch, 6.0))
     ours = pairs(cpu_ops.neighbor_pairs(frac, lat, n, 6.0, neighbors.SELF_TOL))
@@ -265,9 +265,9 @@ def test_multi_linear_matches_torch(n, k, threads):
         out_k = cpu_ops.multi_linear(x, ws, bs)
         # one output unused: its gradient is None
         (g_k,) = torch.autograd.grad(out_k[:3], [x], gouts[:3])
-    out_t = [torch.nn.functional.linear(x, w, b) for w, b in zip(ws, bs)]
+    out_t = [torch.nn.functional.linear(x, w, b) for w, b in zip(ws, bs, strict=False)]
     (g_t,) = torch.autograd.grad(out_t[:3], [x], gouts[:3])
-    for a, b in zip(out_k, out_t):
+    for a, b in zip(out_k, out_t, strict=False):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(g_k, g_t, rtol=1e-5, atol=1e-4)
 

@@ -18,9 +18,9 @@ from pymatgen.core import Lattice, Structure
 from matfunnel.potential import StructureError
 from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.potential import ChgnetPotential
-from matfunnel.potential.synthetic import random_structure, supercell
 from matfunnel.potential.chgnet.weights import CheckpointError, checkpoint_path, load_checkpoint
 from matfunnel.potential.chgnet_reference import ChgnetReference, parity_errors
+from matfunnel.potential.synthetic import random_structure, supercell
 
 warnings.filterwarnings("ignore")
 TOL = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-3, "magmoms": 1e-4}
@@ -77,7 +77,7 @@ def test_parity_float32(rng, ref32, ref64, ours32):
     ref = ref32.predict_structure(structs, task="efsm", batch_size=16)
     ours = ours32.predict(structs)
     worst = dict.fromkeys(TOL, 0.0)
-    for k, (s, r, o) in enumerate(zip(structs, ref, ours)):
+    for k, (s, r, o) in enumerate(zip(structs, ref, ours, strict=False)):
         err = parity_errors(r, o, len(s))
         bad = {q: v for q, v in err.items() if v > TOL[q]}
         if bad:  # compare with the reference's own float32 noise on this structure
@@ -112,7 +112,7 @@ def test_parity_float64_exact_maths(rng, ref64, ours64):
     ours = ours64.predict(structs)
     tol = {"energy": 2e-6, "forces": 1e-6, "stress": 1e-5, "magmoms": 1e-6}
     worst = dict.fromkeys(tol, 0.0)
-    for s, r, o in zip(structs, ref, ours):
+    for s, r, o in zip(structs, ref, ours, strict=False):
         err = parity_errors(r, o, len(s))
         for q, v in err.items():
             assert v <= tol[q], f"seed {SEED}: {s.properties['label']} {q} differs by {v:.2e}"
@@ -127,7 +127,7 @@ def _edge_sets(s: Structure):
     g = CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3)(s)
     ag = g.atom_graph.numpy()
     im = g.neighbor_image.numpy().round().astype(int)
-    key = [(int(a), int(b), *map(int, c)) for (a, b), c in zip(ag, im)]
+    key = [(int(a), int(b), *map(int, c)) for (a, b), c in zip(ag, im, strict=False)]
     angles = {(int(r[0]), key[r[2]], key[r[4]]) for r in g.bond_graph.numpy()}
     return set(key), angles, len(g.bond_graph)
 
@@ -137,13 +137,13 @@ def _our_sets(s: Structure):
          torch.tensor([len(s)])]
     g = build_graph(*(x.to(DEVICE) for x in t), max_candidates=5000)
     i, j, im = g.src.tolist(), g.dst.tolist(), g.image.round().long().tolist()
-    fwd = [(a, b, *c) for a, b, c in zip(i, j, im)]
-    rev = [(b, a, *(-x for x in c)) for a, b, c in zip(i, j, im)]
+    fwd = [(a, b, *c) for a, b, c in zip(i, j, im, strict=False)]
+    rev = [(b, a, *(-x for x in c)) for a, b, c in zip(i, j, im, strict=False)]
     edges = set(fwd) | set(rev)
     assert len(edges) == 2 * len(fwd)
     angles = set()
     for c, b1, b2, (o1, o2) in zip(g.angle_center.tolist(), g.angle_b1.tolist(), g.angle_b2.tolist(),
-                                   g.angle_orient.tolist()):
+                                   g.angle_orient.tolist(), strict=False):
         d1 = fwd[b1] if o1 > 0 else rev[b1]
         d2 = fwd[b2] if o2 > 0 else rev[b2]
         assert d1[0] == c and d2[0] == c and d1 != d2
@@ -212,7 +212,7 @@ def test_batching_and_chunking_do_not_change_results(rng, ours32):
     together = ours32.predict(structs)
     small = ChgnetPotential(device=DEVICE, max_atoms=40, max_edges=2000, max_angles=2000, chunk=500)
     apart = small.predict(structs)
-    for a, b in zip(together, apart):
+    for a, b in zip(together, apart, strict=False):
         assert abs(a["energy"] - b["energy"]) < 1e-4
         # float32: the same maths summed in another order; forces of several eV/A differ by a few 1e-6 relative
         np.testing.assert_allclose(a["forces"], b["forces"], rtol=1e-5, atol=2e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from builders import import_triton_for_tests
 
 _triton, DEV = import_triton_for_tests()  # skips this module when triton cannot be used
@@ -80,14 +81,14 @@ def test_gather_sum_matches_torch(n_rows, three, dense):
 
     def run():
         srcs = [xs[0], xs[1].split(64, 1)[1]] + xs[2:]  # a strided view among the sources
-        out = ops.gather_sum(list(zip(srcs, ixs)), d)
+        out = ops.gather_sum(list(zip(srcs, ixs, strict=False)), d)
         g = torch.ones_like(out) * torch.arange(out.numel(), device=DEV).reshape(out.shape).sin()
         inputs = xs + ([d] if dense else [])
         return (out, *torch.autograd.grad(out, inputs, g))
 
     got = _with(True, run)
     want = _with(False, run)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -125,7 +126,7 @@ def test_gated_kernel_matches_torch(n_rows, n_seg, f, with_w, segments):
         triton_ops.force(False)
     got_grads = torch.autograd.grad(out, inputs, g, allow_unused=True)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
-    for a, b in zip(got_grads, ref_grads):
+    for a, b in zip(got_grads, ref_grads, strict=False):
         torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
 
 

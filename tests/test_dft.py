@@ -87,7 +87,7 @@ def test_kpoint_mesh_rules():
     atoms = _to_atoms(rocksalt())
     assert kpoint_mesh(atoms, GpawSettings(kpt_density=2.0)) == [4, 4, 4]
     dense = kpoint_mesh(atoms, GpawSettings(kpt_density=4.0))
-    assert all(d > c for d, c in zip(dense, [4, 4, 4]))
+    assert all(d > c for d, c in zip(dense, [4, 4, 4], strict=False))
     assert kpoint_mesh(atoms, GpawSettings(kpts=(3, 3, 3))) == [3, 3, 3]
     kppa = kpoint_mesh(atoms, GpawSettings(kppa=1000))
     assert len(kppa) == 3 and kppa[0] == kppa[1] == kppa[2] and kppa[0] >= 6

@@ -94,9 +94,9 @@ def test_batched_matches_phonopy_one_displacement_at_a_time(potential):
     assert counting.calls == [n_disp]  # every displaced supercell in one predict call
 
     # plain phonopy driven by the same potential's ASE calculator, one displacement at a time
+    from ase import Atoms
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
-    from ase import Atoms
 
     ref = Phonopy(PhonopyAtoms(symbols=[str(x) for x in s.species], cell=s.lattice.matrix,
                                scaled_positions=s.frac_coords), supercell_matrix=scm, primitive_matrix="auto")

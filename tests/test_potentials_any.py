@@ -76,7 +76,7 @@ def test_bad_names_and_missing_weights_one_clear_error():
 def test_sevennet_static_matches_sevenn_calculator(sevennet, sevenn_calc, rng):
     cells = random_cells(rng, 6)
     outs = sevennet.predict(cells)  # one batch through the adapter
-    for s, o in zip(cells, outs):
+    for s, o in zip(cells, outs, strict=False):
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.calc = sevenn_calc
         e = atoms.get_potential_energy()
@@ -105,7 +105,7 @@ def test_sevennet_relaxation_matches_ase_fire_with_sevenn(sevennet, sevenn_calc,
 
     cells = random_cells(rng, 3)
     ours = relax_batched(cells, sevennet, fmax=0.05, max_steps=300)
-    for s, r in zip(cells, ours):
+    for s, r in zip(cells, ours, strict=False):
         assert r.error is None, r.error
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.calc = sevenn_calc

@@ -21,8 +21,8 @@ def _flows_dir() -> Path:
 
 
 def cmd_run(args) -> int:
-    from matfunnel.campaign.report import format_table
     from matfunnel.campaign.local import run_campaign
+    from matfunnel.campaign.report import format_table
     from matfunnel.campaign.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -41,8 +41,8 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from matfunnel.campaign.report import format_table
     from matfunnel.campaign.local import load_report
+    from matfunnel.campaign.report import format_table
 
     report = load_report(args.run_dir)
     if report is None:

@@ -13,10 +13,19 @@ from jobflow import Flow
 
 pytest.importorskip("fireworks")
 
-from matfunnel.campaign import fireworks as mffw  # noqa: E402
 from mf_fw_jobs import (  # noqa: E402
-    add_all, executions, fake_dft, fake_relax, fan_out, flaky, has_mp_key, slow_once, square,
+    add_all,
+    executions,
+    fake_dft,
+    fake_relax,
+    fan_out,
+    flaky,
+    has_mp_key,
+    slow_once,
+    square,
 )
+
+from matfunnel.campaign import fireworks as mffw  # noqa: E402
 
 
 def _fw_by_name(lp, wf_id):

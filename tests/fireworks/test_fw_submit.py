@@ -9,8 +9,9 @@ from jobflow import Flow, Job
 
 pytest.importorskip("fireworks")
 
-from matfunnel.campaign import fireworks as mffw  # noqa: E402
 from mf_fw_jobs import add_all, fake_dft, fake_relax, fan_out, square  # noqa: E402
+
+from matfunnel.campaign import fireworks as mffw  # noqa: E402
 
 
 def _flow(log="/dev/null"):

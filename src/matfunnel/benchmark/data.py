@@ -322,8 +322,8 @@ def _records(path: str | os.PathLike) -> Iterator[dict]:
         return
     if "data" in data and "columns" in data:  # orient="split"
         idx = data.get("index") or [None] * len(data["data"])
-        for i, row in zip(idx, data["data"]):
-            rec = dict(zip(data["columns"], row))
+        for i, row in zip(idx, data["data"], strict=False):
+            rec = dict(zip(data["columns"], row, strict=False))
             rec.setdefault("material_id", i)
             yield rec
         return

@@ -46,7 +46,7 @@ def gate_metrics(report_rows: Iterable[Mapping], stability_threshold: float = 0.
     }
     if pairs:
         out["hit_rate"] = round(out["n_dft_stable"] / len(pairs), 3)
-        true, pred = zip(*pairs)
+        true, pred = zip(*pairs, strict=False)
         m = round_metrics(discovery_metrics(list(true), list(pred), stability_threshold))
         out["metrics"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
     return out

@@ -219,7 +219,7 @@ def prepare_predictions(summary, e_form_pred, *, max_error: float | None = MAX_E
 
 
 def subset_indices(frame, n_most_stable: int = N_MOST_STABLE) -> dict:
-    """material ids of the three subsets (most stable: stable sort by predicted hull distance, NaN last)."""
+    """Material ids of the three subsets (most stable: stable sort by predicted hull distance, NaN last)."""
     uniq = frame.index[frame["unique_prototype"].to_numpy(dtype=bool)]
     order = frame.loc[uniq, "each_pred"].sort_values(na_position="last", kind="stable")
     return {"full_test_set": frame.index, "unique_prototypes": uniq,

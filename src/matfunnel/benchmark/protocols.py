@@ -327,7 +327,7 @@ def format_protocols() -> str:
         rows.append([r["name"], r["optimizer"], r["cell_filter"], f"{r['fmax']:g}", str(r["max_steps"]),
                      "yes" if r["supported"] else "no", ", ".join(r["models"])])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join([*(c.ljust(wi) for c, wi in zip(r[:-1], w)), r[-1]]) for r in rows]
+    lines = ["  ".join([*(c.ljust(wi) for c, wi in zip(r[:-1], w, strict=False)), r[-1]]) for r in rows]
     lines.insert(1, "  ".join("-" * wi for wi in w) + "  " + "-" * 18)
     return "\n".join(lines) + (f"\n\nsource: github.com/janosh/matbench-discovery models/*/*.yml at "
                                f"{SOURCE_COMMIT[:10]} (hyperparams.evaluation)")

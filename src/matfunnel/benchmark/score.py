@@ -82,7 +82,7 @@ def format_metrics(result: dict) -> str:
     head = ["metric", *subsets]
     rows = [head] + [[k, *("-" if pub[s].get(k) is None else f"{pub[s][k]:g}" for s in subsets)] for k in keys]
     w = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(wi) for c, wi in zip(r, w)) for r in rows]
+    lines = ["  ".join(c.ljust(wi) for c, wi in zip(r, w, strict=False)) for r in rows]
     lines.insert(1, "  ".join("-" * wi for wi in w))
     info = result.get("info", {})
     extra = (f"\n{info.get('n_materials')} materials scored, {info.get('n_missing')} without prediction, "

@@ -185,7 +185,7 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
 
     table = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
-    lines = ["  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths)) for row in table]
+    lines = ["  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths, strict=False)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = (f"campaign {report['name']} ({report['chemsys']}), potential {report['potential']}\n"
             f"hull reference: {report['reference']}\n"

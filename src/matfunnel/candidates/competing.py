@@ -98,7 +98,8 @@ def _atomic_radius(el: str) -> float:
 
 def _decorate(pid: str, mapping: dict[str, str]) -> Structure:
     """The prototype with its elements replaced per ``mapping``, lengths scaled by atomic radii
-    (reference lattice scaling)."""
+    (reference lattice scaling).
+    """
     proto = get_prototype(pid).structure
     counts: dict[str, int] = {}
     for site in proto:

@@ -9,7 +9,7 @@ from pymatgen.core import Structure
 
 
 def default_matcher() -> StructureMatcher:
-    """pymatgen's default tolerances (ltol 0.2, stol 0.3, angle_tol 5, volume scaled).
+    """Pymatgen's default tolerances (ltol 0.2, stol 0.3, angle_tol 5, volume scaled).
 
     ``primitive_cell=False`` because :func:`dedupe_ranked` reduces every structure to its primitive
     cell once itself; together a supercell, an origin shift or another setting of the same

@@ -121,7 +121,8 @@ class CandidateSet(MSONable):
 
 def candidate_id(struct: Structure) -> str:
     """``<reduced formula>-<10 hex>``: a hash of the Niggli-reduced cell (lengths/angles to 1e-3,
-    sorted species and fractional coordinates to 1e-3). Depends on the structure only."""
+    sorted species and fractional coordinates to 1e-3). Depends on the structure only.
+    """
     red = struct.get_reduced_structure()
     lat = [round(x, 3) for x in (*red.lattice.abc, *red.lattice.angles)]
     sites = sorted(
@@ -188,7 +189,7 @@ def _guess_oxidation(formula: str) -> dict[str, int] | None:
 def _merged(counts, skeys, assign, target_el) -> dict[str, float]:
     """Element amounts of a substituted source (several sites may map to one element)."""
     out: dict[str, float] = {}
-    for s_, t in zip(skeys, assign):
+    for s_, t in zip(skeys, assign, strict=False):
         out[target_el[t]] = out.get(target_el[t], 0.0) + counts[s_]
     return out
 
@@ -196,7 +197,8 @@ def _merged(counts, skeys, assign, target_el) -> dict[str, float]:
 @lru_cache(maxsize=4096)
 def _mixed_valence_balanced(formula: str) -> bool:
     """Whether pymatgen finds a charge-balanced assignment allowing mixed valence (e.g. LiMn2O4 as
-    Mn3.5+): substitution maps one oxidation state per site, which alone would reject such phases."""
+    Mn3.5+): substitution maps one oxidation state per site, which alone would reject such phases.
+    """
     comp = Composition(formula)
     if len(comp.elements) < 2:
         return False
@@ -358,12 +360,12 @@ def generate_candidates(
 
         def accept(assign, skeys=skeys, counts=counts, own=own):
             els = {target_el[t] for t in assign}
-            as_given = own is not None and els == own and all(_element(s) == target_el[t] for s, t in zip(skeys, assign))
+            as_given = own is not None and els == own and all(_element(s) == target_el[t] for s, t in zip(skeys, assign, strict=False))
             if (len(els) < min_el and not as_given) or not els <= want:
                 stats["rejected_elements"] += 1
                 return False
             if ionic and charge_neutral:
-                q = net_charge((counts[s], t) for s, t in zip(skeys, assign))
+                q = net_charge((counts[s], t) for s, t in zip(skeys, assign, strict=False))
                 if q is None or abs(q) > 1e-6:
                     formula = Composition(_merged(counts, skeys, assign, target_el)).reduced_formula
                     if not _mixed_valence_balanced(formula):
@@ -374,7 +376,7 @@ def generate_candidates(
         for assign, score in enumerate_maps(
             skeys, targets, factor, substitution_threshold, accept, injective=not merge_species
         ):
-            raw.append({"src": src, "keys": keys, "counts": counts, "map": dict(zip(skeys, assign)),
+            raw.append({"src": src, "keys": keys, "counts": counts, "map": dict(zip(skeys, assign, strict=False)),
                         "score": score})
     stats["maps"] = len(raw)
 

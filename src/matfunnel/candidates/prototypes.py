@@ -23,7 +23,8 @@ from pymatgen.core import Structure
 @dataclass(frozen=True)
 class Prototype:
     """One AFLOW prototype: a stable ``id`` (the AFLOW label, qualified when the label is shared),
-    the decorated structure as stored by pymatgen, and its tags."""
+    the decorated structure as stored by pymatgen, and its tags.
+    """
 
     id: str
     structure: Structure = field(compare=False, repr=False)

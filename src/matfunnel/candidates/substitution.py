@@ -98,7 +98,8 @@ class SubstitutionTable:
     def cond_prob(self, source: str, target: str, cations_only: bool = False) -> float:
         """p(source | target): probability that ``target`` substitutes for ``source``, as in
         pymatgen's ``cond_prob(s1=source, s2=target)``. Either side may be an element symbol
-        (marginalised over its species; positive ones only with ``cations_only``)."""
+        (marginalised over its species; positive ones only with ``cations_only``).
+        """
         si, ti = self._indices(source, cations_only), self._indices(target, cations_only)
         if not si or not ti:
             return UNSEEN_PROBABILITY

@@ -1,2 +1,3 @@
 """Pieces every layer shares, at the bottom of the package: units, structure coercion, errors, the
-embedded store and the result cache. Nothing here imports another matfunnel package."""
+embedded store and the result cache. Nothing here imports another matfunnel package.
+"""

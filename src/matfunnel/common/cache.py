@@ -41,7 +41,8 @@ SCHEMA = 1
 
 def structure_fingerprint(s: Structure | dict) -> list:
     """Lattice, species and fractional coordinates, rounded: what a calculation depends on (plus the atoms held
-    fixed, for a structure with ``selective_dynamics``). Raises for a disordered structure."""
+    fixed, for a structure with ``selective_dynamics``). Raises for a disordered structure.
+    """
     s = as_structure(s)
     out = [
         np.round(s.lattice.matrix, 8).tolist(),
@@ -57,7 +58,8 @@ def structure_fingerprint(s: Structure | dict) -> list:
 
 def result_key(kind: str, structure, settings: dict) -> str | None:
     """The cache key of a ``kind`` result of ``structure`` under ``settings``, or None when the input is not an
-    ordered structure (disordered, not a structure at all): such a result is never cached."""
+    ordered structure (disordered, not a structure at all): such a result is never cached.
+    """
     try:
         return content_key(kind, structure_fingerprint(structure), settings)
     except Exception:  # noqa: BLE001 - whatever the fingerprint cannot read
@@ -113,7 +115,8 @@ class ResultCache:
 
 class MongoResultCache:
     """The same key -> JSON store in a MongoDB collection (a unique index on ``key``; writes are upserts, so
-    two workers finishing the same structure leave one entry)."""
+    two workers finishing the same structure leave one entry).
+    """
 
     COLLECTION = "result_cache"
 

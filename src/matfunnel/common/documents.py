@@ -64,7 +64,8 @@ class CandidatesDoc(StageDocument):
 @dataclass
 class ReferencesDoc(StageDocument):
     """The hull's references: ``mode`` ``"mp"`` (Materials Project entries, nothing relaxed here) or
-    ``"offline"`` with the relaxation documents of the competing phases (``competing``)."""
+    ``"offline"`` with the relaxation documents of the competing phases (``competing``).
+    """
 
     mode: str
     competing: list[dict] = field(default_factory=list)

@@ -135,7 +135,8 @@ class DftGateMaker(Maker):
 
 def competing_for(row: dict, hull: HullDoc, elements: list[str]) -> list[str]:
     """Ids of the phases a candidate's DFT hull needs: its decomposition products and the lowest-energy
-    reference of each element (those with a structure)."""
+    reference of each element (those with a structure).
+    """
     ids = [p["entry_id"] for p in row.get("decomposition_vs_references") or [] if p["entry_id"] != row["entry_id"]]
     best: dict[str, tuple[float, str]] = {}
     for d in map(_entry_dict, hull.reference_entries):
@@ -190,7 +191,7 @@ def vasp_hull_job(taskdocs: list, ids: list[str], hull: HullDoc, decisions: dict
             for d in map(_entry_dict, hull.reference_entries)]
     pd = PhaseDiagram(refs)
     out = []
-    for cid, doc in zip(ids, taskdocs):
+    for cid, doc in zip(ids, taskdocs, strict=False):
         try:
             entry = vasp_entry(doc, entry_id=cid)
             e_hull = pd.get_e_above_hull(entry, allow_negative=True)

@@ -81,7 +81,7 @@ def _safe_label(label: str) -> str:
 
 
 def _to_atoms(structure: Any):
-    """pymatgen Structure or ASE Atoms -> fresh ASE Atoms (no calculator)."""
+    """Pymatgen Structure or ASE Atoms -> fresh ASE Atoms (no calculator)."""
     from ase import Atoms
 
     if isinstance(structure, Atoms):

@@ -25,8 +25,7 @@ SMEARING_METHODS = ("fermi-dirac", "marzari-vanderbilt", "methfessel-paxton")
 # f elements that carry moments in MP's settings (MPRelaxSet MAGMOM > default) plus the
 # rest of the open 3d shell and the lanthanides/actinides with open f shells.
 MAGNETIC_ELEMENTS = frozenset(
-    "Ti V Cr Mn Fe Co Ni Cu Mo W Ru Rh Os Ir "
-    "Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb U Np Pu".split()
+    ["Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "W", "Ru", "Rh", "Os", "Ir", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "U", "Np", "Pu"]
 )
 
 # Pure-element phases of these are spin-polarised under spin="auto" (O2 is a triplet).

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def fetch_mp_entries(
         "source": "mp-api",
         "chemsys": "-".join(elements),
         "thermo_type": THERMO_TYPE,
-        "retrieved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "retrieved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "n_entries": len(entries),
     }
     doc = {**meta, "entries": [e.as_dict() for e in entries]}

@@ -244,7 +244,7 @@ def _tag_current_job(record: dict) -> None:
 
 
 def _doc_job(method):
-    """jobflow's ``job`` decorator with our task document as the output schema."""
+    """Jobflow's ``job`` decorator with our task document as the output schema."""
     return job(method, output_schema=MatfunnelTorchSimTaskDoc)
 
 
@@ -275,7 +275,8 @@ class MatfunnelTorchSimOptimizeMaker(_MatfunnelPotentialFields, TorchSimOptimize
 
     def _prepare(self, proxy) -> None:
         """torch-sim takes only a ``CellFilter`` member for ``cell_filter``, and a serialized maker (jobflow
-        stores enums as their values) carries the string, so convert it back."""
+        stores enums as their values) carries the string, so convert it back.
+        """
         import torch_sim as ts
 
         kwargs = dict(proxy.init_kwargs or {})
@@ -368,7 +369,8 @@ class MatfunnelTorchSimIntegrateMaker(_MatfunnelPotentialFields, TorchSimIntegra
 
     def _prepare(self, proxy) -> None:
         """torch-sim takes only an ``Integrator`` member (or a pair of functions), and a serialized maker
-        (jobflow stores enums as their values) carries the string, so convert it back."""
+        (jobflow stores enums as their values) carries the string, so convert it back.
+        """
         import torch_sim as ts
 
         if isinstance(proxy.integrator, str):

@@ -19,10 +19,11 @@ from matfunnel.potential.validate import structure_label
 
 def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
     """The makers' inputs: structure documents decoded, one label per structure, and the error of each input
-    that is not a structure at all (it gets an error document; the others go on)."""
+    that is not a structure at all (it gets an error document; the others go on).
+    """
     given = labels_for(labels, len(structures))
     out, names, errors = [], [], {}
-    for i, (s, lab) in enumerate(zip(structures, given)):
+    for i, (s, lab) in enumerate(zip(structures, given, strict=False)):
         problem = None
         if isinstance(s, dict):
             try:
@@ -147,9 +148,9 @@ class StaticMaker(Maker):
         t0 = time.perf_counter()
         pot = load_potential(self.potential, self.device, **self.potential_kwargs)
         outs = dict(zip(good, pot.predict([structures[i] for i in good], labels=[labels[i] for i in good],
-                                          errors="record"))) if good else {}
+                                          errors="record"), strict=False)) if good else {}
         docs = []
-        for i, (s, lab) in enumerate(zip(structures, labels)):
+        for i, (s, lab) in enumerate(zip(structures, labels, strict=False)):
             if i in bad:
                 docs.append({"label": lab, "formula": "", "structure": {}, "potential": self.potential,
                              "error": bad[i]})
@@ -213,5 +214,6 @@ class BatchedRelaxMaker(Maker):
 @job(name="gather", data=True)
 def gather_job(parts: list[list]) -> list:
     """Concatenate the outputs of the batch jobs, in order (to the ``data`` store: a large campaign's documents
-    together pass MongoDB's 16 MB document limit)."""
+    together pass MongoDB's 16 MB document limit).
+    """
     return [doc for part in parts for doc in part]

@@ -57,7 +57,7 @@ def _standard_path(primitive: Structure, symprec: float):
 def _segments(path: list[list[str]], kpoints: dict[str, np.ndarray]):
     paths, labels, connections = [], [], []
     for branch in path:
-        for a, b in zip(branch[:-1], branch[1:]):
+        for a, b in zip(branch[:-1], branch[1:], strict=False):
             paths.append([list(map(float, kpoints[a])), list(map(float, kpoints[b]))])
         # phonopy: labels for each path's start, plus the end of a disconnected path
         labels += [_label(n) for n in branch]

@@ -22,13 +22,13 @@ from matfunnel.phonons.properties import (
     DEFAULT_TEMPERATURES,
     harmonic_summary,
 )
+from matfunnel.phonons.stability import IMAGINARY_TOL
+from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
 from matfunnel.phonons.symmetric_relax import (
     TIGHT_FMAX,
     SymmetricRelaxation,
     relax_symmetric_many,
 )
-from matfunnel.phonons.stability import IMAGINARY_TOL
-from matfunnel.phonons.supercell import DEFAULT_MIN_LENGTH, supercell_matrix_for
 
 DEFAULT_DISPLACEMENT = 0.01  # Å
 

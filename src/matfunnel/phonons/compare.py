@@ -21,19 +21,19 @@ import numpy as np
 
 from matfunnel.phonons.bandpath import band_path
 from matfunnel.phonons.calculate import build_phonopy, produce_force_constants
+from matfunnel.phonons.dft_reference import (
+    PhononReferenceError,
+    find_references,
+    load_reference,
+)
 from matfunnel.phonons.properties import (
     DEFAULT_MESH,
     DEFAULT_TEMPERATURES,
     harmonic_summary,
     primitive_structure,
 )
-from matfunnel.phonons.dft_reference import (
-    PhononReferenceError,
-    find_references,
-    load_reference,
-)
-from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def _mesh_mae(ours, ref_mesh: dict) -> float:
 
 def relax_references(refs: list, potential, *, fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list:
     """The symmetric relaxations of the references' cells, all together on the batched engine (see
-    :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`)."""
+    :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`).
+    """
     return relax_symmetric_many([r.structure for r in refs], potential, labels=[r.material_id for r in refs],
                                 fmax=fmax, max_steps=max_steps)
 
@@ -70,7 +71,8 @@ def compare_with_reference(ref, potential, *, relax: bool = False, relax_fmax: f
     """One comparison row, plus ``{"ours": summary, "ref": summary}`` (band/DOS data for plots).
 
     With ``relax`` the cell is relaxed first with its symmetry kept (``relaxed``: that relaxation, done already
-    for many references at once by :func:`relax_references`)."""
+    for many references at once by :func:`relax_references`).
+    """
     t0 = time.perf_counter()
     structure = ref.structure
     row = {"material_id": ref.material_id, "formula": ref.formula, "n_primitive": len(ref.phonopy.primitive),
@@ -213,7 +215,7 @@ def compare_references(root, potential, out=None, *, ids=None, limit: int | None
             except Exception:  # noqa: BLE001 - reported below, when its row is made
                 pass
         good = list(refs)
-        relaxed = dict(zip(good, relax_references([refs[f] for f in good], potential)))
+        relaxed = dict(zip(good, relax_references([refs[f] for f in good], potential), strict=False))
     name = getattr(potential, "name", str(potential))
     model = potential.model_info() if hasattr(potential, "model_info") else {"name": name}
     settings = {"model": model, "relax": relax,

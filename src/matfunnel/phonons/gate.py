@@ -24,9 +24,9 @@ from matfunnel.common.documents import HullDoc, PhononGateDoc, as_doc
 from matfunnel.common.structures import as_structure
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT
 from matfunnel.phonons.maker import PhononMaker
-from matfunnel.phonons.symmetric_relax import TIGHT_FMAX
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import MAX_SUPERCELL_ATOMS
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 
 #: document keys kept in the gate's output (band/DOS arrays stay out of the campaign report)

@@ -1,5 +1,6 @@
 """The per-structure phonon pipeline as a jobflow maker: MLIP phonon checks (finite displacements, batched
-force evaluation). The campaign's phonon gate (:mod:`matfunnel.phonons.gate`) runs it."""
+force evaluation). The campaign's phonon gate (:mod:`matfunnel.phonons.gate`) runs it.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from matfunnel.makers.relax import decode_inputs
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT, run_phonons
 from matfunnel.phonons.document import PhononResult
 from matfunnel.phonons.properties import DEFAULT_MESH, DEFAULT_TEMPERATURES
-from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.phonons.stability import IMAGINARY_TOL
 from matfunnel.phonons.supercell import (
     DEFAULT_MIN_LENGTH,
     MAX_SUPERCELL_ATOMS,
     supercell_matrix_for,
 )
+from matfunnel.phonons.symmetric_relax import TIGHT_FMAX, relax_symmetric_many
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 
 
@@ -67,9 +68,9 @@ class PhononMaker(Maker):
         if self.relax and ok:  # all structures at once on the batched engine, each keeping its space group
             relaxed = dict(zip(ok, relax_symmetric_many([structures[i] for i in ok], pot,
                                                         labels=[labels[i] for i in ok], fmax=self.relax_fmax,
-                                                        max_steps=self.relax_max_steps)))
+                                                        max_steps=self.relax_max_steps), strict=False))
         docs = []
-        for i, (s, lab) in enumerate(zip(structures, labels)):
+        for i, (s, lab) in enumerate(zip(structures, labels, strict=False)):
             if i in bad:
                 docs.append(PhononResult(label=lab, formula="", potential=self.potential, structure={},
                                          error=bad[i]).as_dict())
@@ -79,7 +80,8 @@ class PhononMaker(Maker):
 
     def run_one(self, structure: Structure, label: str, pot, relaxation=None) -> PhononResult:
         """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation`` (a
-        :class:`~matfunnel.phonons.symmetric_relax.SymmetricRelaxation`, or its error message; relaxed here when not given)."""
+        :class:`~matfunnel.phonons.symmetric_relax.SymmetricRelaxation`, or its error message; relaxed here when not given).
+        """
         t0 = time.perf_counter()
         try:
             if isinstance(relaxation, str):  # the relaxation failed (overlapping atoms, NaN, ...)

@@ -63,7 +63,8 @@ def relax_symmetric(structure: Structure, potential, *, fmax: float = TIGHT_FMAX
 def relax_symmetric_many(structures: list[Structure], potential, *, labels: list[str] | None = None,
                          fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list[SymmetricRelaxation | str]:
     """Symmetric relaxations of all ``structures`` together on the batched engine; a relaxation that failed
-    (overlapping atoms, NaN, ...) is its error message instead, which names the structure."""
+    (overlapping atoms, NaN, ...) is its error message instead, which names the structure.
+    """
     from matfunnel.engine import relax_batched
 
     if not structures:

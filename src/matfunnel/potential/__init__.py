@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from matfunnel.potential.base import Potential
 from matfunnel.common.errors import StructureError
+from matfunnel.potential.base import Potential
 from matfunnel.potential.registry import UnknownPotential, WeightsMissing, resolve
 
 #: the funnel's default potential

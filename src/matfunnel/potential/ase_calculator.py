@@ -10,9 +10,9 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from matfunnel.potential.base import Potential
 from matfunnel.common.errors import StructureError
 from matfunnel.common.units import EV_A3_TO_GPA
+from matfunnel.potential.base import Potential
 
 
 class AseCalculatorPotential(Potential):
@@ -55,7 +55,7 @@ class AseCalculatorPotential(Potential):
 
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         out = []
-        for s, label in zip(structures, labels):
+        for s, label in zip(structures, labels, strict=False):
             try:
                 out.append(self._one(s))
             except Exception as exc:  # noqa: BLE001 - one structure's failure, not the batch's

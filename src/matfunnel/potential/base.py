@@ -71,7 +71,7 @@ class Potential(ABC):
         if labels is None:
             labels = [None] * len(items)
         good, good_idx, results = [], [], [None] * len(items)
-        for i, (obj, label) in enumerate(zip(items, labels)):
+        for i, (obj, label) in enumerate(zip(items, labels, strict=False)):
             try:
                 s = to_structure(obj, label)
                 label = label or structure_label(s, i)
@@ -84,7 +84,7 @@ class Potential(ABC):
                 results[i] = {"error": str(exc)}
         if good:
             out = self._predict_checked(good, [labels[i] or structure_label(good[k], i) for k, i in enumerate(good_idx)], errors)
-            for i, r in zip(good_idx, out):
+            for i, r in zip(good_idx, out, strict=False):
                 results[i] = r
         return results
 
@@ -127,7 +127,7 @@ class Potential(ABC):
             outs = self._predict_checked(structs, labels, "record")
         except Exception:  # noqa: BLE001 - fall back to one by one to find the culprit
             outs = []
-            for s, lab in zip(structs, labels):
+            for s, lab in zip(structs, labels, strict=False):
                 try:
                     outs.extend(self._predict_checked([s], [lab], "record"))
                 except Exception as exc1:  # noqa: BLE001

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 def estimate_sizes(n_atoms, volumes, cutoff: float = 6.0, bond_cutoff: float = 3.0):
     """Rough (directed edges, angles) per structure from atom density, for batching."""
     out = []
-    for n, v in zip(n_atoms, volumes):
+    for n, v in zip(n_atoms, volumes, strict=False):
         rho = n / max(v, 1e-6)
         k_edge = rho * 4.0 / 3.0 * math.pi * cutoff**3
         k_bond = rho * 4.0 / 3.0 * math.pi * bond_cutoff**3
@@ -24,11 +24,12 @@ def pack_greedy(
 ) -> list[list[int]]:
     """Indices in input order, cut into batches whenever adding the next structure would make
     ``too_big(atoms, edges, angles)`` true; ``sizes`` holds each structure's (edges, angles)
-    estimate. A structure that alone is too big gets a batch of its own."""
+    estimate. A structure that alone is too big gets a batch of its own.
+    """
     batches: list[list[int]] = []
     cur: list[int] = []
     ca, ce, cg = 0, 0.0, 0.0
-    for k, (n, (e, a)) in enumerate(zip(n_atoms, sizes)):
+    for k, (n, (e, a)) in enumerate(zip(n_atoms, sizes, strict=False)):
         if cur and too_big(ca + n, ce + e, cg + a):
             batches.append(cur)
             cur, ca, ce, cg = [], 0, 0.0, 0.0

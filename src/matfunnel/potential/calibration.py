@@ -120,7 +120,8 @@ class MemoryCalibrated:
     def calibrate(self, force: bool = False) -> dict | None:
         """Use this device's measured bytes per work item for batch sizing: from the cache, or measured now (once
         per device and code path; ``force`` measures again). Returns the record, or None when measuring failed
-        (a warning; the built-in estimate stays)."""
+        (a warning; the built-in estimate stays).
+        """
         key = self.calibration_key()
         rec, source = (None if force else load(key)), "cache"
         if rec is None:

@@ -13,13 +13,14 @@ import warnings
 import numpy as np
 from pymatgen.core import Structure
 
-from matfunnel.potential.base import Potential
 from matfunnel.common.errors import StructureError
+from matfunnel.potential.base import Potential
 
 
 def parity_errors(ref: dict, ours: dict, n_atoms: int) -> dict:
     """Max differences between chgnet's output dict for one structure (``e`` per atom, ``f``, ``s``, ``m``) and
-    matfunnel's result dict for it (``energy`` total, ``forces``, ``stress``, ``magmoms``)."""
+    matfunnel's result dict for it (``energy`` total, ``forces``, ``stress``, ``magmoms``).
+    """
     return {
         "energy": abs(float(ref["e"]) - ours["energy"] / n_atoms),
         "forces": float(np.abs(ref["f"] - ours["forces"]).max()),
@@ -55,7 +56,7 @@ class ChgnetReference(Potential):
             outs = self._run(structures)
         except Exception:  # one bad structure must not kill the batch: retry one by one
             outs = []
-            for s, label in zip(structures, labels):
+            for s, label in zip(structures, labels, strict=False):
                 try:
                     outs.extend(self._run([s]))
                 except Exception as exc:  # noqa: BLE001
@@ -66,7 +67,7 @@ class ChgnetReference(Potential):
         return outs
 
     def predict_raw(self, structures: list[Structure]) -> list[dict]:
-        """chgnet's own output dicts (``e`` per atom, ``f``, ``s`` in GPa, ``m``), one per structure."""
+        """Chgnet's own output dicts (``e`` per atom, ``f``, ``s`` in GPa, ``m``), one per structure."""
         precision = _chgnet_float64() if self.dtype == "float64" else contextlib.nullcontext()
         with warnings.catch_warnings(), precision:
             warnings.simplefilter("ignore", UserWarning)  # a tensor->scalar conversion warning on every call
@@ -76,7 +77,7 @@ class ChgnetReference(Potential):
     def _run(self, structures: list[Structure]) -> list[dict]:
         preds = self.predict_raw(structures)
         results = []
-        for s, p in zip(structures, preds):
+        for s, p in zip(structures, preds, strict=False):
             n = len(s)
             e = float(p["e"]) * n  # chgnet predicts energy per atom
             res = {
@@ -93,11 +94,11 @@ class ChgnetReference(Potential):
 
 @contextlib.contextmanager
 def _chgnet_float64():
-    """chgnet builds its graphs and outputs in the dtype of three module constants: float64 while inside."""
-    import torch
+    """Chgnet builds its graphs and outputs in the dtype of three module constants: float64 while inside."""
     import chgnet.graph.converter as conv
     import chgnet.graph.crystalgraph as cg
     import chgnet.model.model as mm
+    import torch
 
     saved = [(m, m.TORCH_DTYPE) for m in (conv, cg, mm)]
     try:

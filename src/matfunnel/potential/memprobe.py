@@ -38,7 +38,8 @@ class ProbeSpec:
     """How a child process builds the potential to probe: ``factory`` ("module:callable") called with
     ``kwargs`` (JSON values) must return it ready to run, uncalibrated, with an unlimited budget. The probes
     are the cells of ``sizes`` atoms, or, with ``target_bytes``, the smallest :data:`LADDER` cell and the
-    largest one its measured cost predicts to peak within ``target_bytes`` above the start."""
+    largest one its measured cost predicts to peak within ``target_bytes`` above the start.
+    """
 
     factory: str
     kwargs: dict = field(default_factory=dict)
@@ -60,7 +61,6 @@ def cuda_peak(run: Callable[[], int], device) -> tuple[int, int]:
 
 def probe_cell(n_atoms: int):
     """The rattled rocksalt probe cell of about ``n_atoms`` atoms (the same cell on every call)."""
-
     cubic = round((n_atoms / 4) ** (1 / 3)) ** 3 * 4 == n_atoms  # as before for the cubic sizes
     return supercell(np.random.default_rng(0), n_atoms, proto="rocksalt", bond=2.75, cubic=cubic)
 
@@ -68,7 +68,8 @@ def probe_cell(n_atoms: int):
 def measure_cuda(pot, sizes: Sequence[int] = SIZES["cuda"],
                  target_bytes: int | None = None) -> list[tuple[int, int]]:
     """(items, peak bytes allocated) of each probe (``sizes``, or by ``target_bytes``: see :class:`ProbeSpec`),
-    in this process."""
+    in this process.
+    """
     def run(cell) -> tuple[int, int]:
         return cuda_peak(lambda: pot.memory_probe(cell), pot.device)
 
@@ -91,7 +92,8 @@ def _ladder() -> list:
 def _by_target(run, target_bytes: int, level=None) -> list[tuple[int, int]]:
     """Probe the smallest ladder cell, then the largest whose items at the first probe's bytes per item stay
     within ``target_bytes``; ``run(cell)`` returns (items, peak), measured from ``level()`` (default 0) as
-    taken before a warm-up run."""
+    taken before a warm-up run.
+    """
     cells = _ladder()
     start = level() if level is not None else 0
     warm = run(cells[0])  # kernels, allocator, lazy imports
@@ -149,7 +151,8 @@ def _status_bytes(key: str) -> int | None:
 
 def _peak_rss() -> int:
     """Peak resident bytes of this process image: ``VmHWM`` (``ru_maxrss`` would include the parent's size at
-    the fork, which survives the exec)."""
+    the fork, which survives the exec).
+    """
     peak = _status_bytes("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

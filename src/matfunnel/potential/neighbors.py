@@ -23,7 +23,7 @@ SELF_TOL = 1e-8
 
 
 def _cpu_ops():
-    """chgnet's C++ library wrapper (imported on use: the chgnet package imports this module)."""
+    """Chgnet's C++ library wrapper (imported on use: the chgnet package imports this module)."""
     from matfunnel.potential.chgnet import cpu_ops
 
     return cpu_ops
@@ -130,7 +130,7 @@ def neighbor_pairs(
         cuts = torch.searchsorted(csum, torch.arange(max_candidates, total, max_candidates, device=dev))
         bounds += [int(x) for x in cuts.tolist()]
     bounds.append(cnt.shape[0])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
         if hi <= lo:
             continue
         owner, rank = expand_counts(cnt[lo:hi])

@@ -10,10 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-ELEMENTS = (
-    "H Li Be B C N O F Na Mg Al Si P S Cl K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Rb Sr Y Zr "
-    "Nb Mo Ru Rh Pd Ag Cd In Sn Sb Te I Cs Ba La Ce Nd Sm Gd Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi U"
-).split()
+ELEMENTS = ["H", "Li", "Be", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I", "Cs", "Ba", "La", "Ce", "Nd", "Sm", "Gd", "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "U"]
 
 # (lattice as multiples of a, fractional coords, number of distinct species)
 _C = np.eye(3)
@@ -103,7 +100,8 @@ def supercell(rng: np.random.Generator, n_target: int, proto: str | None = None,
               bond: float | None = None, cubic: bool = True) -> Structure:
     """A rattled, sheared supercell with about ``n_target`` atoms (``bond``: closest distance, A); the same
     number of repetitions along each axis, or with ``cubic=False`` the most nearly cubic ones closest to the
-    target (finer steps)."""
+    target (finer steps).
+    """
     proto = proto or str(rng.choice(["fcc", "rocksalt", "perovskite", "bcc"]))
     base = random_structure(rng, 4, proto=proto, rattle=0.0, shear=0.03)
     if bond is not None:

@@ -112,7 +112,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
 
     def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
         """Greedy batches under the item and atom budgets."""
-        return pack_greedy(n_atoms, [self.work_estimate(n, v) for n, v in zip(n_atoms, volumes)], self.too_big)
+        return pack_greedy(n_atoms, [self.work_estimate(n, v) for n, v in zip(n_atoms, volumes, strict=False)], self.too_big)
 
     def probe_spec(self):
         """How the CPU memory probe's child process rebuilds this model from its registry name."""

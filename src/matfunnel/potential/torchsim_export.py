@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from matfunnel.potential.base import Potential
 from matfunnel.common.units import EV_A3_TO_GPA
+from matfunnel.potential.base import Potential
 
 try:
     from torch_sim.models.interface import ModelInterface

@@ -78,7 +78,8 @@ def validate_structure(
 
 def site_numbers(struct: Structure) -> np.ndarray | None:
     """Atomic number of every site (0 for a dummy species) in one pass over the sites, or None when a site is
-    disordered or partially occupied (pymatgen's ``species`` and ``atomic_numbers`` are two slower passes)."""
+    disordered or partially occupied (pymatgen's ``species`` and ``atomic_numbers`` are two slower passes).
+    """
     out = np.empty(len(struct), dtype=np.int64)
     for k, site in enumerate(struct):
         comp = site.species

@@ -166,7 +166,8 @@ def _ptrs(tensors: list[Tensor]):
 
 class _MultiLinear(torch.autograd.Function):
     """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights, forward and
-    backward (the gradient of ``x``) each one C++ pass over all the outputs."""
+    backward (the gradient of ``x``) each one C++ pass over all the outputs.
+    """
 
     @staticmethod
     def forward(ctx, x, padded, transposed, *wb):
@@ -183,7 +184,7 @@ class _MultiLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x_grad = None
-        use = [(g.contiguous(), w) for g, w in zip(grads, ctx.padded) if g is not None]
+        use = [(g.contiguous(), w) for g, w in zip(grads, ctx.padded, strict=False) if g is not None]
         if ctx.needs_input_grad[0] and use:
             n = use[0][0].shape[0]
             x_grad = use[0][0].new_empty((n, ctx.k))
@@ -196,12 +197,13 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
     """``[F.linear(x, w, b) for w, b in zip(weights, biases)]``. On the CPU kernels' path (float32, ``x`` at most
     32 wide, frozen (128, K) weights) the forward and the backward (the gradient of ``x``) are one C++ pass
     each over all the outputs, instead of one narrow GEMM per output (the long bonds' projections: MKL runs a
-    (n, 128) @ (128, 31) product at half the speed of a 32-wide one)."""
+    (n, 128) @ (128, 31) product at half the speed of a 32-wide one).
+    """
     ok = (enabled(x) and x.shape[1] <= 32 and x.is_contiguous()
           and all(tuple(w.shape) == (128, x.shape[1]) and not w.requires_grad and not b.requires_grad
-                  for w, b in zip(weights, biases)))
+                  for w, b in zip(weights, biases, strict=False)))
     if not ok:
-        return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases)]
+        return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases, strict=False)]
     padded = [torch.nn.functional.pad(w, (0, 32 - w.shape[1])).contiguous() for w in weights]  # (128, 32)
     transposed = [w.t().contiguous() for w in weights]  # (K, 128)
     return list(_MultiLinear.apply(x, padded, transposed, *weights, *biases))
@@ -209,7 +211,8 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
 
 def counting_argsort(x: Tensor) -> Tensor | None:
     """Stable argsort of a 1-d int64 CPU tensor by counting sort (O(n); None when the keys span too wide a
-    range or the kernels are off)."""
+    range or the kernels are off).
+    """
     if x.dtype != torch.int64 or not available(x.device):
         return None
     x = x.contiguous()
@@ -219,7 +222,8 @@ def counting_argsort(x: Tensor) -> Tensor | None:
 
 def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float, self_tol: float):
     """Canonical pairs within ``cutoff`` (see :func:`matfunnel.potential.neighbors.neighbor_pairs`), on the CPU in
-    C++: (i, j, image, d)."""
+    C++: (i, j, image, d).
+    """
     frac = frac.detach().to(torch.float64).contiguous()
     lattice = lattice.detach().to(torch.float64).contiguous()
     counts = n_atoms.detach().to(torch.int64).contiguous()
@@ -365,7 +369,7 @@ class _GatedFn(torch.autograd.Function):
         if gwt1 is not None:
             gwt1 = gwt1[0] if threads == 1 else gwt1.sum(0)
         gtabs = []
-        for k, (ix, want, sp) in enumerate(zip(spec.ixs, need_tab, spec.splits)):
+        for k, (ix, want, sp) in enumerate(zip(spec.ixs, need_tab, spec.splits, strict=False)):
             if not want:
                 g = None
             elif k == 0 and tab0_in_kernel:
@@ -418,7 +422,8 @@ def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tens
     tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it, and ``w`` a tuple
     ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs' indices, gathered in the kernel.
     ``x`` is 64 wide or at most 32 (a narrow input whose projection is cheaper); the residual is ``x_res``
-    when given, else ``x``."""
+    when given, else ``x``.
+    """
     splits = [t[0].shape[0] if isinstance(t, tuple) else None for t, _ in pairs]
     spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual, splits)
     xs = None if x is None else x.contiguous()

@@ -71,7 +71,8 @@ class _Gated(nn.Module):
     def frozen(self, name, build):
         """``build(self)``, cached until one of this module's (frozen) parameters changes version: the
         kernels' layouts of the weights are built once, not on every call (an in-place change through
-        ``.data`` does not bump the version and is not seen)."""
+        ``.data`` does not bump the version and is not seen).
+        """
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         cache = self.__dict__.setdefault("_frozen", {})
         hit = cache.get(name)
@@ -242,7 +243,7 @@ def _run_parts(fn, parts: list, per_part: list) -> Tensor:
     from torch.utils.checkpoint import checkpoint
 
     total = None
-    for part, x in zip(parts, per_part):
+    for part, x in zip(parts, per_part, strict=False):
         out = checkpoint(fn, part, x, use_reentrant=False)
         total = out if total is None else total + out
     return total
@@ -253,7 +254,7 @@ def _run_parts_cat(fn, parts: list, per_part: list) -> Tensor:
         return fn(parts[0], per_part[0])
     from torch.utils.checkpoint import checkpoint
 
-    return torch.cat([checkpoint(fn, p, x, use_reentrant=False) for p, x in zip(parts, per_part)])
+    return torch.cat([checkpoint(fn, p, x, use_reentrant=False) for p, x in zip(parts, per_part, strict=False)])
 
 
 class CHGNetModel(nn.Module):
@@ -278,7 +279,7 @@ class CHGNetModel(nn.Module):
         self.site_wise = nn.Linear(a, 1)
         self.readout_norm = nn.LayerNorm(a)
         dims = (a, *cfg.mlp_hidden_dims, 1)
-        self.readout = nn.ModuleList([nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:])])
+        self.readout = nn.ModuleList([nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=False)])
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -393,7 +394,7 @@ class CHGNetModel(nn.Module):
         angles = [angle] if len(parts) == 1 else list(angle.split(sizes))
         if ang_basis is not None:
             bases = [ang_basis] if len(parts) == 1 else list(ang_basis.split(sizes))
-            x_parts = list(zip(bases, angles))
+            x_parts = list(zip(bases, angles, strict=False))
         else:
             x_parts = [(a_, None) for a_ in angles]
         emb = self.angle_embedding

@@ -101,7 +101,7 @@ class _GatherSum(torch.autograd.Function):
         if 2 <= len(xs) <= 3 and triton_ops.enabled(xs[0]):
             return triton_ops.gather_sum_raw(list(xs), [ix.idx for ix in ixs], dense)
         out = xs[0].index_select(0, ixs[0].idx)
-        for x, ix in zip(xs[1:], ixs[1:]):
+        for x, ix in zip(xs[1:], ixs[1:], strict=False):
             out += x.index_select(0, ix.idx)
         if dense is not None:
             out += dense
@@ -110,7 +110,7 @@ class _GatherSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grads = [_segsum(grad, ix) if need else None
-                 for ix, need in zip(ctx.ixs, ctx.needs_input_grad[2:])]
+                 for ix, need in zip(ctx.ixs, ctx.needs_input_grad[2:], strict=False)]
         return (None, grad if ctx.has_dense and ctx.needs_input_grad[1] else None, *grads)
 
 

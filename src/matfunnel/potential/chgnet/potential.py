@@ -13,6 +13,7 @@ import torch
 from pymatgen.core import Structure
 from torch import Tensor
 
+from matfunnel.common.errors import StructureError
 from matfunnel.potential import calibration
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
@@ -20,7 +21,6 @@ from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import build_graph
 from matfunnel.potential.chgnet.weights import load_checkpoint
-from matfunnel.common.errors import StructureError
 from matfunnel.potential.validate import MIN_DISTANCE, site_numbers
 
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
@@ -323,7 +323,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                 keep_t = torch.as_tensor(keep, device=dev)
                 for q, v in sub.items():
                     out[q].index_copy_(0, rows if q in _PER_ATOM else keep_t, v.to(out[q].dtype))
-                for k, e in zip(keep, sub_errs):
+                for k, e in zip(keep, sub_errs, strict=False):
                     errs[k] = e
             return out, errs
         chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
@@ -382,7 +382,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                     "element(s) not covered by the potential", "the structure has no atoms"]
         good = []
         for b, row in enumerate(checks):
-            bad = [m for m, flag in zip(messages, row) if flag]
+            bad = [m for m, flag in zip(messages, row, strict=False) if flag]
             if bad:
                 errors[b] = f"batch[{b}]: {'; '.join(bad)}"
             else:
@@ -417,7 +417,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                         except Exception as exc1:  # noqa: BLE001
                             errs.append(f"{type(exc1).__name__}: {exc1}")
                         lo += counts[b]
-                for b, e in zip(bs, errs):
+                for b, e in zip(bs, errs, strict=False):
                     if e is not None:
                         errors[b] = f"batch[{b}]: {e}"
                 # one scatter per output for the whole batch (failed structures' rows are NaN)

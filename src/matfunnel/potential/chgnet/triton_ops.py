@@ -23,7 +23,6 @@ environment seen by ``triton.jit`` is the one at that time.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
@@ -65,7 +64,8 @@ def segment_sum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
 
 def _segment_tiles(n_rows: int, n_seg: int, max_rows: int) -> tuple[int, int]:
     """Rows per tile and segments per program for segments of ``n_rows / n_seg`` rows on average: a tile about
-    one average segment long, and short segments several to a program (at least 16 rows of work each)."""
+    one average segment long, and short segments several to a program (at least 16 rows of work each).
+    """
     block_r = min(max(_pow2(-(-n_rows // max(n_seg, 1))), 2), max_rows)
     return block_r, max(1, min(8, 16 // block_r))
 

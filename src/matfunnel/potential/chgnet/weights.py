@@ -72,7 +72,7 @@ def config_from_args(args: dict) -> Config:
 
 
 def _mapping(cfg: Config) -> dict[str, tuple[list[str], Callable[..., Tensor]]]:
-    """our parameter name -> (checkpoint keys, combine function)."""
+    """Our parameter name -> (checkpoint keys, combine function)."""
     one = lambda t: t  # noqa: E731
     cat = lambda *ts: torch.cat(ts, 0)  # noqa: E731
     m: dict[str, tuple[list[str], Callable]] = {
