@@ -6,6 +6,8 @@ calculator itself. It gives every stage a working path for models that have no b
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
@@ -45,10 +47,8 @@ class AseCalculatorPotential(Potential):
         stress = np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
         magmoms = np.zeros(len(s))
         if "magmoms" in getattr(self.calc, "implemented_properties", ()):
-            try:
+            with contextlib.suppress(Exception):  # optional property
                 magmoms = np.asarray(atoms.get_magnetic_moments(), dtype=float)
-            except Exception:  # noqa: BLE001 - optional property
-                pass
         if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
             raise ValueError("the calculator returned NaN/inf")
         return {"energy": energy, "forces": forces, "stress": stress, "magmoms": magmoms}

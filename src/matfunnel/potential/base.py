@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ class Potential(ABC):
     supported_elements: frozenset[int] = frozenset(range(1, 95))
     #: whether the backend checks the minimum interatomic distance itself (on its neighbour graph) in predict
     distances_on_graph: bool = False
+    #: for the provenance record, where a backend sets them: the distribution providing the model, its weights file
+    package: str
+    weights_file: str | None
 
     def predict(
         self,
@@ -66,12 +69,18 @@ class Potential(ABC):
         labels: Sequence[str] | None = None,
         errors: Literal["raise", "record"] = "raise",
     ) -> list[dict]:
+        """Evaluate structures (pymatgen ``Structure`` or ASE ``Atoms``); one result dict per structure.
+
+        A single structure may be passed bare; the result is still a list. Each structure is validated
+        first; with ``errors="record"`` a failing structure gets ``{"error": message}`` instead of raising.
+        """
         single = not isinstance(structures, (list, tuple))
         items = [structures] if single else list(structures)
-        if labels is None:
-            labels = [None] * len(items)
-        good, good_idx, results = [], [], [None] * len(items)
-        for i, (obj, label) in enumerate(zip(items, labels, strict=False)):
+        label_list: Sequence[str | None] = [None] * len(items) if labels is None else labels
+        good: list[Structure] = []
+        good_idx: list[int] = []
+        results: list[dict | None] = [None] * len(items)
+        for i, (obj, label) in enumerate(zip(items, label_list, strict=False)):
             try:
                 s = to_structure(obj, label)
                 label = label or structure_label(s, i)
@@ -83,10 +92,11 @@ class Potential(ABC):
                     raise
                 results[i] = {"error": str(exc)}
         if good:
-            out = self._predict_checked(good, [labels[i] or structure_label(good[k], i) for k, i in enumerate(good_idx)], errors)
+            good_labels = [label_list[i] or structure_label(good[k], i) for k, i in enumerate(good_idx)]
+            out = self._predict_checked(good, good_labels, errors)
             for i, r in zip(good_idx, out, strict=False):
                 results[i] = r
-        return results
+        return cast(list[dict], results)  # every slot is filled: a result or an error dict
 
     @abstractmethod
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:

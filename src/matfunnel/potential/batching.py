@@ -22,9 +22,11 @@ def pack_greedy(
     sizes: Sequence[tuple[float, float]],
     too_big: Callable[[int, float, float], bool],
 ) -> list[list[int]]:
-    """Indices in input order, cut into batches whenever adding the next structure would make
-    ``too_big(atoms, edges, angles)`` true; ``sizes`` holds each structure's (edges, angles)
-    estimate. A structure that alone is too big gets a batch of its own.
+    """Indices in input order, cut into batches under ``too_big``.
+
+    A batch is cut whenever adding the next structure would make ``too_big(atoms, edges, angles)`` true;
+    ``sizes`` holds each structure's (edges, angles) estimate. A structure that alone is too big gets a batch
+    of its own.
     """
     batches: list[list[int]] = []
     cur: list[int] = []
@@ -48,7 +50,16 @@ class ItemBudget:
     :meth:`_set_budget` derives ``max_items`` and ``max_atoms`` from them.
     """
 
+    device: str
+    memory_budget: int
+    bytes_per_item: int
     graph_cutoffs: tuple[float, float]
+    _max_atoms: int | None
+    max_edges: int | None
+    max_angles: int | None
+    #: derived by :meth:`_set_budget`
+    max_items: int
+    max_atoms: int
     #: the item budget never goes below this
     min_items: int = 1_000
 

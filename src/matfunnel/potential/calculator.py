@@ -10,13 +10,14 @@ from ase.calculators.calculator import Calculator, all_changes
 class MatfunnelCalculator(Calculator):
     """Energy (eV), forces (eV/A), stress (eV/A^3, ASE Voigt order) and magmoms."""
 
-    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms")
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms"]
 
     def __init__(self, potential, **kwargs):
         super().__init__(**kwargs)
         self.potential = potential
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Evaluate ``atoms`` with the potential and store every implemented property in ``self.results``."""
         super().calculate(atoms, properties, system_changes)
         (res,) = self.potential.predict([self.atoms])
         stress_gpa = np.asarray(res["stress"], dtype=float)

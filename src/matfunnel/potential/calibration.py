@@ -21,8 +21,12 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from matfunnel.potential.memprobe import ProbeSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,12 @@ PLAUSIBLE = (500, 2_000_000)
 
 
 def cache_file() -> Path:
+    """The calibration cache: ``$MATFUNNEL_CACHE/calibration.json`` (default ``~/.cache/matfunnel``)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "matfunnel") / "calibration.json"
 
 
 def device_name(device) -> str:
+    """The device's model name: the GPU's, or the CPU's from ``/proc/cpuinfo`` (else ``platform``'s)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -52,6 +58,7 @@ def device_name(device) -> str:
 
 
 def load(key: str) -> dict | None:
+    """The cached calibration record under ``key``, or None (none cached, or the cache unreadable)."""
     try:
         return json.loads(cache_file().read_text()).get(key)
     except (OSError, ValueError):
@@ -59,6 +66,7 @@ def load(key: str) -> dict | None:
 
 
 def save(key: str, record: dict) -> None:
+    """Store ``record`` under ``key`` in the cache (atomically; a warning if the cache is not writable)."""
     path = cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,7 @@ def slope(points: Sequence[tuple[int, int]]) -> float:
 
 
 def record(points: Sequence[tuple[int, int]], how: str) -> dict:
+    """A calibration record from the probes' (items, peak bytes); ValueError when the slope is implausible."""
     per_item = slope(points)
     if not PLAUSIBLE[0] <= per_item <= PLAUSIBLE[1]:
         raise ValueError(f"implausible {per_item:.0f} bytes per item from {list(points)}")
@@ -100,10 +109,27 @@ class MemoryCalibrated:
     ``_set_budget()`` (derives its item budget from ``bytes_per_item``).
     """
 
+    name: str
+    device: str
+    dtype: torch.dtype
+    code_path: str
+    bytes_per_item: int
+    calibration: dict | None
     #: GB that must be available for the CPU probes at their normal size (else the small pair)
     probe_gb: float = 4.0
 
+    if TYPE_CHECKING:  # provided by the potential (a definition here would shadow ItemBudget's in the MRO)
+
+        def probe_spec(self) -> ProbeSpec:
+            """How a child process builds this potential uncalibrated, for the CPU probes."""
+            ...
+
+        def _set_budget(self) -> None:
+            """Derive the item budget from ``bytes_per_item``."""
+            ...
+
     def calibration_key(self) -> str:
+        """The cache key: potential name, code path, dtype, device name and torch version."""
         dtype = str(self.dtype).split(".")[-1]
         return f"{self.name}:{self.code_path}:{dtype}:{device_name(self.device)}:torch-{torch.__version__}"
 
@@ -118,9 +144,10 @@ class MemoryCalibrated:
         return memprobe.measure_cpu(spec)
 
     def calibrate(self, force: bool = False) -> dict | None:
-        """Use this device's measured bytes per work item for batch sizing: from the cache, or measured now (once
-        per device and code path; ``force`` measures again). Returns the record, or None when measuring failed
-        (a warning; the built-in estimate stays).
+        """Use this device's measured bytes per work item for batch sizing, from the cache or measured now.
+
+        Measured once per device and code path; ``force`` measures again. Returns the record, or None when
+        measuring failed (a warning; the built-in estimate stays).
         """
         key = self.calibration_key()
         rec, source = (None if force else load(key)), "cache"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Structure
@@ -18,8 +19,10 @@ from matfunnel.potential.base import Potential
 
 
 def parity_errors(ref: dict, ours: dict, n_atoms: int) -> dict:
-    """Max differences between chgnet's output dict for one structure (``e`` per atom, ``f``, ``s``, ``m``) and
-    matfunnel's result dict for it (``energy`` total, ``forces``, ``stress``, ``magmoms``).
+    """Max differences between chgnet's output dict for one structure and matfunnel's result dict for it.
+
+    Chgnet's dict has ``e`` per atom, ``f``, ``s``, ``m``; matfunnel's ``energy`` total, ``forces``, ``stress``,
+    ``magmoms``.
     """
     return {
         "energy": abs(float(ref["e"]) - ours["energy"] / n_atoms),
@@ -30,6 +33,8 @@ def parity_errors(ref: dict, ours: dict, n_atoms: int) -> dict:
 
 
 class ChgnetReference(Potential):
+    """The ``chgnet`` package's own CHGNet (pretrained ``version``), in float32 or float64, as a potential."""
+
     name = "chgnet-reference"
 
     def __init__(self, device: str = "cpu", version: str = "0.3.0", batch_size: int = 16,
@@ -43,13 +48,15 @@ class ChgnetReference(Potential):
         self.dtype = dtype
         self.model = CHGNet.load(model_name=version, use_device=device, verbose=False)
         self.model.eval()
+        # nn.Module.__getattr__ is typed ``Tensor | Module``: chgnet's submodule as Any
+        composition: Any = self.model.composition_model
         if dtype == "float64":
             self.model.double()
             # the composition model's one-hot counts are built in float32 whatever the weights' dtype
-            get_energy = self.model.composition_model._get_energy
-            self.model.composition_model._get_energy = lambda feas: get_energy(feas.double())
-        self.supported_elements = frozenset(range(1, self.model.composition_model.fc.in_features + 1)) \
-            if hasattr(self.model.composition_model, "fc") else frozenset(range(1, 95))
+            get_energy = composition._get_energy
+            composition._get_energy = lambda feas: get_energy(feas.double())
+        self.supported_elements = frozenset(range(1, composition.fc.in_features + 1)) \
+            if hasattr(composition, "fc") else frozenset(range(1, 95))
 
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
         try:
@@ -80,7 +87,7 @@ class ChgnetReference(Potential):
         for s, p in zip(structures, preds, strict=False):
             n = len(s)
             e = float(p["e"]) * n  # chgnet predicts energy per atom
-            res = {
+            res: dict[str, Any] = {
                 "energy": e,
                 "forces": np.asarray(p["f"], dtype=float).reshape(n, 3),
                 "stress": np.asarray(p["s"], dtype=float).reshape(3, 3),

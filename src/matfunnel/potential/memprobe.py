@@ -35,10 +35,12 @@ LADDER = tuple(4 * m for m in (1, 2, 3, 4, 6, 8, 12, 18, 27, 36, 48, 64, 80, 100
 
 @dataclass
 class ProbeSpec:
-    """How a child process builds the potential to probe: ``factory`` ("module:callable") called with
-    ``kwargs`` (JSON values) must return it ready to run, uncalibrated, with an unlimited budget. The probes
-    are the cells of ``sizes`` atoms, or, with ``target_bytes``, the smallest :data:`LADDER` cell and the
-    largest one its measured cost predicts to peak within ``target_bytes`` above the start.
+    """How a child process builds the potential to probe, and which probe cells it runs.
+
+    ``factory`` ("module:callable") called with ``kwargs`` (JSON values) must return the potential ready to
+    run, uncalibrated, with an unlimited budget. The probes are the cells of ``sizes`` atoms, or, with
+    ``target_bytes``, the smallest :data:`LADDER` cell and the largest one its measured cost predicts to peak
+    within ``target_bytes`` above the start.
     """
 
     factory: str
@@ -67,8 +69,9 @@ def probe_cell(n_atoms: int):
 
 def measure_cuda(pot, sizes: Sequence[int] = SIZES["cuda"],
                  target_bytes: int | None = None) -> list[tuple[int, int]]:
-    """(items, peak bytes allocated) of each probe (``sizes``, or by ``target_bytes``: see :class:`ProbeSpec`),
-    in this process.
+    """(items, peak bytes allocated) of each probe, in this process.
+
+    The probes are the cells of ``sizes`` atoms, or chosen by ``target_bytes``: see :class:`ProbeSpec`.
     """
     def run(cell) -> tuple[int, int]:
         return cuda_peak(lambda: pot.memory_probe(cell), pot.device)
@@ -90,9 +93,10 @@ def _ladder() -> list:
 
 
 def _by_target(run, target_bytes: int, level=None) -> list[tuple[int, int]]:
-    """Probe the smallest ladder cell, then the largest whose items at the first probe's bytes per item stay
-    within ``target_bytes``; ``run(cell)`` returns (items, peak), measured from ``level()`` (default 0) as
-    taken before a warm-up run.
+    """Probe the smallest ladder cell, then the largest predicted to stay within ``target_bytes``.
+
+    The prediction is the cell's items at the first probe's bytes per item; ``run(cell)`` returns (items, peak),
+    measured from ``level()`` (default 0) as taken before a warm-up run.
     """
     cells = _ladder()
     start = level() if level is not None else 0
@@ -150,8 +154,9 @@ def _status_bytes(key: str) -> int | None:
 
 
 def _peak_rss() -> int:
-    """Peak resident bytes of this process image: ``VmHWM`` (``ru_maxrss`` would include the parent's size at
-    the fork, which survives the exec).
+    """Peak resident bytes of this process image: ``VmHWM``.
+
+    ``ru_maxrss`` would include the parent's size at the fork, which survives the exec.
     """
     peak = _status_bytes("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -162,6 +167,10 @@ def _rss() -> int:
 
 
 def main(argv: list[str]) -> None:
+    """Child-process entry: run the probes of ``argv[0]`` (a :class:`ProbeSpec` as JSON).
+
+    Prints the probes' (items, peak resident bytes) as a JSON list.
+    """
     spec = ProbeSpec(**json.loads(argv[0]))
     module, name = spec.factory.split(":")
     pot = getattr(importlib.import_module(module), name)(**spec.kwargs)

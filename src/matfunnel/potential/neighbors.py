@@ -142,7 +142,8 @@ def neighbor_pairs(
         image = im.to(torch.float64) + sh  # relative to the unwrapped input coordinates
         # canonical direction only: i < j, or self-image with positive image
         same = i == j
-        lexpos = (image[:, 0] > 0) | ((image[:, 0] == 0) & ((image[:, 1] > 0) | ((image[:, 1] == 0) & (image[:, 2] > 0))))
+        lexpos = (image[:, 0] > 0) | (
+            (image[:, 0] == 0) & ((image[:, 1] > 0) | ((image[:, 1] == 0) & (image[:, 2] > 0))))
         keep = (i < j) | (same & lexpos)
         i, j, image, im = i[keep], j[keep], image[keep], im[keep]
         b = batch[i]

@@ -25,7 +25,10 @@ def checkpoint_path(name: str) -> Path:
 
     folder, file = CHECKPOINTS[name]
     spec = importlib.util.find_spec("sevenn")
-    base = Path(next(iter(spec.submodule_search_locations))) / "pretrained_potentials"  # type: ignore[union-attr]
+    locations = spec.submodule_search_locations if spec is not None else None
+    if not locations:
+        raise ModuleNotFoundError("the sevenn package is not installed")
+    base = Path(next(iter(locations))) / "pretrained_potentials"
     for cand in (base / folder / file, Path.home() / ".cache" / "sevennet" / folder / file):
         if cand.is_file():
             return cand

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-ELEMENTS = ["H", "Li", "Be", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I", "Cs", "Ba", "La", "Ce", "Nd", "Sm", "Gd", "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "U"]
+ELEMENTS = ["H", "Li", "Be", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Sc", "Ti",
+            "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Rb", "Sr", "Y", "Zr", "Nb",
+            "Mo", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I", "Cs", "Ba", "La", "Ce", "Nd", "Sm", "Gd",
+            "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "U"]
 
 # (lattice as multiples of a, fractional coords, number of distinct species)
 _C = np.eye(3)
@@ -42,7 +45,7 @@ def random_structure(rng: np.random.Generator, max_atoms: int = 200, *, proto: s
                      n_species: int | None = None, rattle: float | None = None,
                      shear: float | None = None) -> Structure:
     """One random structure of at most ``max_atoms`` atoms."""
-    name = proto or rng.choice(sorted(PROTOTYPES))
+    name = proto or str(rng.choice(sorted(PROTOTYPES)))
     lat, coords = PROTOTYPES[name]
     coords = np.asarray(coords, float)
     n_species = n_species or int(rng.integers(1, 4))
@@ -78,12 +81,13 @@ def random_structure(rng: np.random.Generator, max_atoms: int = 200, *, proto: s
 
 
 def random_structures(rng: np.random.Generator, count: int, max_atoms: int = 200) -> list[Structure]:
+    """``count`` independent :func:`random_structure` draws of at most ``max_atoms`` atoms each."""
     return [random_structure(rng, max_atoms) for _ in range(count)]
 
 
 def _reps(m: float) -> tuple[int, int, int]:
     """The most nearly cubic repetitions (a, b, c) whose product is closest to ``m``."""
-    best = None
+    best: tuple[tuple[float, int], tuple[int, int, int]] | None = None
     top = max(1, round(m))
     for a in range(1, top + 1):
         for b in range(a, top + 1):
@@ -93,14 +97,16 @@ def _reps(m: float) -> tuple[int, int, int]:
             key = (abs(a * b * c - m), c - a)
             if best is None or key < best[0]:
                 best = (key, (a, b, c))
+    assert best is not None  # a = b = 1 is always tried
     return best[1]
 
 
 def supercell(rng: np.random.Generator, n_target: int, proto: str | None = None,
               bond: float | None = None, cubic: bool = True) -> Structure:
-    """A rattled, sheared supercell with about ``n_target`` atoms (``bond``: closest distance, A); the same
-    number of repetitions along each axis, or with ``cubic=False`` the most nearly cubic ones closest to the
-    target (finer steps).
+    """A rattled, sheared supercell with about ``n_target`` atoms (``bond``: closest distance, A).
+
+    The same number of repetitions along each axis, or with ``cubic=False`` the most nearly cubic ones closest
+    to the target (finer steps).
     """
     proto = proto or str(rng.choice(["fcc", "rocksalt", "perovskite", "bcc"]))
     base = random_structure(rng, 4, proto=proto, rattle=0.0, shear=0.03)

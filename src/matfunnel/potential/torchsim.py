@@ -18,7 +18,7 @@ the rest are evaluated.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         import inspect
 
         adapter_kw = {k: kwargs.pop(k) for k in ("memory_budget", "calibrate", "max_atoms") if k in kwargs}
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(make).parameters
         except (TypeError, ValueError):
@@ -112,13 +113,15 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
 
     def plan_batches(self, n_atoms: list[int], volumes: list[float]) -> list[list[int]]:
         """Greedy batches under the item and atom budgets."""
-        return pack_greedy(n_atoms, [self.work_estimate(n, v) for n, v in zip(n_atoms, volumes, strict=False)], self.too_big)
+        sizes = [self.work_estimate(n, v) for n, v in zip(n_atoms, volumes, strict=False)]
+        return pack_greedy(n_atoms, sizes, self.too_big)
 
     def probe_spec(self):
         """How the CPU memory probe's child process rebuilds this model from its registry name."""
         from matfunnel.potential.memprobe import ProbeSpec
 
-        return ProbeSpec("matfunnel.potential.registry:probe_potential", {"name": self.name, "kwargs": self.name_kwargs},
+        return ProbeSpec("matfunnel.potential.registry:probe_potential",
+                         {"name": self.name, "kwargs": self.name_kwargs},
                          target_bytes=int(min(2 << 30, self.memory_budget)))
 
     def _measure_memory(self):

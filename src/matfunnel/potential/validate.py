@@ -17,11 +17,14 @@ def to_structure(obj, label: str | None = None) -> Structure:
     """Convert an ASE ``Atoms`` or pymatgen ``Structure`` to a ``Structure``."""
     if isinstance(obj, Structure):
         return obj
+    atoms_types: tuple[type, ...]
     try:
         from ase import Atoms
+
+        atoms_types = (Atoms,)
     except ImportError:  # pragma: no cover - ase is a dependency
-        Atoms = ()
-    if isinstance(obj, Atoms):
+        atoms_types = ()
+    if isinstance(obj, atoms_types):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         if not obj.pbc.all():
@@ -31,6 +34,7 @@ def to_structure(obj, label: str | None = None) -> Structure:
 
 
 def structure_label(struct: Structure, index: int | None = None) -> str:
+    """A readable name for ``struct``: its ``label`` property, else its reduced formula (``#index`` appended)."""
     label = struct.properties.get("label") if hasattr(struct, "properties") else None
     if label:
         return str(label)
@@ -77,8 +81,9 @@ def validate_structure(
 
 
 def site_numbers(struct: Structure) -> np.ndarray | None:
-    """Atomic number of every site (0 for a dummy species) in one pass over the sites, or None when a site is
-    disordered or partially occupied (pymatgen's ``species`` and ``atomic_numbers`` are two slower passes).
+    """Atomic number of every site (0 for a dummy species), or None when a site is disordered or partially occupied.
+
+    One pass over the sites (pymatgen's ``species`` and ``atomic_numbers`` are two slower passes).
     """
     out = np.empty(len(struct), dtype=np.int64)
     for k, site in enumerate(struct):
