@@ -5,11 +5,13 @@
 * :func:`relax_structures` - ASE's FIRE + FrechetCellFilter one structure at a time (the reference);
 * :func:`run_md` - batched NVE / NVT (Langevin) / NPT (stochastic cell rescaling) dynamics.
 
-Both relaxation engines return :class:`RelaxResult` documents. The functional building blocks live in
-:mod:`matfunnel.engine.state` (the batched state), :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md`
-(init/step functions), :mod:`~matfunnel.engine.symmetry` (space-group constraints); the documents the engines
-write in :mod:`~matfunnel.engine.documents` (structures) and :mod:`~matfunnel.engine.trajectory` (capped
-trajectories); argument checks in :mod:`~matfunnel.engine.inputs`.
+Both relaxation engines return :class:`RelaxResult` documents, :func:`run_md` :class:`MDResult` documents (both in
+:mod:`~matfunnel.engine.results`). The functional building blocks live in :mod:`matfunnel.engine.state` (the batched
+state), :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md` (init/step functions),
+:mod:`~matfunnel.engine.symmetry` (space-group constraints); the queue, refill and harvest that both batched engines
+share in :mod:`~matfunnel.engine.batching` (:class:`~matfunnel.engine.batching.InFlightBatcher`, :class:`AtomBudget`);
+the documents the engines write in :mod:`~matfunnel.engine.documents` (structures) and
+:mod:`~matfunnel.engine.trajectory` (capped trajectories); argument checks in :mod:`~matfunnel.engine.inputs`.
 """
 
 from matfunnel.engine.ase_relax import RelaxResult, relax_structure, relax_structures

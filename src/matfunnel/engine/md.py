@@ -1,5 +1,7 @@
-"""Batched molecular dynamics: NVE (velocity Verlet), NVT (Langevin, BAOAB) and NPT (Langevin +
-isotropic stochastic cell rescaling, Bernetti & Bussi, J. Chem. Phys. 153, 114107 (2020)).
+"""Batched molecular dynamics: NVE, NVT and NPT.
+
+NVE is velocity Verlet, NVT Langevin (BAOAB), NPT Langevin + isotropic stochastic cell rescaling (Bernetti &
+Bussi, J. Chem. Phys. 153, 114107 (2020)).
 
 Every structure of a batch has its own target temperature, pressure, thermostat/barostat constants
 and random stream (``seed``), so its trajectory does not depend on which structures share the batch.
@@ -317,7 +319,7 @@ class _Dynamics:
 
     def start(self, take: list[int]) -> MDState:
         """Build the evaluated MD state of the inputs ``take``, with their velocities, streams and trajectories."""
-        for i, g in zip(take, _generators([self.seeds[i] for i in take])):
+        for i, g in zip(take, _generators([self.seeds[i] for i in take]), strict=True):
             self.gens[i] = g
             self.recorders[i] = _Recorder(self.sample_every, self.max_frames, self.timestep)
         state = md_init(from_structures([self.inputs[i] for i in take], self.potential.device, ids=take),
@@ -331,7 +333,7 @@ class _Dynamics:
         reasons = _check(state, it, self.check_distance_every)
         steps_l = state.n_steps.tolist()
         _record(state, self.recorders, state.ids.tolist(), steps_l, reasons)
-        return reasons, [r is not None or s >= self.steps for r, s in zip(reasons, steps_l)]
+        return reasons, [r is not None or s >= self.steps for r, s in zip(reasons, steps_l, strict=True)]
 
     def step(self, state: MDState) -> MDState:
         """Move ``state`` one step of the ensemble."""
