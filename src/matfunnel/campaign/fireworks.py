@@ -217,7 +217,8 @@ def flow_to_fireworks(flow_or_job, *, category_map: Mapping[str, str] | None = N
     kwargs: dict[str, Any] = {"name": name or flow.name}
     if metadata:
         kwargs["metadata"] = metadata
-    wf = flow_to_workflow(flow, store=None, **kwargs)
+    # jobflow annotates ``store`` as ``JobStore`` but defaults it to None and documents None (the workers' store)
+    wf = flow_to_workflow(flow, store=None, **kwargs)  # type: ignore[arg-type]
     for fw in wf.fws:
         for task in fw.tasks:
             if task.get("store", None) is not None:  # pragma: no cover - guarded by store=None
@@ -251,7 +252,8 @@ def _as_flow(flow_or_spec):
 
     spec = load_spec(flow_or_spec) if isinstance(flow_or_spec, (str, Path)) else flow_or_spec
     if not isinstance(spec, CampaignSpec):
-        raise SubmissionError(f"cannot submit a {type(flow_or_spec).__name__}: give a Flow, a Job, a CampaignSpec or a spec path")
+        raise SubmissionError(f"cannot submit a {type(flow_or_spec).__name__}: "
+                              "give a Flow, a Job, a CampaignSpec or a spec path")
     from matfunnel.campaign.funnel import build_flow
 
     return build_flow(spec), spec

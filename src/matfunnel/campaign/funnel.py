@@ -76,7 +76,8 @@ class FunnelMaker(Maker):
         """
         spec = resolve(spec)
         pot = spec.potential
-        relax = RelaxMaker(name="candidates relax", potential=pot.name, potential_kwargs=dict(pot.kwargs),
+        model: str = pot.name or DEFAULT_POTENTIAL  # resolve() has filled it in
+        relax = RelaxMaker(name="candidates relax", potential=model, potential_kwargs=dict(pot.kwargs),
                            device=pot.device, fmax=spec.relax.fmax, max_steps=spec.relax.max_steps,
                            relax_cell=spec.relax.relax_cell, result_cache=result_cache)
         batched = BatchedRelaxMaker(name="relax candidates", relax=relax, batch_size=spec.relax.batch_size)
@@ -89,12 +90,12 @@ class FunnelMaker(Maker):
             relax=batched,
             references=ReferencesMaker(references=h.references, competing_max_sites=h.competing_max_sites,
                                        relax=batched),
-            hull=HullMaker(model=pot.name, cache_dir=h.cache_dir),
-            phonon_gate=PhononGateMaker.from_options(spec.phonons, pot.name, pot.device, pot.kwargs),
+            hull=HullMaker(model=model, cache_dir=h.cache_dir),
+            phonon_gate=PhononGateMaker.from_options(spec.phonons, model, pot.device, pot.kwargs),
             dft_gate=DftGateMaker(engine=d.engine, threshold=d.threshold, max_candidates=d.max_candidates,
                                   max_sites=d.max_sites, preset=d.preset, settings=dict(d.settings),
                                   result_cache=result_cache),
-            report=ReportMaker(campaign=spec.name, potential=pot.name, out_dir=out_dir),
+            report=ReportMaker(campaign=spec.name, potential=model, out_dir=out_dir),
         )
 
     def make(self, chemsys: str) -> Flow:

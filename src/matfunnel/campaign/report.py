@@ -13,11 +13,12 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from matfunnel.benchmark.gate_metrics import gate_metrics
 from matfunnel.common.documents import CandidatesDoc, DftDoc, HullDoc, PhononGateDoc, as_doc
-from matfunnel.common.structures import as_structure_or_none
+from matfunnel.common.structures import as_structure
 
 COLUMNS = [
     "id", "formula", "spacegroup", "n_sites", "source", "mlip_e_per_atom", "e_form_per_atom",
-    "e_above_hull", "hull_distance", "reference", "phonons", "omega_max_thz", "gate", "dft_e_above_hull", "dft_e_form_per_atom",
+    "e_above_hull", "hull_distance", "reference", "phonons", "omega_max_thz", "gate", "dft_e_above_hull",
+    "dft_e_form_per_atom",
     "status", "error",
 ]
 
@@ -26,7 +27,7 @@ def _spacegroup(struct) -> str | None:
     if struct is None:
         return None
     try:
-        return SpacegroupAnalyzer(as_structure_or_none(struct), symprec=0.1).get_space_group_symbol()
+        return SpacegroupAnalyzer(as_structure(struct), symprec=0.1).get_space_group_symbol()
     except Exception:  # noqa: BLE001 - spglib can fail on odd cells; the row stays
         return None
 
@@ -94,7 +95,7 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
             "id": cid,
             "formula": d.get("formula"),
             "spacegroup": _spacegroup(d.get("final_structure")),
-            "n_sites": len(as_structure_or_none(d["final_structure"])) if d.get("final_structure") else None,
+            "n_sites": len(as_structure(d["final_structure"])) if d.get("final_structure") else None,
             "source": prov.get("source_id") or prov.get("source"),
             "mlip_e_per_atom": _round(d.get("e_per_atom")),
             "e_form_per_atom": _round(h.get("e_form_per_atom")),

@@ -56,7 +56,10 @@ class RelaxOptions:
 
 @dataclass
 class HullOptions:
-    """``hull``: see :class:`~matfunnel.candidates.maker.ReferencesMaker` and :class:`~matfunnel.hull.maker.HullMaker`."""
+    """``hull``: the hull's references and the hull stage.
+
+    See :class:`~matfunnel.candidates.maker.ReferencesMaker` and :class:`~matfunnel.hull.maker.HullMaker`.
+    """
 
     references: str = ReferencesMaker.references  # auto (MP API if MP_API_KEY is set, else offline) | mp | offline
     competing_max_sites: int = ReferencesMaker.competing_max_sites

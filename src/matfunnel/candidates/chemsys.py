@@ -48,8 +48,9 @@ def parse_chemsys(chemsys: str | Iterable[str]) -> list[str]:
 
 
 def is_ionic(elements: Iterable[str]) -> bool:
-    """True if the system contains an anion-forming element (see :data:`ANION_ELEMENTS`) and at
-    least one other element. Pure anion systems (e.g. ``O``, ``N-O``) are not ionic.
+    """True if the system contains an anion-forming element and at least one other element.
+
+    The anion-forming elements are :data:`ANION_ELEMENTS`. Pure anion systems (e.g. ``O``, ``N-O``) are not ionic.
     """
     els = set(elements)
     return bool(els & ANION_ELEMENTS) and bool(els - ANION_ELEMENTS)

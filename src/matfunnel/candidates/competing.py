@@ -97,8 +97,9 @@ def _atomic_radius(el: str) -> float:
 
 
 def _decorate(pid: str, mapping: dict[str, str]) -> Structure:
-    """The prototype with its elements replaced per ``mapping``, lengths scaled by atomic radii
-    (reference lattice scaling).
+    """The prototype with its elements replaced per ``mapping``.
+
+    Lengths are scaled by atomic radii (reference lattice scaling).
     """
     proto = get_prototype(pid).structure
     counts: dict[str, int] = {}
@@ -126,13 +127,16 @@ def molecular_crystal(element: str) -> Structure:
         if i in done:
             continue
         # nearest partner (periodic images included) = the other atom of the molecule
-        best, best_d, best_img = None, np.inf, None
+        best: int | None = None
+        best_d, best_img = np.inf, None
         for j, other in enumerate(proto):
             if j == i or j in done:
                 continue
             d, img = site.distance_and_image(other)
             if d < best_d:
                 best, best_d, best_img = j, d, img
+        # every molecular prototype pairs each atom with a partner
+        assert best is not None and best_img is not None
         done.update({i, best})
         f1 = site.frac_coords
         f2 = proto[best].frac_coords + best_img

@@ -20,8 +20,9 @@ def oxidation_state(key: str) -> float | None:
 
 
 def net_charge(counts: Iterable[tuple[float, str]]) -> float | None:
-    """Sum of ``count * oxidation state`` over ``(count, species string)`` pairs; None if a
-    species has no oxidation state.
+    """Sum of ``count * oxidation state`` over ``(count, species string)`` pairs.
+
+    None if a species has no oxidation state.
     """
     total = 0.0
     for n, key in counts:

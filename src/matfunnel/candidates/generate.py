@@ -37,11 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from os import PathLike
+from typing import cast
 
 from monty.json import MSONable
 from pymatgen.core import Composition, Element, Species, Structure
@@ -52,6 +53,7 @@ from matfunnel.candidates.filters import check_candidate, net_charge
 from matfunnel.candidates.prototypes import load_aflow_prototypes
 from matfunnel.candidates.sources import load_user_structures
 from matfunnel.candidates.substitution import (
+    SubstitutionTable,
     default_table,
     enumerate_maps,
     target_species,
@@ -89,9 +91,11 @@ class CandidateSet(MSONable):
 
     @property
     def ids(self) -> list[str]:
+        """The candidates' ids, in rank order."""
         return [s.properties["candidate_id"] for s in self.candidates]
 
     def as_dict(self) -> dict:
+        """The set as a JSON-able dict (structures as their ``as_dict()`` documents)."""
         return {
             "@module": type(self).__module__,
             "@class": type(self).__name__,
@@ -105,6 +109,7 @@ class CandidateSet(MSONable):
 
     @classmethod
     def from_dict(cls, d: dict) -> CandidateSet:
+        """The set from its :meth:`as_dict` document."""
         return cls(
             chemsys=list(d["chemsys"]),
             candidates=[as_structure(s) for s in d["candidates"]],
@@ -120,8 +125,9 @@ class CandidateSet(MSONable):
 
 
 def candidate_id(struct: Structure) -> str:
-    """``<reduced formula>-<10 hex>``: a hash of the Niggli-reduced cell (lengths/angles to 1e-3,
-    sorted species and fractional coordinates to 1e-3). Depends on the structure only.
+    """``<reduced formula>-<10 hex>``: a hash of the Niggli-reduced cell.
+
+    Lengths/angles to 1e-3, sorted species and fractional coordinates to 1e-3. Depends on the structure only.
     """
     red = struct.get_reduced_structure()
     lat = [round(x, 3) for x in (*red.lattice.abc, *red.lattice.angles)]
@@ -196,8 +202,9 @@ def _merged(counts, skeys, assign, target_el) -> dict[str, float]:
 
 @lru_cache(maxsize=4096)
 def _mixed_valence_balanced(formula: str) -> bool:
-    """Whether pymatgen finds a charge-balanced assignment allowing mixed valence (e.g. LiMn2O4 as
-    Mn3.5+): substitution maps one oxidation state per site, which alone would reject such phases.
+    """Whether pymatgen finds a charge-balanced assignment allowing mixed valence (e.g. LiMn2O4 as Mn3.5+).
+
+    Substitution maps one oxidation state per site, which alone would reject such phases.
     """
     comp = Composition(formula)
     if len(comp.elements) < 2:
@@ -293,28 +300,33 @@ def generate_candidates(
 ) -> CandidateSet:
     """Candidate structures for ``chemsys`` (e.g. ``"Li-Mn-O"``); see the module doc for the steps.
 
-    Args:
-        chemsys: elements, ``"Li-Mn-O"`` or a list; unknown elements raise ``ValueError``.
-        user_structures: Structures (or ASE Atoms) and/or paths to files/folders
-            (:func:`load_user_structures`); used as substitution templates when ``"user"`` is in
-            ``sources``. A user structure already in the system is kept as is (score 1.0). Their
-            size is not limited by ``max_sites``.
-        max_candidates: cap on the returned list (after de-duplication).
-        sources: any of ``"aflow"`` (bundled AFLOW prototypes) and ``"user"``.
-        substitution_threshold: minimum substitution score (product of conditional probabilities).
-        max_sites: largest AFLOW prototype (sites per cell) used as template.
-        charge_neutral: in ionic systems, keep only maps whose oxidation states sum to zero.
-        all_elements: candidates must contain every element of ``chemsys``; False also admits
-            sub-systems with at least two elements (one for a unary system).
-        merge_species: allow two source species to map onto the same target species (e.g. a
-            quaternary prototype giving a ternary candidate); otherwise maps are one-to-one.
+    Parameters
+    ----------
+    chemsys
+        Elements, ``"Li-Mn-O"`` or a list; unknown elements raise ``ValueError``.
+    user_structures
+        Structures (or ASE Atoms) and/or paths to files/folders (:func:`load_user_structures`); used as
+        substitution templates when ``"user"`` is in ``sources``. A user structure already in the system is
+        kept as is (score 1.0). Their size is not limited by ``max_sites``.
+    max_candidates
+        Cap on the returned list (after de-duplication).
+    sources
+        Any of ``"aflow"`` (bundled AFLOW prototypes) and ``"user"``.
+    substitution_threshold
+        Minimum substitution score (product of conditional probabilities).
+    max_sites
+        Largest AFLOW prototype (sites per cell) used as template.
+    charge_neutral
+        In ionic systems, keep only maps whose oxidation states sum to zero.
+    all_elements
+        Candidates must contain every element of ``chemsys``; False also admits sub-systems with at least
+        two elements (one for a unary system).
+    merge_species
+        Allow two source species to map onto the same target species (e.g. a quaternary prototype giving a
+        ternary candidate); otherwise maps are one-to-one.
     """
     elements = parse_chemsys(chemsys)
-    unknown = set(sources) - set(SOURCES)
-    if unknown:
-        raise ValueError(f"unknown candidate source(s) {sorted(unknown)}; choose from {SOURCES}")
-    if max_candidates < 0:
-        raise ValueError("max_candidates must be >= 0")
+    _check_options(sources, max_candidates)
     ionic = is_ionic(elements)
     table = default_table()
     params = {
@@ -324,106 +336,31 @@ def generate_candidates(
         "merge_species": merge_species, "ionic": ionic,
     }
     errors: list[dict] = []
-    srcs: list[_Source] = []
-    if "aflow" in sources:
-        srcs += [_Source("aflow", p.id, p.structure, dict(p.tags)) for p in load_aflow_prototypes(max_sites)]
-    n_aflow = len(srcs)
-    if "user" in sources and user_structures is not None:
-        srcs += _collect_user(user_structures, errors)
+    srcs, n_aflow = _gather_sources(sources, max_sites, user_structures, errors)
 
-    if ionic:
-        targets = [str(sp) for el in elements for sp in target_species(el, table)]
-    else:
-        targets = list(elements)
-    target_el = {t: _element(t) for t in targets}
-    want = set(elements)
-    min_el = len(elements) if all_elements else min(2, len(elements))
-
-    stats = Counter()
+    targets = _substitution_targets(elements, ionic, table)
+    rules = _MapRules(
+        target_el={t: _element(t) for t in targets},
+        want=set(elements),
+        min_el=len(elements) if all_elements else min(2, len(elements)),
+        ionic=ionic,
+        charge_neutral=charge_neutral,
+        table=table,
+    )
     raw: list[dict] = []
     for src in srcs:
-        keys = _site_keys(src.structure, ionic)
-        counts = dict(sorted(Counter(keys).items()))
-        skeys = list(counts)
-        # a user's own structure is always a candidate as given (if inside the system), even
-        # when it does not span every element; substitutions of it must span as usual
-        own = {_element(k) for k in skeys} if src.source == "user" and {_element(k) for k in skeys} <= want else None
-        if len(skeys) < min_el and own is None:
-            continue
-
-        def factor(i, t, skeys=skeys):
-            s = skeys[i]
-            same_element = _element(s) == target_el[t]
-            if s == t or (same_element and (s == _element(s) or t == _element(t))):
-                return 1.0
-            return table.cond_prob(s, t, cations_only=not ionic)
-
-        def accept(assign, skeys=skeys, counts=counts, own=own):
-            els = {target_el[t] for t in assign}
-            as_given = own is not None and els == own and all(_element(s) == target_el[t] for s, t in zip(skeys, assign, strict=False))
-            if (len(els) < min_el and not as_given) or not els <= want:
-                stats["rejected_elements"] += 1
-                return False
-            if ionic and charge_neutral:
-                q = net_charge((counts[s], t) for s, t in zip(skeys, assign, strict=False))
-                if q is None or abs(q) > 1e-6:
-                    formula = Composition(_merged(counts, skeys, assign, target_el)).reduced_formula
-                    if not _mixed_valence_balanced(formula):
-                        stats["rejected_charge"] += 1
-                        return False
-            return True
-
-        for assign, score in enumerate_maps(
-            skeys, targets, factor, substitution_threshold, accept, injective=not merge_species
-        ):
-            raw.append({"src": src, "keys": keys, "counts": counts, "map": dict(zip(skeys, assign, strict=False)),
-                        "score": score})
-    stats["maps"] = len(raw)
+        raw.extend(_source_maps(src, targets, rules, substitution_threshold, injective=not merge_species))
+    rules.stats["maps"] = len(raw)
 
     # build structures, validate, identify
     built: list[tuple[tuple, Structure]] = []
     rejected: list[dict] = []
     for r in raw:
-        src, mapping = r["src"], r["map"]
-        new_species = [target_el[mapping[k]] for k in r["keys"]]
-        s = Structure(src.structure.lattice, new_species, src.structure.frac_coords)
-        f = _rls_factor(r["counts"], mapping)
-        if abs(f - 1.0) > 1e-9:
-            s.scale_lattice(s.volume * f**3)
-        cid = candidate_id(s)
-        problem = check_candidate(s, cid)
-        if problem:
-            rejected.append({"candidate_id": cid, "formula": s.composition.reduced_formula,
-                             "source_id": src.source_id, "reason": problem})
+        s = _built_candidate(r, rules, "-".join(elements))
+        if isinstance(s, dict):
+            rejected.append(s)
             continue
-        if ionic:
-            tot: Counter = Counter()
-            num: Counter = Counter()
-            for k, n in r["counts"].items():
-                t = mapping[k]
-                tot[target_el[t]] += n * Species.from_str(t).oxi_state
-                num[target_el[t]] += n
-            oxi = {el: round(tot[el] / num[el], 6) for el in sorted(num)}
-            if charge_neutral and abs(sum(oxi[el] * num[el] for el in num)) > 1e-6:
-                oxi = _balanced_oxidation(s.composition.reduced_formula)  # mixed valence (see filter)
-        else:
-            oxi = None
-        s.properties = {
-            "candidate_id": cid,
-            "label": cid,
-            "role": "candidate",
-            "chemsys": "-".join(elements),
-            "formula": s.composition.reduced_formula,
-            "source": src.source,
-            "source_id": src.source_id,
-            "prototype": src.prototype,
-            "substitution": dict(mapping),
-            "score": float(r["score"]),
-            "oxidation_states": oxi,
-        }
-        if src.source == "user" and src.structure.properties.get("source_file"):
-            s.properties["source_file"] = src.structure.properties["source_file"]
-        built.append(((-float(r["score"]), len(s), cid), s))
+        built.append(((-float(r["score"]), len(s), s.properties["candidate_id"]), s))
     built.sort(key=lambda x: x[0])
     ranked = [s for _, s in built]
 
@@ -439,8 +376,8 @@ def generate_candidates(
         "sources_aflow": n_aflow,
         "sources_user": len(srcs) - n_aflow,
         "user_errors": len(errors),
-        "maps_rejected_elements": stats["rejected_elements"],
-        "maps_rejected_charge": stats["rejected_charge"],
+        "maps_rejected_elements": rules.stats["rejected_elements"],
+        "maps_rejected_charge": rules.stats["rejected_charge"],
         "generated": len(raw),
         "invalid": len(rejected),
         "valid": len(ranked),
@@ -450,3 +387,149 @@ def generate_candidates(
         "returned": len(candidates),
     }
     return CandidateSet(list(elements), candidates, rejected, errors, stats_out, params)
+
+
+def _check_options(sources: Sequence[str], max_candidates: int) -> None:
+    """Raise ``ValueError`` for an unknown source or a negative cap."""
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown candidate source(s) {sorted(unknown)}; choose from {SOURCES}")
+    if max_candidates < 0:
+        raise ValueError("max_candidates must be >= 0")
+
+
+def _gather_sources(
+    sources: Sequence[str],
+    max_sites: int,
+    user_structures: Sequence[Structure | str | PathLike] | str | PathLike | None,
+    errors: list[dict],
+) -> tuple[list[_Source], int]:
+    """The substitution templates (AFLOW prototypes first, then the user's) and how many are AFLOW's."""
+    srcs: list[_Source] = []
+    if "aflow" in sources:
+        srcs += [_Source("aflow", p.id, p.structure, dict(p.tags)) for p in load_aflow_prototypes(max_sites)]
+    n_aflow = len(srcs)
+    if "user" in sources and user_structures is not None:
+        srcs += _collect_user(user_structures, errors)
+    return srcs, n_aflow
+
+
+def _substitution_targets(elements: list[str], ionic: bool, table: SubstitutionTable) -> list[str]:
+    """The target system's species: oxidation-state species in an ionic system, else the elements."""
+    if ionic:
+        return [str(sp) for el in elements for sp in target_species(el, table)]
+    return list(elements)
+
+
+@dataclass
+class _MapRules:
+    """What a substitution map is scored and filtered by, and the counts of maps rejected."""
+
+    target_el: dict[str, str]  # target species -> its element
+    want: set[str]  # the system's elements
+    min_el: int  # fewest elements a candidate may have
+    ionic: bool
+    charge_neutral: bool
+    table: SubstitutionTable
+    stats: Counter = field(default_factory=Counter)
+
+    def factor(self, skeys: list[str], i: int, t: str) -> float:
+        """The score factor of source species ``skeys[i]`` replaced by target ``t`` (1 when kept)."""
+        s = skeys[i]
+        same_element = _element(s) == self.target_el[t]
+        if s == t or (same_element and (s == _element(s) or t == _element(t))):
+            return 1.0
+        return self.table.cond_prob(s, t, cations_only=not self.ionic)
+
+    def accept(self, skeys: list[str], counts: dict[str, int], own: set[str] | None, assign) -> bool:
+        """Whether the map ``skeys -> assign`` passes the element and charge filters (counting rejections)."""
+        target_el = self.target_el
+        els = {target_el[t] for t in assign}
+        as_given = own is not None and els == own and all(
+            _element(s) == target_el[t] for s, t in zip(skeys, assign, strict=False)
+        )
+        if (len(els) < self.min_el and not as_given) or not els <= self.want:
+            self.stats["rejected_elements"] += 1
+            return False
+        if self.ionic and self.charge_neutral:
+            q = net_charge((counts[s], t) for s, t in zip(skeys, assign, strict=False))
+            if q is None or abs(q) > 1e-6:
+                formula = Composition(_merged(counts, skeys, assign, target_el)).reduced_formula
+                if not _mixed_valence_balanced(formula):
+                    self.stats["rejected_charge"] += 1
+                    return False
+        return True
+
+
+def _source_maps(src: _Source, targets: list[str], rules: _MapRules, threshold: float,
+                 injective: bool) -> list[dict]:
+    """The accepted substitution maps of one source, each with its site keys, counts and score."""
+    keys = _site_keys(src.structure, rules.ionic)
+    counts = dict(sorted(Counter(keys).items()))
+    skeys = list(counts)
+    # a user's own structure is always a candidate as given (if inside the system), even
+    # when it does not span every element; substitutions of it must span as usual
+    src_els = {_element(k) for k in skeys}
+    own = src_els if src.source == "user" and src_els <= rules.want else None
+    if len(skeys) < rules.min_el and own is None:
+        return []
+
+    def factor(i, t):
+        return rules.factor(skeys, i, t)
+
+    def accept(assign):
+        return rules.accept(skeys, counts, own, assign)
+
+    return [
+        {"src": src, "keys": keys, "counts": counts, "map": dict(zip(skeys, assign, strict=False)), "score": score}
+        for assign, score in enumerate_maps(skeys, targets, factor, threshold, accept, injective=injective)
+    ]
+
+
+def _candidate_oxidation(counts: dict[str, int], mapping: dict[str, str], rules: _MapRules,
+                         s: Structure) -> dict[str, float] | None:
+    """Per-element average oxidation states of a candidate (None for an intermetallic)."""
+    if not rules.ionic:
+        return None
+    tot: defaultdict[str, float] = defaultdict(float)
+    num: Counter[str] = Counter()
+    for k, n in counts.items():
+        t = mapping[k]
+        tot[rules.target_el[t]] += n * cast(float, Species.from_str(t).oxi_state)  # target species carry one
+        num[rules.target_el[t]] += n
+    oxi = {el: round(tot[el] / num[el], 6) for el in sorted(num)}
+    if rules.charge_neutral and abs(sum(oxi[el] * num[el] for el in num)) > 1e-6:
+        oxi = _balanced_oxidation(s.composition.reduced_formula)  # mixed valence (see filter)
+    return oxi
+
+
+def _built_candidate(r: dict, rules: _MapRules, chemsys: str) -> Structure | dict:
+    """The candidate structure of map ``r`` with its properties, or the rejection record when invalid."""
+    src, mapping = r["src"], r["map"]
+    new_species = [rules.target_el[mapping[k]] for k in r["keys"]]
+    s = Structure(src.structure.lattice, new_species, src.structure.frac_coords)
+    f = _rls_factor(r["counts"], mapping)
+    if abs(f - 1.0) > 1e-9:
+        s.scale_lattice(s.volume * f**3)
+    cid = candidate_id(s)
+    problem = check_candidate(s, cid)
+    if problem:
+        return {"candidate_id": cid, "formula": s.composition.reduced_formula,
+                "source_id": src.source_id, "reason": problem}
+    oxi = _candidate_oxidation(r["counts"], mapping, rules, s)
+    s.properties = {
+        "candidate_id": cid,
+        "label": cid,
+        "role": "candidate",
+        "chemsys": chemsys,
+        "formula": s.composition.reduced_formula,
+        "source": src.source,
+        "source_id": src.source_id,
+        "prototype": src.prototype,
+        "substitution": dict(mapping),
+        "score": float(r["score"]),
+        "oxidation_states": oxi,
+    }
+    if src.source == "user" and src.structure.properties.get("source_file"):
+        s.properties["source_file"] = src.structure.properties["source_file"]
+    return s

@@ -58,8 +58,9 @@ class CandidatesMaker(Maker):
 
 @dataclass
 class ReferencesMaker(Maker):
-    """The hull's references: Materials Project entries, or competing phases relaxed with the candidates'
-    potential (offline).
+    """The hull's references.
+
+    Materials Project entries, or competing phases relaxed with the candidates' potential (offline).
 
     Parameters
     ----------

@@ -22,8 +22,10 @@ from pymatgen.core import Structure
 
 @dataclass(frozen=True)
 class Prototype:
-    """One AFLOW prototype: a stable ``id`` (the AFLOW label, qualified when the label is shared),
-    the decorated structure as stored by pymatgen, and its tags.
+    """One AFLOW prototype.
+
+    A stable ``id`` (the AFLOW label, qualified when the label is shared), the decorated structure as stored
+    by pymatgen, and its tags.
     """
 
     id: str
@@ -32,15 +34,18 @@ class Prototype:
 
     @property
     def num_sites(self) -> int:
+        """The number of sites of the prototype's structure."""
         return len(self.structure)
 
     @property
     def strukturbericht(self) -> str | None:
+        """The Strukturbericht designation, or None when the library gives none."""
         sb = self.tags.get("strukturbericht")
         return None if sb in (None, "", "None") else sb
 
 
 def library_path() -> Path:
+    """The path of pymatgen's bundled ``aflow_prototypes.json.gz``."""
     import pymatgen.core
 
     # pymatgen.analysis is a namespace package (no __file__): go via pymatgen.core

@@ -27,6 +27,7 @@ import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from pymatgen.core import Element, Species
@@ -80,6 +81,7 @@ class SubstitutionTable:
 
     # -- lookups --------------------------------------------------------------------------------
     def has(self, x: str) -> bool:
+        """Whether ``x`` (a species string or an element symbol) is in the table."""
         return x in self._idx or x in self._by_element
 
     def species_of(self, element: str) -> list[Species]:
@@ -96,8 +98,9 @@ class SubstitutionTable:
         return idx
 
     def cond_prob(self, source: str, target: str, cations_only: bool = False) -> float:
-        """p(source | target): probability that ``target`` substitutes for ``source``, as in
-        pymatgen's ``cond_prob(s1=source, s2=target)``. Either side may be an element symbol
+        """p(source | target): probability that ``target`` substitutes for ``source``.
+
+        As pymatgen's ``cond_prob(s1=source, s2=target)``. Either side may be an element symbol
         (marginalised over its species; positive ones only with ``cations_only``).
         """
         si, ti = self._indices(source, cations_only), self._indices(target, cations_only)
@@ -135,11 +138,16 @@ def target_species(element: str, table: SubstitutionTable | None = None) -> list
     chosen = [sp for sp in in_table if sp.oxi_state in allowed] or in_table
     if not chosen:
         chosen = [Species(element, ox) for ox in sorted(allowed) if ox != 0]
-    if element in ANION_ELEMENTS and not any(sp.oxi_state < 0 for sp in chosen):
+    if element in ANION_ELEMENTS and not any(_oxi_state(sp) < 0 for sp in chosen):
         # e.g. hydride H-: the table only knows H+, but Li-H needs the anion
         neg = [ox for ox in el.common_oxidation_states if ox < 0] or [min(el.oxidation_states)]
         chosen.append(Species(element, max(neg)))
-    return sorted(chosen, key=lambda sp: sp.oxi_state)
+    return sorted(chosen, key=_oxi_state)
+
+
+def _oxi_state(sp: Species) -> float:
+    """The oxidation state of ``sp``: the table's species and those built here all carry one."""
+    return cast(float, sp.oxi_state)
 
 
 def enumerate_maps(
@@ -150,9 +158,10 @@ def enumerate_maps(
     accept=None,
     injective: bool = True,
 ) -> list[tuple[tuple[str, ...], float]]:
-    """All assignments ``sources[i] -> targets[j]`` (injective unless ``injective=False``) whose
-    score (product of ``factor(i, target)``) is at least ``threshold`` and for which
-    ``accept(assignment)`` is true.
+    """All assignments ``sources[i] -> targets[j]`` scoring at least ``threshold`` and accepted.
+
+    Assignments are injective unless ``injective=False``; the score is the product of ``factor(i, target)``,
+    and ``accept(assignment)`` must be true.
 
     Branch and bound: a partial assignment is dropped as soon as its score times the best possible
     factors of the remaining sources falls below the threshold. Deterministic order.

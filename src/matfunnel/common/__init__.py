@@ -1,3 +1,5 @@
-"""Pieces every layer shares, at the bottom of the package: units, structure coercion, errors, the
-embedded store and the result cache. Nothing here imports another matfunnel package.
+"""Pieces every layer shares, at the bottom of the package.
+
+Units, structure coercion, errors, the embedded store and the result cache. Nothing here imports another
+matfunnel package.
 """

@@ -40,8 +40,9 @@ SCHEMA = 1
 
 
 def structure_fingerprint(s: Structure | dict) -> list:
-    """Lattice, species and fractional coordinates, rounded: what a calculation depends on (plus the atoms held
-    fixed, for a structure with ``selective_dynamics``). Raises for a disordered structure.
+    """Lattice, species and fractional coordinates, rounded: what a calculation depends on.
+
+    Plus the atoms held fixed, for a structure with ``selective_dynamics``. Raises for a disordered structure.
     """
     s = as_structure(s)
     out = [
@@ -57,8 +58,10 @@ def structure_fingerprint(s: Structure | dict) -> list:
 
 
 def result_key(kind: str, structure, settings: dict) -> str | None:
-    """The cache key of a ``kind`` result of ``structure`` under ``settings``, or None when the input is not an
-    ordered structure (disordered, not a structure at all): such a result is never cached.
+    """The cache key of a ``kind`` result of ``structure`` under ``settings``, or None.
+
+    None when the input is not an ordered structure (disordered, not a structure at all): such a result is
+    never cached.
     """
     try:
         return content_key(kind, structure_fingerprint(structure), settings)
@@ -97,25 +100,30 @@ class ResultCache:
         )
 
     def get(self, key: str) -> Any | None:
+        """The value stored under ``key``, or None."""
         row = self._con.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0], cls=MontyDecoder)
 
     def put(self, key: str, kind: str, value: Any) -> None:
+        """Store ``value`` (a ``kind`` result) under ``key``, replacing any value there."""
         text = json.dumps(value, cls=MontyEncoder)
         self._con.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", (key, kind, text, time.time()))
 
     def count(self, kind: str | None = None) -> int:
+        """The number of results stored, of kind ``kind`` only when given."""
         if kind is None:
             return self._con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         return self._con.execute("SELECT COUNT(*) FROM results WHERE kind = ?", (kind,)).fetchone()[0]
 
     def close(self) -> None:
+        """Close the database connection."""
         self._con.close()
 
 
 class MongoResultCache:
-    """The same key -> JSON store in a MongoDB collection (a unique index on ``key``; writes are upserts, so
-    two workers finishing the same structure leave one entry).
+    """The same key -> JSON store in a MongoDB collection.
+
+    A unique index on ``key``; writes are upserts, so two workers finishing the same structure leave one entry.
     """
 
     COLLECTION = "result_cache"
@@ -123,7 +131,7 @@ class MongoResultCache:
     def __init__(self, uri: str, collection: str = COLLECTION):
         import pymongo
 
-        self._client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30_000)
+        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30_000)
         try:
             db = self._client.get_default_database()
         except pymongo.errors.ConfigurationError:  # the URI names no database
@@ -132,6 +140,7 @@ class MongoResultCache:
         self._col.create_index("key", unique=True)
 
     def get(self, key: str) -> Any | None:
+        """The value stored under ``key``, or None."""
         doc = self._col.find_one({"key": key}, {"value": 1})
         return None if doc is None else json.loads(doc["value"], cls=MontyDecoder)
 
@@ -139,6 +148,7 @@ class MongoResultCache:
     MAX_BYTES = 15_000_000
 
     def put(self, key: str, kind: str, value: Any) -> None:
+        """Store ``value`` (a ``kind`` result) under ``key``; a result over ``MAX_BYTES`` is skipped."""
         text = json.dumps(value, cls=MontyEncoder)
         if len(text) > self.MAX_BYTES:
             log.warning("a %s result of %.1f MB is not cached (MongoDB's document limit)", kind, len(text) / 1e6)
@@ -147,9 +157,11 @@ class MongoResultCache:
                              upsert=True)
 
     def count(self, kind: str | None = None) -> int:
+        """The number of results stored, of kind ``kind`` only when given."""
         return self._col.count_documents({} if kind is None else {"kind": kind})
 
     def close(self) -> None:
+        """Close the MongoDB client."""
         self._client.close()
 
     def __repr__(self) -> str:  # never the URI: it may hold a password
@@ -157,6 +169,7 @@ class MongoResultCache:
 
 
 def is_mongo_uri(location: str) -> bool:
+    """Whether ``location`` is a MongoDB URI (``mongodb://`` or ``mongodb+srv://``) rather than a file path."""
     return location.startswith(("mongodb://", "mongodb+srv://"))
 
 

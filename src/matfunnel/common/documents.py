@@ -9,7 +9,7 @@ stores them as JSON and hands them to the next job as objects again. Structures 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from monty.json import MSONable
 
@@ -25,9 +25,6 @@ class StageDocument(MSONable):
     def from_dict(cls, d: dict):
         """The document from its dict (``@module``/``@class`` keys ignored)."""
         return cls(**{k: v for k, v in d.items() if not k.startswith("@")})
-
-
-D = TypeVar("D", bound=StageDocument)
 
 
 @dataclass
@@ -63,8 +60,10 @@ class CandidatesDoc(StageDocument):
 
 @dataclass
 class ReferencesDoc(StageDocument):
-    """The hull's references: ``mode`` ``"mp"`` (Materials Project entries, nothing relaxed here) or
-    ``"offline"`` with the relaxation documents of the competing phases (``competing``).
+    """The hull's references, from the Materials Project or relaxed offline.
+
+    ``mode`` is ``"mp"`` (Materials Project entries, nothing relaxed here) or ``"offline"`` with the
+    relaxation documents of the competing phases (``competing``).
     """
 
     mode: str
@@ -154,6 +153,6 @@ class DftDoc(StageDocument):
     runs: list[dict] = field(default_factory=list)
 
 
-def as_doc(cls: type[D], obj: Any) -> D:
+def as_doc[D: StageDocument](cls: type[D], obj: Any) -> D:
     """``obj`` as a ``cls`` document: itself, or built from its dict (as stored, with or without ``@class``)."""
     return obj if isinstance(obj, cls) else cls.from_dict(dict(obj))

@@ -102,6 +102,7 @@ class EmbeddedMontyStore(MontyStore):
         super().__init__(collection_name, database_path=database_path, **kwargs)
 
     def connect(self, force_reset: bool = False):
+        """Open the collection, creating the repository and its collections first when it is new."""
         if not self._coll or force_reset:
             from montydb import MontyClient
 
@@ -121,9 +122,11 @@ class EmbeddedMontyStore(MontyStore):
         return None  # pragma: no cover
 
     def update(self, docs, key=None):
+        """Insert or update ``docs``, retried while SQLite reports the database busy."""
         return self._retry(super().update, docs, key=key)
 
     def remove_docs(self, criteria):
+        """Remove the documents matching ``criteria``, retried while SQLite reports the database busy."""
         return self._retry(super().remove_docs, criteria)
 
 

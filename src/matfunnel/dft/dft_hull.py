@@ -27,12 +27,15 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from matfunnel.common.errors import StructureError
 from matfunnel.common.structures import as_structure
 from matfunnel.dft.gpaw import run_gpaw
 from matfunnel.dft.settings import GpawSettings, as_settings
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 
 Item = tuple[str, Any]  # (id, pymatgen Structure)
 
@@ -184,6 +187,13 @@ def _entry(rec: dict):
                    name=comp.reduced_formula, attribute=str(rec["label"]))
 
 
+def _e_above_hull(pd: PhaseDiagram, entry: PDEntry) -> float:
+    """``entry``'s energy above the hull of ``pd``; pymatgen raises (``on_error="raise"``) rather than give None."""
+    e_hull = pd.get_e_above_hull(entry)
+    assert e_hull is not None
+    return float(e_hull)
+
+
 def dft_hull_from_results(candidate_results: Sequence[dict],
                           competing_results: Sequence[dict]) -> list[dict]:
     """Convex hull from GPAW records only; one result dict per candidate.
@@ -276,7 +286,8 @@ def dft_hull_from_results(candidate_results: Sequence[dict],
             res["dft_e_above_hull"] = max(delta, 0.0)
             res["stable"] = delta <= 1e-8
             res["dft_e_form_per_atom"] = float(pd.get_form_energy_per_atom(cand_entry))
-            decomp = pd.get_decomposition(comp)
+            # the diagram holds only the PDEntry objects built by _entry (pymatgen types them as Entry)
+            decomp = cast("dict[PDEntry, float]", pd.get_decomposition(comp))
             res["dft_decomposition"] = [
                 {"id": e.attribute, "formula": e.composition.reduced_formula,
                  "fraction": float(f)}
@@ -287,7 +298,7 @@ def dft_hull_from_results(candidate_results: Sequence[dict],
                 for el, e in pd.el_refs.items()
             }
             res["competing_e_above_hull"] = {
-                e.attribute: float(pd.get_e_above_hull(e)) for e in entries
+                e.attribute: _e_above_hull(pd, e) for e in entries
             }
         except Exception as exc:
             msg = f"candidate {cid!r}: phase diagram failed: {type(exc).__name__}: {exc}"

@@ -134,8 +134,9 @@ class DftGateMaker(Maker):
 
 
 def competing_for(row: dict, hull: HullDoc, elements: list[str]) -> list[str]:
-    """Ids of the phases a candidate's DFT hull needs: its decomposition products and the lowest-energy
-    reference of each element (those with a structure).
+    """Ids of the phases a candidate's DFT hull needs.
+
+    Its decomposition products and the lowest-energy reference of each element (those with a structure).
     """
     ids = [p["entry_id"] for p in row.get("decomposition_vs_references") or [] if p["entry_id"] != row["entry_id"]]
     best: dict[str, tuple[float, str]] = {}
@@ -195,6 +196,7 @@ def vasp_hull_job(taskdocs: list, ids: list[str], hull: HullDoc, decisions: dict
         try:
             entry = vasp_entry(doc, entry_id=cid)
             e_hull = pd.get_e_above_hull(entry, allow_negative=True)
+            assert e_hull is not None  # None only with on_error="ignore"; by default pymatgen raises
             out.append({"id": cid, "formula": entry.composition.reduced_formula,
                         "dft_energy_per_atom": entry.energy_per_atom,
                         "dft_e_form_per_atom": pd.get_form_energy_per_atom(entry),

@@ -12,13 +12,14 @@ the absolute numbers are *not* comparable with VASP/MP energies.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -66,6 +67,7 @@ def ensure_gpaw_setups() -> list[str]:
 
 
 def gpaw_version() -> str:
+    """GPAW's version string, or ``"unavailable"`` when GPAW does not import."""
     try:
         import gpaw
 
@@ -257,40 +259,19 @@ def run_gpaw(
     """
     t0 = time.perf_counter()
     label = str(label)
-    try:
-        settings = as_settings(settings)
-    except Exception as exc:
-        rec = _base_record(label, None, GpawSettings())
-        rec["error"] = f"structure {label!r}: invalid GPAW settings: {exc}"
-        rec["wall_time_s"] = time.perf_counter() - t0
-        return rec
-
-    try:
-        atoms = _to_atoms(structure)
-    except Exception as exc:
-        rec = _base_record(label, None, settings)
-        rec["error"] = f"structure {label!r}: cannot convert structure: {type(exc).__name__}: {exc}"
-        rec["wall_time_s"] = time.perf_counter() - t0
-        return rec
-
-    rec = _base_record(label, atoms, settings)
-    problem = check_atoms(atoms, max_atoms=max_atoms)
-    if problem:
-        rec["error"] = f"structure {label!r} ({rec['formula']}): {problem}"
+    rec, atoms, gpaw_settings = _checked_input(structure, settings, label, max_atoms)
+    if atoms is None:
         rec["wall_time_s"] = time.perf_counter() - t0
         return rec
 
     workdir = Path(workdir)
     stem = _safe_label(label)
-    txt_fh = None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         ensure_gpaw_setups()
-        from gpaw import GPAW, PW
-
-        mesh = kpoint_mesh(atoms, settings)
+        mesh = kpoint_mesh(atoms, gpaw_settings)
         rec["kpts"] = mesh
-        magmoms = _initial_magmoms(atoms, settings)
+        magmoms = _initial_magmoms(atoms, gpaw_settings)
         rec["spin_polarized"] = magmoms is not None
         if magmoms is not None:
             atoms.set_initial_magnetic_moments(magmoms)
@@ -298,92 +279,134 @@ def run_gpaw(
 
         logfile = workdir / f"{stem}.gpaw.txt"
         rec["logfile"] = str(logfile)
-        txt_fh = open(logfile, "w")
-        params: dict[str, Any] = dict(
-            mode=PW(float(settings.ecut)),
-            xc=settings.xc,
-            kpts={"size": mesh, "gamma": True},
-            occupations=_occupations(settings),
-            convergence={"energy": float(settings.energy_tol)},
-            maxiter=int(settings.maxiter),
-            setups=settings.setups,
-            spinpol=magmoms is not None,
-            txt=txt_fh,
-        )
-        params.update(settings.extra or {})
-        atoms.calc = GPAW(**params)
-
-        if settings.relax is not None:
-            from ase.optimize import BFGS, FIRE
-
-            target = atoms
-            if settings.relax == "cell":
-                from ase.filters import FrechetCellFilter
-
-                target = FrechetCellFilter(atoms)
-            opt_cls = {"BFGS": BFGS, "FIRE": FIRE}[settings.optimizer]
-            optlog = workdir / f"{stem}.opt.log"
-            opt = opt_cls(target, logfile=str(optlog))
-            relax_ok = bool(opt.run(fmax=settings.fmax, steps=settings.steps))
-            rec["relax_converged"] = relax_ok
-            rec["relax_steps"] = int(opt.nsteps)
-
-        energy = float(atoms.get_potential_energy())
-        rec["scf_converged"] = True  # GPAW raises KohnShamConvergenceError otherwise
-        rec["energy"] = energy
-        rec["free_energy"] = float(atoms.get_potential_energy(force_consistent=True))
-        rec["energy_per_atom"] = energy / len(atoms)
-        rec["forces"] = _tolist(atoms.get_forces())
-        try:
-            rec["stress"] = _tolist(atoms.get_stress(voigt=True))
-        except Exception:  # stress not implemented for some xc/modes
-            rec["stress"] = None
-        calc = atoms.calc
-        if magmoms is not None:
-            rec["magmom"] = float(calc.get_magnetic_moment())
-            rec["magmoms"] = _tolist(calc.get_magnetic_moments())
-        else:
-            rec["magmom"] = 0.0
-        for key, getter in (("n_scf_iterations", "get_number_of_iterations"),
-                            ("fermi_level", "get_fermi_level")):
-            try:
-                val = getattr(calc, getter)()
-                rec[key] = None if val is None else (int(val) if key.startswith("n_") else float(val))
-            except Exception:
-                pass
-        try:
-            rec["n_ibz_kpts"] = int(len(calc.get_ibz_k_points()))
-        except Exception:
-            pass
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        final = atoms.copy()
-        final.calc = None
-        final.set_initial_magnetic_moments(None)
-        rec["structure"] = AseAtomsAdaptor.get_structure(final).as_dict()
-
-        if not math.isfinite(energy):
-            rec["error"] = f"structure {label!r} ({rec['formula']}): non-finite energy {energy}"
-        elif settings.relax is not None and not rec["relax_converged"]:
-            rec["error"] = (
-                f"structure {label!r} ({rec['formula']}): relaxation not converged to "
-                f"fmax={settings.fmax} eV/Å in {settings.steps} steps"
-            )
-        rec["converged"] = rec["error"] is None
+        with open(logfile, "w") as txt_fh:
+            _attach_gpaw(atoms, gpaw_settings, mesh, magmoms is not None, txt_fh)
+            if gpaw_settings.relax is not None:
+                _relax(atoms, gpaw_settings, workdir / f"{stem}.opt.log", rec)
+            energy = _read_results(atoms, magmoms is not None, rec)
+        _check_result(rec, gpaw_settings, label, energy)
     except Exception as exc:
-        kind = type(exc).__name__
-        if kind == "KohnShamConvergenceError":
-            msg = f"SCF did not converge within maxiter={settings.maxiter}"
-        else:
-            msg = f"GPAW failed: {kind}: {exc}"
-        rec["error"] = f"structure {label!r} ({rec['formula']}): {msg}"
+        rec["error"] = f"structure {label!r} ({rec['formula']}): {_failure_message(exc, gpaw_settings)}"
         rec["converged"] = False
         rec["traceback"] = traceback.format_exc(limit=5)
     finally:
-        if txt_fh is not None:
-            try:
-                txt_fh.close()
-            except Exception:
-                pass
         rec["wall_time_s"] = time.perf_counter() - t0
     return rec
+
+
+def _checked_input(structure: Any, settings: GpawSettings | str | dict | None, label: str,
+                   max_atoms: int) -> tuple[dict[str, Any], Any, GpawSettings]:
+    """The base record, the ASE ``Atoms`` and the settings of a run.
+
+    The ``Atoms`` are None when the input is refused (invalid settings, a structure that does not convert or
+    fails :func:`check_atoms`); the record then carries the error.
+    """
+    try:
+        gpaw_settings = as_settings(settings)
+    except Exception as exc:
+        rec = _base_record(label, None, GpawSettings())
+        rec["error"] = f"structure {label!r}: invalid GPAW settings: {exc}"
+        return rec, None, GpawSettings()
+
+    try:
+        atoms = _to_atoms(structure)
+    except Exception as exc:
+        rec = _base_record(label, None, gpaw_settings)
+        rec["error"] = f"structure {label!r}: cannot convert structure: {type(exc).__name__}: {exc}"
+        return rec, None, gpaw_settings
+
+    rec = _base_record(label, atoms, gpaw_settings)
+    problem = check_atoms(atoms, max_atoms=max_atoms)
+    if problem:
+        rec["error"] = f"structure {label!r} ({rec['formula']}): {problem}"
+        return rec, None, gpaw_settings
+    return rec, atoms, gpaw_settings
+
+
+def _attach_gpaw(atoms, settings: GpawSettings, mesh: list[int], spinpol: bool, txt_fh: TextIO) -> None:
+    """Set a GPAW plane-wave calculator on ``atoms``, logging to ``txt_fh``."""
+    from gpaw import GPAW, PW
+
+    params: dict[str, Any] = dict(
+        mode=PW(float(settings.ecut)),
+        xc=settings.xc,
+        kpts={"size": mesh, "gamma": True},
+        occupations=_occupations(settings),
+        convergence={"energy": float(settings.energy_tol)},
+        maxiter=int(settings.maxiter),
+        setups=settings.setups,
+        spinpol=spinpol,
+        txt=txt_fh,
+    )
+    params.update(settings.extra or {})
+    atoms.calc = GPAW(**params)
+
+
+def _relax(atoms, settings: GpawSettings, optlog: Path, rec: dict[str, Any]) -> None:
+    """Relax ``atoms`` (positions, and the cell with ``relax="cell"``); record convergence and steps."""
+    from ase.optimize import BFGS, FIRE
+
+    target = atoms
+    if settings.relax == "cell":
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(atoms)
+    opt_cls = {"BFGS": BFGS, "FIRE": FIRE}[settings.optimizer]
+    opt = opt_cls(target, logfile=str(optlog))
+    relax_ok = bool(opt.run(fmax=settings.fmax, steps=settings.steps))
+    rec["relax_converged"] = relax_ok
+    rec["relax_steps"] = int(opt.nsteps)
+
+
+def _read_results(atoms, spin_polarized: bool, rec: dict[str, Any]) -> float:
+    """Compute and record energies, forces, stress, moments, SCF data and the final structure; the energy."""
+    energy = float(atoms.get_potential_energy())
+    rec["scf_converged"] = True  # GPAW raises KohnShamConvergenceError otherwise
+    rec["energy"] = energy
+    rec["free_energy"] = float(atoms.get_potential_energy(force_consistent=True))
+    rec["energy_per_atom"] = energy / len(atoms)
+    rec["forces"] = _tolist(atoms.get_forces())
+    try:
+        rec["stress"] = _tolist(atoms.get_stress(voigt=True))
+    except Exception:  # stress not implemented for some xc/modes
+        rec["stress"] = None
+    calc = atoms.calc
+    if spin_polarized:
+        rec["magmom"] = float(calc.get_magnetic_moment())
+        rec["magmoms"] = _tolist(calc.get_magnetic_moments())
+    else:
+        rec["magmom"] = 0.0
+    for key, getter in (("n_scf_iterations", "get_number_of_iterations"),
+                        ("fermi_level", "get_fermi_level")):
+        with contextlib.suppress(Exception):
+            val = getattr(calc, getter)()
+            rec[key] = None if val is None else (int(val) if key.startswith("n_") else float(val))
+    with contextlib.suppress(Exception):
+        rec["n_ibz_kpts"] = int(len(calc.get_ibz_k_points()))
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    final = atoms.copy()
+    final.calc = None
+    final.set_initial_magnetic_moments(None)
+    rec["structure"] = AseAtomsAdaptor.get_structure(final).as_dict()
+    return energy
+
+
+def _check_result(rec: dict[str, Any], settings: GpawSettings, label: str, energy: float) -> None:
+    """Record an error for a non-finite energy or an unconverged relaxation, and ``converged``."""
+    if not math.isfinite(energy):
+        rec["error"] = f"structure {label!r} ({rec['formula']}): non-finite energy {energy}"
+    elif settings.relax is not None and not rec["relax_converged"]:
+        rec["error"] = (
+            f"structure {label!r} ({rec['formula']}): relaxation not converged to "
+            f"fmax={settings.fmax} eV/Å in {settings.steps} steps"
+        )
+    rec["converged"] = rec["error"] is None
+
+
+def _failure_message(exc: Exception, settings: GpawSettings) -> str:
+    """What went wrong in a calculation that raised ``exc``."""
+    kind = type(exc).__name__
+    if kind == "KohnShamConvergenceError":
+        return f"SCF did not converge within maxiter={settings.maxiter}"
+    return f"GPAW failed: {kind}: {exc}"

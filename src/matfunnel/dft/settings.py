@@ -25,7 +25,8 @@ SMEARING_METHODS = ("fermi-dirac", "marzari-vanderbilt", "methfessel-paxton")
 # f elements that carry moments in MP's settings (MPRelaxSet MAGMOM > default) plus the
 # rest of the open 3d shell and the lanthanides/actinides with open f shells.
 MAGNETIC_ELEMENTS = frozenset(
-    ["Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "W", "Ru", "Rh", "Os", "Ir", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "U", "Np", "Pu"]
+    ["Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "W", "Ru", "Rh", "Os", "Ir", "Ce", "Pr", "Nd", "Pm", "Sm",
+     "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "U", "Np", "Pu"]
 )
 
 # Pure-element phases of these are spin-polarised under spin="auto" (O2 is a triplet).
@@ -113,9 +114,10 @@ class GpawSettings:
         if self.optimizer not in ("BFGS", "FIRE"):
             raise ValueError(f"optimizer must be 'BFGS' or 'FIRE', got {self.optimizer!r}")
         if self.kpts is not None:
-            self.kpts = tuple(int(k) for k in self.kpts)  # type: ignore[assignment]
-            if len(self.kpts) != 3 or min(self.kpts) < 1:
-                raise ValueError(f"kpts must be three positive integers, got {self.kpts}")
+            kpts = tuple(int(k) for k in self.kpts)
+            if len(kpts) != 3 or min(kpts) < 1:
+                raise ValueError(f"kpts must be three positive integers, got {kpts}")
+            self.kpts = (kpts[0], kpts[1], kpts[2])
         if self.kpt_density <= 0:
             raise ValueError("kpt_density must be positive")
 
@@ -135,14 +137,17 @@ class GpawSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> GpawSettings:
+        """The ``"quick"`` preset, optionally with overrides."""
         return cls.preset("quick", **overrides)
 
     @classmethod
     def standard(cls, **overrides: Any) -> GpawSettings:
+        """The ``"standard"`` preset, optionally with overrides."""
         return cls.preset("standard", **overrides)
 
     # ------------------------------------------------------------ serialisation
     def as_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict (``kpts`` as a list)."""
         d = asdict(self)
         if d["kpts"] is not None:
             d["kpts"] = list(d["kpts"])
@@ -150,6 +155,7 @@ class GpawSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GpawSettings:
+        """The settings from a dict; keys that are not fields are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -81,14 +81,20 @@ def mlip_entry(
 ) -> ComputedStructureEntry:
     """A ComputedStructureEntry for an MLIP total energy, labelled as an MP GGA(+U) run.
 
-    Args:
-        structure: the (relaxed) structure.
-        energy: MLIP total energy of ``structure`` in eV (not per atom), uncorrected.
-        entry_id: identifier, kept through the hull stage.
-        data: extra metadata stored in ``entry.data`` (copied).
-        model: name of the potential, stored as ``data["mlip_model"]``.
-
     The entry has no energy corrections yet; run :func:`process_entries` on it.
+
+    Parameters
+    ----------
+    structure
+        The (relaxed) structure.
+    energy
+        MLIP total energy of ``structure`` in eV (not per atom), uncorrected.
+    entry_id
+        Identifier, kept through the hull stage.
+    data
+        Extra metadata stored in ``entry.data`` (copied).
+    model
+        Name of the potential, stored as ``data["mlip_model"]``.
     """
     entry_data = dict(data or {})
     entry_data.setdefault("energy_source", "mlip")

@@ -18,7 +18,7 @@ by default, which is idempotent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.entries.computed_entries import ComputedEntry
@@ -45,13 +45,15 @@ def _elements(entries: Iterable[ComputedEntry]) -> set[str]:
     return {el.symbol for e in entries for el in e.composition.elements}
 
 
-def _prepare(candidates, apply_corrections):
+def _prepare(
+    candidate_entries: Iterable[ComputedEntry], apply_corrections: bool
+) -> tuple[list[ComputedEntry | None], list[str | None]]:
     """-> (entries aligned with candidates or None, rejection reasons aligned)."""
-    candidates = list(candidates)
-    if not apply_corrections:
-        return candidates, [None] * len(candidates)
-    prepared: list[ComputedEntry | None] = []
+    candidates = list(candidate_entries)
     reasons: list[str | None] = []
+    if not apply_corrections:
+        return list[ComputedEntry | None](candidates), [None] * len(candidates)
+    prepared: list[ComputedEntry | None] = []
     for cand in candidates:  # one by one to keep the alignment with the input
         out = process_entries([cand])
         prepared.append(out.entries[0] if out.entries else None)
@@ -107,7 +109,8 @@ def compute_hull(
     usable = [e for e in prepared if e is not None]
     pd_ref = PhaseDiagram(ref_entries)
     pd_all = PhaseDiagram(ref_entries + usable) if usable else pd_ref
-    hull_ids = sorted({str(e.entry_id) for e in pd_all.stable_entries})
+    # the diagram holds only the ComputedEntry objects given to it (pymatgen types them as Entry)
+    hull_ids = sorted({str(e.entry_id) for e in cast("set[ComputedEntry]", pd_all.stable_entries)})
     stable = {id(e) for e in pd_all.stable_entries}
 
     results = []
@@ -141,6 +144,7 @@ def compute_hull(
             results.append(row)
             continue
         decomp, e_hull = pd_all.get_decomp_and_e_above_hull(entry, allow_negative=False)
+        assert decomp is not None and e_hull is not None  # None only with on_error="ignore"; by default it raises
         comp = entry.composition
         hull_distance = entry.energy_per_atom - pd_ref.get_hull_energy_per_atom(comp)
         try:

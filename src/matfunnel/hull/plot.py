@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pymatgen.analysis.phase_diagram import PDPlotter, PhaseDiagram
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_hull"]
 
@@ -84,8 +88,9 @@ def plot_hull(
         if len(data.elements) in (2, 3):
             import matplotlib.pyplot as plt
 
-            ax = PDPlotter(data, backend="matplotlib", show_unstable=0.2).get_plot()
-            fig = ax.get_figure()
+            # the matplotlib backend draws on an Axes of a pyplot (top-level) figure
+            ax = cast("Axes", PDPlotter(data, backend="matplotlib", show_unstable=0.2).get_plot())
+            fig = cast("Figure", ax.get_figure())
             if title:
                 ax.set_title(title)
             try:

@@ -57,6 +57,7 @@ class ReferenceSet(MSONable):
 
     @property
     def chemsys(self) -> str:
+        """The chemical system of the references (``details["chemsys"]``; empty when unknown)."""
         return self.details.get("chemsys", "")
 
 
@@ -139,14 +140,19 @@ def reference_entries(
 ) -> ReferenceSet:
     """Reference entries for the hull of ``chemsys`` ("Li-Fe-O" or ["Li", "Fe", "O"]).
 
-    Args:
-        chemsys: the chemical system; all subsystems are included.
-        mlip_competing: competing phases relaxed with the candidates' potential, as entries
-            from ``mlip_entry`` (used offline only; entries outside ``chemsys`` are skipped).
-        mp_api_key: Materials Project API key; None reads ``$MP_API_KEY``. Never logged,
-            cached or returned.
-        cache_dir: MP cache directory (default ``~/.cache/matfunnel/mp``).
-        offline: force (b) even when a key is available.
+    Parameters
+    ----------
+    chemsys
+        The chemical system; all subsystems are included.
+    mlip_competing
+        Competing phases relaxed with the candidates' potential, as entries from ``mlip_entry`` (used
+        offline only; entries outside ``chemsys`` are skipped).
+    mp_api_key
+        Materials Project API key; None reads ``$MP_API_KEY``. Never logged, cached or returned.
+    cache_dir
+        MP cache directory (default ``~/.cache/matfunnel/mp``).
+    offline
+        Force (b) even when a key is available.
     """
     elements = normalize_chemsys(chemsys)
     competing = list(mlip_competing)
