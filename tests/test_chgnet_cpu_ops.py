@@ -152,11 +152,13 @@ def test_narrow_input_with_separate_residual_matches_torch(rows, hidden, reduce,
         if reduce:
             out = mlp.fused(list(zip(tabs, ixs, strict=False)), basis, wd, w, seg)
         else:
-            out = mlp.fused(list(zip(tabs, ixs, strict=False)), basis, wd, None, seg, reduce=False, residual=True, x_res=feats)
+            out = mlp.fused(list(zip(tabs, ixs, strict=False)), basis, wd, None, seg, reduce=False, residual=True,
+                            x_res=feats)
         return out.detach(), torch.autograd.grad(out, inputs, gout, allow_unused=True)
 
     with cpu_ops.use(True):
-        assert cpu_ops.supports(mlp, list(zip(tabs, ixs, strict=False)), basis, None, seg, None if reduce else feats, not reduce)
+        assert cpu_ops.supports(mlp, list(zip(tabs, ixs, strict=False)), basis, None, seg,
+                                None if reduce else feats, not reduce)
         out_k, g_k = run()
     with cpu_ops.use(False):
         out_t, g_t = run()

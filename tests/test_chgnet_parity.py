@@ -77,7 +77,7 @@ def test_parity_float32(rng, ref32, ref64, ours32):
     ref = ref32.predict_structure(structs, task="efsm", batch_size=16)
     ours = ours32.predict(structs)
     worst = dict.fromkeys(TOL, 0.0)
-    for k, (s, r, o) in enumerate(zip(structs, ref, ours, strict=False)):
+    for s, r, o in zip(structs, ref, ours, strict=False):
         err = parity_errors(r, o, len(s))
         bad = {q: v for q, v in err.items() if v > TOL[q]}
         if bad:  # compare with the reference's own float32 noise on this structure

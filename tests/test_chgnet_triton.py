@@ -121,7 +121,8 @@ def test_gated_kernel_matches_torch(n_rows, n_seg, f, with_w, segments):
     ref_grads = torch.autograd.grad(ref, inputs, g, allow_unused=True)
     triton_ops.force(True)
     try:
-        out = triton_ops.gated(y, w, ln, 1e-5, seg.offsets if seg is not None else None, seg.idx if seg is not None else None)
+        out = triton_ops.gated(y, w, ln, 1e-5, seg.offsets if seg is not None else None,
+                               seg.idx if seg is not None else None)
     finally:
         triton_ops.force(False)
     got_grads = torch.autograd.grad(out, inputs, g, allow_unused=True)

@@ -44,7 +44,7 @@ def segment_sum_kernel(out_ptr, x_ptr, perm_ptr, off_ptr, n_seg, D,
         for start in range(lo, hi, BLOCK_R):
             k = start + tl.arange(0, BLOCK_R)
             km = k < hi
-            if PERM:
+            if PERM:  # noqa: SIM108 - kept as Triton's compile-time (constexpr) branch
                 src = tl.load(perm_ptr + k, mask=km, other=0).to(tl.int64)
             else:
                 src = k.to(tl.int64)
@@ -116,7 +116,7 @@ def gated_bwd_kernel(dy_ptr, dw_ptr, g_ptr, seg_ptr, y_ptr, w_ptr, gc_ptr, bc_pt
     bc = tl.load(bc_ptr + cols, mask=cm, other=0.0)
     gg = tl.load(gg_ptr + cols, mask=cm, other=0.0)
     bg = tl.load(bg_ptr + cols, mask=cm, other=0.0)
-    if SEGMENTS:
+    if SEGMENTS:  # noqa: SIM108 - kept as Triton's compile-time (constexpr) branch
         src = tl.load(seg_ptr + rows, mask=rm, other=0).to(tl.int64)
     else:
         src = rows

@@ -165,8 +165,9 @@ def _ptrs(tensors: list[Tensor]):
 
 
 class _MultiLinear(torch.autograd.Function):
-    """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights, forward and
-    backward (the gradient of ``x``) each one C++ pass over all the outputs.
+    """``[F.linear(x, w, b) for w, b]`` for a narrow ``x`` (K <= 32) and frozen 128-row weights.
+
+    Forward and backward (the gradient of ``x``) are each one C++ pass over all the outputs.
     """
 
     @staticmethod
@@ -194,10 +195,12 @@ class _MultiLinear(torch.autograd.Function):
 
 
 def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
-    """``[F.linear(x, w, b) for w, b in zip(weights, biases)]``. On the CPU kernels' path (float32, ``x`` at most
-    32 wide, frozen (128, K) weights) the forward and the backward (the gradient of ``x``) are one C++ pass
-    each over all the outputs, instead of one narrow GEMM per output (the long bonds' projections: MKL runs a
-    (n, 128) @ (128, 31) product at half the speed of a 32-wide one).
+    """``[F.linear(x, w, b) for w, b in zip(weights, biases)]``.
+
+    On the CPU kernels' path (float32, ``x`` at most 32 wide, frozen (128, K) weights) the forward and the
+    backward (the gradient of ``x``) are one C++ pass each over all the outputs, instead of one narrow GEMM per
+    output (the long bonds' projections: MKL runs a (n, 128) @ (128, 31) product at half the speed of a 32-wide
+    one).
     """
     ok = (enabled(x) and x.shape[1] <= 32 and x.is_contiguous()
           and all(tuple(w.shape) == (128, x.shape[1]) and not w.requires_grad and not b.requires_grad
@@ -210,8 +213,9 @@ def multi_linear(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list
 
 
 def counting_argsort(x: Tensor) -> Tensor | None:
-    """Stable argsort of a 1-d int64 CPU tensor by counting sort (O(n); None when the keys span too wide a
-    range or the kernels are off).
+    """Stable argsort of a 1-d int64 CPU tensor by counting sort (O(n)).
+
+    None when the keys span too wide a range or the kernels are off.
     """
     if x.dtype != torch.int64 or not available(x.device):
         return None
@@ -221,8 +225,9 @@ def counting_argsort(x: Tensor) -> Tensor | None:
 
 
 def neighbor_pairs(frac: Tensor, lattice: Tensor, n_atoms: Tensor, cutoff: float, self_tol: float):
-    """Canonical pairs within ``cutoff`` (see :func:`matfunnel.potential.neighbors.neighbor_pairs`), on the CPU in
-    C++: (i, j, image, d).
+    """Canonical pairs within ``cutoff`` on the CPU in C++: (i, j, image, d).
+
+    The same pairs as :func:`matfunnel.potential.neighbors.neighbor_pairs`.
     """
     frac = frac.detach().to(torch.float64).contiguous()
     lattice = lattice.detach().to(torch.float64).contiguous()
@@ -287,6 +292,10 @@ class GatedSpec:
         return out
 
     def call(self, fn, tabs, x, w, wt=(None, None), xres=None, **buffers):
+        """Fill the kernel's pointer and integer argument arrays and call the kernel ``fn`` (forward or backward).
+
+        ``tabs`` are the flat table tensors, ``buffers`` the outputs and saved tensors by slot name.
+        """
         p = (ctypes.c_void_p * P_COUNT)()
         iv = (ctypes.c_int64 * I_COUNT)()
         tables = self.pieces(tabs)
@@ -334,7 +343,7 @@ class _GatedFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout):
-        spec: GatedSpec = ctx.spec
+        spec = ctx.spec  # the forward's GatedSpec
         x, w, wt0, wt1, save_pre, save_y, *tabs = ctx.saved_tensors
         r = len(spec.ixs[0])
         needs = ctx.needs_input_grad
@@ -390,11 +399,12 @@ def supports(mlp, pairs, x: Tensor | None, w=None, seg=None, x_res: Tensor | Non
              residual: bool = False) -> bool:
     """Shapes the kernel handles: 64-wide outputs and hidden layer, 128-wide first layer, X 64 wide."""
     tables = [t for tab, _ in pairs for t in (tab if isinstance(tab, tuple) else (tab,))]
-    if isinstance(w, tuple):  # edge weight as a product of two gathered tables (indexed like tables 0 and 1)
-        if (len(pairs) < 2 or seg is not pairs[0][1] or isinstance(pairs[1][0], tuple)
-                or any(t.shape[1] != 64 or t.dtype != torch.float32 for t in w)
-                or torch.get_num_threads() * w[1].shape[0] * 256 > PRIVATE_TABLE_BYTES):
-            return False
+    # edge weight as a product of two gathered tables (indexed like tables 0 and 1)
+    if isinstance(w, tuple) and (
+            len(pairs) < 2 or seg is not pairs[0][1] or isinstance(pairs[1][0], tuple)
+            or any(t.shape[1] != 64 or t.dtype != torch.float32 for t in w)
+            or torch.get_num_threads() * w[1].shape[0] * 256 > PRIVATE_TABLE_BYTES):
+        return False
     if len(pairs) not in (1, 2, 3) or not enabled(tables[0]):
         return False
     if isinstance(pairs[0][0], tuple):
@@ -416,13 +426,14 @@ def supports(mlp, pairs, x: Tensor | None, w=None, seg=None, x_res: Tensor | Non
 
 def gated(mlp, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
           seg=None, *, reduce: bool = True, residual: bool = False, x_res: Tensor | None = None) -> Tensor:
-    """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed into ``seg``
-    (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted :class:`~.ops.Index`; when it
-    is also the first pair's index, that table's gradient is summed inside the kernel. A table may be a
-    tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without building it, and ``w`` a tuple
-    ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs' indices, gathered in the kernel.
-    ``x`` is 64 wide or at most 32 (a narrow input whose projection is cheaper); the residual is ``x_res``
-    when given, else ``x``.
+    """``mlp.finish(sum(t[ix.idx] for t, ix in pairs) + x @ wd.T) * w``, segment-summed or per row.
+
+    Segment-summed into ``seg`` (``reduce``) or per row (``+ x`` when ``residual``). ``seg`` is a sorted
+    :class:`~.ops.Index`; when it is also the first pair's index, that table's gradient is summed inside the
+    kernel. A table may be a tuple ``(lo, hi)`` of two pieces, read as ``torch.cat([lo, hi])`` without
+    building it, and ``w`` a tuple ``(t0, t1)``, the weight ``t0[ix0] * t1[ix1]`` of the first two pairs'
+    indices, gathered in the kernel. ``x`` is 64 wide or at most 32 (a narrow input whose projection is
+    cheaper); the residual is ``x_res`` when given, else ``x``.
     """
     splits = [t[0].shape[0] if isinstance(t, tuple) else None for t, _ in pairs]
     spec = GatedSpec(mlp, [ix for _, ix in pairs], seg, wd, reduce, residual, splits)

@@ -1,7 +1,6 @@
-"""Batched crystal-graph construction in pure torch (CPU or GPU), on the neighbour search of
-:mod:`matfunnel.potential.neighbors`.
+"""Batched crystal-graph construction in pure torch (CPU or GPU).
 
-Conventions (the same neighbour sets chgnet builds):
+The neighbour search is :mod:`matfunnel.potential.neighbors`'s. Conventions (the same neighbour sets chgnet builds):
 
 * atom graph: every pair ``(i, j, image)`` with ``0 < |x_j + image @ L - x_i| <= cutoff``, including
   self-images and several images of the same neighbour. Each undirected edge is stored once, in
@@ -19,6 +18,7 @@ nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,14 +55,17 @@ class GraphBatch:
 
     @property
     def n_structures(self) -> int:
+        """Number of structures in the batch."""
         return int(self.n_atoms.shape[0])
 
     @property
     def n_edges(self) -> int:
+        """Number of undirected edges (each stored once, in canonical direction)."""
         return int(self.src.shape[0])
 
     @property
     def n_angles(self) -> int:
+        """Number of angles (ordered pairs of directed short edges sharing their centre)."""
         return int(self.angle_center.shape[0])
 
     def degree(self) -> Tensor:
@@ -71,7 +74,8 @@ class GraphBatch:
         return torch.bincount(torch.cat([self.src, self.dst]), minlength=n)
 
     def to(self, device) -> GraphBatch:
-        kw = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        """A copy with every tensor moved to ``device``."""
+        kw: dict[str, Any] = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         return GraphBatch(**kw)
 
 

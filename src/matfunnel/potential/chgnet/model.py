@@ -18,7 +18,9 @@ and the gated tail (layer norms, activations, weighting, aggregation) run as Tri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +71,9 @@ class _Gated(nn.Module):
         return self.w1[:, lo:hi]
 
     def frozen(self, name, build):
-        """``build(self)``, cached until one of this module's (frozen) parameters changes version: the
-        kernels' layouts of the weights are built once, not on every call (an in-place change through
+        """``build(self)``, cached under ``name`` until one of this module's (frozen) parameters changes version.
+
+        The kernels' layouts of the weights are built once, not on every call (an in-place change through
         ``.data`` does not bump the version and is not seen).
         """
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
@@ -105,9 +108,10 @@ class _Gated(nn.Module):
     def fused(self, pairs, x: Tensor | None = None, wd: Tensor | None = None, w: Tensor | None = None,
               seg: Index | None = None, *, reduce: bool = True, residual: bool = False,
               x_res: Tensor | None = None) -> Tensor:
-        """The message of first-layer input ``sum(t[ix] for t, ix in pairs) + x @ wd.T``: weighted by ``w`` and
-        segment-summed into ``seg`` (``reduce``), or per row plus ``x`` (``residual``; plus ``x_res`` instead
-        when given, for an ``x`` that is a narrower input the residual is a linear map of).
+        """The message of first-layer input ``sum(t[ix] for t, ix in pairs) + x @ wd.T``.
+
+        Weighted by ``w`` and segment-summed into ``seg`` (``reduce``), or per row plus ``x`` (``residual``;
+        plus ``x_res`` instead when given, for an ``x`` that is a narrower input the residual is a linear map of).
 
         On the CPU (float32) this is one fused kernel per pass (:mod:`.cpu_ops`); elsewhere the gathers,
         the message and the sum run as separate ops.
@@ -120,13 +124,19 @@ class _Gated(nn.Module):
         pairs = [(torch.cat(t) if isinstance(t, tuple) else t, ix) for t, ix in pairs]
         if isinstance(w, tuple):
             w = gather(w[0], pairs[0][1]) * gather(w[1], pairs[1][1])
-        pre = gather_sum(pairs, None if x is None else F.linear(x, wd))
+        dense = None
+        if x is not None:
+            assert wd is not None, "an input x needs its weight wd"
+            dense = F.linear(x, wd)
+        pre = gather_sum(pairs, dense)
         if reduce:
             return self.message(pre, w, seg)
         out = self.message(pre, w)
         if not residual:
             return out
-        return (x if x_res is None else x_res) + out
+        res = x if x_res is None else x_res
+        assert res is not None, "a residual needs x or x_res"
+        return res + out
 
     def finish(self, pre: Tensor) -> Tensor:
         """From the first layer's pre-activation (..., 2*first) to core * gate."""
@@ -144,6 +154,8 @@ class _Gated(nn.Module):
 
 
 class AtomConv(nn.Module):
+    """Atom convolution: atom features updated by gated messages over their directed edges."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         a, b = cfg.atom_fea_dim, cfg.bond_fea_dim
@@ -170,6 +182,8 @@ class AtomConv(nn.Module):
 
 
 class BondConv(nn.Module):
+    """Bond convolution parameters: short-bond features updated over their angles (applied in ``_bond_angle``)."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         a, b, g = cfg.atom_fea_dim, cfg.bond_fea_dim, cfg.angle_fea_dim
@@ -179,6 +193,8 @@ class BondConv(nn.Module):
 
 
 class AngleUpdate(nn.Module):
+    """Angle update parameters: angle features from their bonds and centre atom (applied in ``_bond_angle``)."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         a, b, g = cfg.atom_fea_dim, cfg.bond_fea_dim, cfg.angle_fea_dim
@@ -246,6 +262,7 @@ def _run_parts(fn, parts: list, per_part: list) -> Tensor:
     for part, x in zip(parts, per_part, strict=False):
         out = checkpoint(fn, part, x, use_reentrant=False)
         total = out if total is None else total + out
+    assert total is not None  # at least two parts here
     return total
 
 
@@ -330,8 +347,9 @@ class CHGNetModel(nn.Module):
             # projection of it is one linear map of the radial basis, one (n_long, 128) table per block (not
             # column blocks of one wide product, whose backward would concatenate the blocks' gradients)
             a_dim = cfg.atom_fea_dim
-            w_long = [conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding for conv in self.atom_convs]
-            q_long = cpu_ops.multi_linear(rbf_ag[ns:], w_long, [conv.mlp.b1 for conv in self.atom_convs])
+            atom_convs = cast(Sequence[AtomConv], self.atom_convs)  # nn.ModuleList iterates as plain Modules
+            w_long = [conv.mlp.cols(a_dim, a_dim + cfg.bond_fea_dim) @ self.bond_embedding for conv in atom_convs]
+            q_long = cpu_ops.multi_linear(rbf_ag[ns:], w_long, [conv.mlp.b1 for conv in atom_convs])
             bw_ag = F.linear(rbf_ag, self.bond_weights_ag)
             bw_bg = F.linear(rbf_bg, self.bond_weights_bg)
             # edge weights of the directed edges, gathered once for all blocks
@@ -363,11 +381,11 @@ class CHGNetModel(nn.Module):
                 h = F.silu(layer(h))
             site = self.readout[-1](h).squeeze(1) + self.atom_ref[g.atomic_numbers - 1]
             energy = scatter(site, plan.atom_struct)
+            assert magmom is not None  # set by the last block before the final atom conv
             out = {"energy": energy.detach(), "magmoms": magmom.detach()}
             if need_grad:
                 inputs = [t for t, want in ((pos, compute_forces), (strain, compute_stress)) if want]
-                grads = torch.autograd.grad(energy.sum(), inputs)
-                grads = list(grads)
+                grads = list(torch.autograd.grad(energy.sum(), inputs))
                 if compute_forces:
                     out["forces"] = (-grads.pop(0)).to(dtype)
                 if compute_stress:
@@ -414,6 +432,7 @@ class CHGNetModel(nn.Module):
         new_bond = F.linear(agg, bc.w_out) + bond_s
         if last:
             return new_bond, angle
+        assert pc_a is not None  # split off above for every block but the last
         ri = F.linear(new_bond, au.mlp.cols(0, b), au.mlp.b1)
         rj = F.linear(new_bond, au.mlp.cols(b, 2 * b))
         y_dir = gather_sum([(ri, plan.s_bond), (pc_a, plan.s_center)])

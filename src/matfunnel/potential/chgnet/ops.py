@@ -32,8 +32,8 @@ class Index:
         self.idx = idx
         self.n = int(n)
         self.lengths = torch.bincount(idx, minlength=self.n) if idx.numel() else idx.new_zeros(self.n)
-        self.perm = None if is_sorted else argsort_stable(idx)
-        self._offsets = None
+        self.perm: Tensor | None = None if is_sorted else argsort_stable(idx)
+        self._offsets: Tensor | None = None
 
     @property
     def offsets(self) -> Tensor:
@@ -44,6 +44,7 @@ class Index:
 
     @property
     def sorted(self) -> bool:
+        """Whether ``idx`` is already sorted by target (no permutation needed)."""
         return self.perm is None
 
     def __len__(self) -> int:

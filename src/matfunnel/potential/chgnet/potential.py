@@ -207,8 +207,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
 
     # ---- batching --------------------------------------------------------------------------
     def chunk_for(self, n_edges: int, n_angles: int) -> int | None:
-        """Chunk size (items) for a graph of ``n_edges`` directed edges and ``n_angles`` angles; None when it
-        fits unchunked.
+        """Chunk size (items) for ``n_edges`` directed edges and ``n_angles`` angles; None when it fits unchunked.
 
         Chunked, what stays allocated is about ``BYTES_PER_ITEM_CHUNKED`` per item and one chunk costs
         ``self.bytes_per_item`` per item; the chunk takes what is left of the budget (at least ``MIN_CHUNK``
@@ -258,8 +257,9 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                 host = {q: v.detach().double().cpu().numpy() for q, v in out.items()}
                 starts = np.concatenate([[0], np.cumsum([n_atoms[k] for k in idx])])
                 for b, j in enumerate(idx):
-                    if errs[b] is not None:
-                        results[j] = self._fail(labels[j], errs[b], errors)
+                    err = errs[b]
+                    if err is not None:
+                        results[j] = self._fail(labels[j], err, errors)
                         continue
                     lo, hi = starts[b], starts[b + 1]
                     res = {"energy": float(host["energy"][b]), "forces": host["forces"][lo:hi],
@@ -287,11 +287,11 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
     # ---- the engine ------------------------------------------------------------------------
     def _run(self, frac, lat, z, n, *, compute_stress: bool, check_distances: bool = False
              ) -> tuple[dict[str, Tensor], list[str | None]]:
-        """One batch (tensors, any device): the outputs over the whole batch and one error message (or None) per
-        structure; rows of failed structures are NaN.
+        """Run one batch (tensors, any device).
 
-        Structures with an atom that has no neighbour (or, with ``check_distances``, two atoms closer than
-        ``MIN_DISTANCE``) are reported and the rest are run again.
+        Returns the outputs over the whole batch and one error message (or None) per structure; rows of failed
+        structures are NaN. Structures with an atom that has no neighbour (or, with ``check_distances``, two
+        atoms closer than ``MIN_DISTANCE``) are reported and the rest are run again.
         """
         cfg = self.model.cfg
         dev = self.device

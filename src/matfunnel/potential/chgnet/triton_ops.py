@@ -63,8 +63,10 @@ def segment_sum_raw(x: Tensor, offsets: Tensor, perm: Tensor | None) -> Tensor:
 
 
 def _segment_tiles(n_rows: int, n_seg: int, max_rows: int) -> tuple[int, int]:
-    """Rows per tile and segments per program for segments of ``n_rows / n_seg`` rows on average: a tile about
-    one average segment long, and short segments several to a program (at least 16 rows of work each).
+    """Rows per tile and segments per program for segments of ``n_rows / n_seg`` rows on average.
+
+    A tile is about one average segment long, and short segments go several to a program (at least 16 rows of
+    work each).
     """
     block_r = min(max(_pow2(-(-n_rows // max(n_seg, 1))), 2), max_rows)
     return block_r, max(1, min(8, 16 // block_r))
@@ -76,6 +78,7 @@ def _cdiv(a: int, b: int) -> int:
 
 # ---- gather sum ----------------------------------------------------------------------------
 def gather_sum_raw(xs: list[Tensor], idxs: list[Tensor], dense: Tensor | None) -> Tensor:
+    """``sum(x[idx] for x, idx in zip(xs, idxs)) + dense`` for two or three tables, one Triton kernel, no autograd."""
     assert 2 <= len(xs) <= 3
     xs = [_rows2d(x) for x in xs]
     d = xs[0].shape[1]

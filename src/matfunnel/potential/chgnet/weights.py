@@ -49,6 +49,7 @@ def checkpoint_path(version: str = "0.3.0") -> Path:
 
 
 def config_from_args(args: dict) -> Config:
+    """The :class:`Config` of a checkpoint's ``model_args``; :class:`CheckpointError` naming every unsupported one."""
     problems = [f"model_args[{k!r}] = {args.get(k)!r}, expected {v!r}" for k, v in REQUIRED_ARGS.items()
                 if k in args and args[k] != v]
     hid = {args.get("atom_conv_hidden_dim", 64), args.get("bond_conv_hidden_dim", 64)}
