@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 QUICKSTART_SPEC = "quickstart.yaml"
 
@@ -21,6 +22,7 @@ def _flows_dir() -> Path:
 
 
 def cmd_run(args) -> int:
+    """``matfunnel run``: run a campaign spec on this machine and print its report table."""
     from matfunnel.campaign.local import run_campaign
     from matfunnel.campaign.report import format_table
     from matfunnel.campaign.spec import load_spec
@@ -30,17 +32,20 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     report = run_campaign(spec, run_dir)
     print(format_table(report))
-    print(f"\nrun folder: {run_dir}  (report.csv, report.json, hull.png)  wall time {time.perf_counter() - t0:.0f} s")
+    print(f"\nrun folder: {run_dir}  (report.csv, report.json, hull.png)  "
+          f"wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def cmd_quickstart(args) -> int:
+    """``matfunnel quickstart``: run the bundled quickstart spec offline."""
     args.spec = str(_flows_dir() / QUICKSTART_SPEC)
     args.run_dir = args.run_dir or "runs/quickstart"
     return cmd_run(args)
 
 
 def cmd_report(args) -> int:
+    """``matfunnel report``: print the report table of a run folder (1 when it has none)."""
     from matfunnel.campaign.local import load_report
     from matfunnel.campaign.report import format_table
 
@@ -53,6 +58,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    """``matfunnel submit``: submit a campaign spec to FireWorks and print the workflow id."""
     from matfunnel.campaign.fireworks import submit_campaign
 
     wf_id = submit_campaign(args.spec, args.launchpad)
@@ -61,12 +67,17 @@ def cmd_submit(args) -> int:
 
 
 def cmd_phonons_compare(args) -> int:
+    """``matfunnel phonons compare``: see :func:`matfunnel.phonons.cli.run_compare`."""
     from matfunnel.phonons.cli import run_compare
 
     return run_compare(args)
 
 
 def cmd_benchmark_mbd(args) -> int:
+    """``matfunnel benchmark matbench-discovery``: run (or resume) the IS2RE benchmark and print its metrics.
+
+    Exit status 2 for invalid settings, 3 when a data file is unavailable.
+    """
     from matfunnel.benchmark.data import DataUnavailableError
     from matfunnel.benchmark.run import BenchmarkConfig, model_slug, run_benchmark
     from matfunnel.benchmark.score import format_metrics
@@ -86,7 +97,8 @@ def cmd_benchmark_mbd(args) -> int:
         return 2
     changed = ", ".join(f"{k} {v['used']:g} (preset {v['preset']:g})" for k, v in settings["overrides"].items())
     print(f"protocol {settings['name']}: {settings['optimizer']} + {settings['cell_filter']}, fmax "
-          f"{settings['fmax']:g} eV/A, <= {settings['max_steps']} steps" + (f"; overridden: {changed}" if changed else ""),
+          f"{settings['fmax']:g} eV/A, <= {settings['max_steps']} steps"
+          + (f"; overridden: {changed}" if changed else ""),
           file=sys.stderr)
     try:
         result = run_benchmark(cfg)
@@ -99,6 +111,7 @@ def cmd_benchmark_mbd(args) -> int:
 
 
 def cmd_benchmark_protocols(args) -> int:
+    """``matfunnel benchmark protocols``: print the relaxation presets."""
     from matfunnel.benchmark.protocols import format_protocols
 
     print(format_protocols())
@@ -106,6 +119,7 @@ def cmd_benchmark_protocols(args) -> int:
 
 
 def cmd_benchmark_score(args) -> int:
+    """``matfunnel benchmark score``: score a predictions file and print the metrics (3: data unavailable)."""
     import json
 
     from matfunnel.benchmark.data import DataUnavailableError
@@ -193,6 +207,7 @@ def cmd_potentials(args) -> int:
 def cmd_calibrate(args) -> int:
     """Measure (``--force``) or show this device's memory model for batch sizing."""
     from matfunnel.potential import calibration, load_potential
+    from matfunnel.potential.batching import ItemBudget
 
     pot = load_potential(args.potential, args.device, **({"calibrate": True} if args.force else {}))
     rec = getattr(pot, "calibration", None)
@@ -200,13 +215,15 @@ def cmd_calibrate(args) -> int:
         print(f"{args.potential} on {args.device}: no measurement (see the warning above); "
               f"{getattr(pot, 'bytes_per_item', '?')} bytes per item assumed")
         return 1
+    budget = cast(ItemBudget, pot)  # a potential with a calibration record sizes its batches by ItemBudget
     print(f"{rec['key']}: {rec['bytes_per_item']} bytes per work item ({rec['source']}, {rec['how']}, "
-          f"{rec['measured']}); batches use {pot.bytes_per_item} (x{calibration.MARGIN}) under a budget of "
-          f"{pot.memory_budget / 2**30:.1f} GiB = {pot.max_items:,} items; cache {calibration.cache_file()}")
+          f"{rec['measured']}); batches use {budget.bytes_per_item} (x{calibration.MARGIN}) under a budget of "
+          f"{budget.memory_budget / 2**30:.1f} GiB = {budget.max_items:,} items; cache {calibration.cache_file()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``matfunnel`` argument parser with all its subcommands."""
     p = argparse.ArgumentParser(prog="matfunnel", description="High-throughput materials discovery funnel")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph_sub = ph.add_subparsers(dest="phonons_command", required=True)
     from matfunnel.phonons.cli import add_compare_arguments
 
-    add_compare_arguments(ph_sub.add_parser("compare", help="compare MLIP phonons with DFT references (phonopy folders)"))
+    add_compare_arguments(ph_sub.add_parser("compare",
+                                            help="compare MLIP phonons with DFT references (phonopy folders)"))
     ph_sub.choices["compare"].set_defaults(func=cmd_phonons_compare)
 
     pl = sub.add_parser("potentials", help="list the potentials: ready, or what each still needs")
@@ -250,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line), run the subcommand and return its exit status."""
     args = build_parser().parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

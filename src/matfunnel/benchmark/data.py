@@ -17,6 +17,7 @@ naming the missing file, its URL and where to put a copy.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import json
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,12 @@ class DataFile:
 
     @property
     def name(self) -> str:
+        """The file's name (the last part of its path)."""
         return self.path.rsplit("/", 1)[-1]
 
     @property
     def url(self) -> str:
+        """The figshare download URL."""
         return f"https://figshare.com/ndownloader/files/{self.figshare_id}"
 
     @property
@@ -109,6 +113,7 @@ def default_data_dir() -> Path:
 
 
 def md5sum(path: str | os.PathLike) -> str:
+    """The MD5 hex digest of the file at ``path``."""
     h = hashlib.md5()  # noqa: S324 - integrity check against published sums, not security
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_CHUNK), b""):
@@ -141,10 +146,8 @@ def verify(path: str | os.PathLike, md5: str | None, *, stamp: bool = True) -> N
     if got != md5:
         raise ChecksumError(f"{path}: md5 {got} != expected {md5}")
     if stamp:
-        try:
+        with contextlib.suppress(OSError):  # read-only data dir: fine, hash again next time
             stamp_file.write_text(key)
-        except OSError:  # read-only data dir: fine, hash again next time
-            pass
 
 
 def _offline() -> bool:
@@ -231,8 +234,9 @@ def locate(key: str, data_dir: str | os.PathLike | None = None) -> Path | None:
     if data_dir is not None:
         d = Path(data_dir)
         cands += [d / f.path, d / f.name]
-    if key in _PACKAGED:
-        cands.append(_packaged(key))
+    packaged = _packaged(key)
+    if packaged is not None:
+        cands.append(packaged)
     cands.append(default_data_dir() / f.path)
     for c in cands:
         if c.is_file():
@@ -356,7 +360,7 @@ def iter_structures(path: str | os.PathLike, ids: Iterable[str] | None = None,
                 mid = mid or entry.get("entry_id")
         if struct is None:
             raise KeyError(f"{path}: record {mid!r} has no structure (keys {sorted(rec)})")
-        yield mid, struct
+        yield cast(str, mid), struct  # Matbench Discovery records carry their material id
         if wanted is not None:
             wanted.discard(mid)
             if not wanted:
@@ -364,6 +368,7 @@ def iter_structures(path: str | os.PathLike, ids: Iterable[str] | None = None,
 
 
 def load_structures(path, ids=None, keys: tuple[str, ...] = _STRUCT_KEYS) -> dict[str, dict]:
+    """Structures of a structures file (or only ``ids``), material id -> structure dict."""
     return dict(iter_structures(path, ids, keys))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from matfunnel.benchmark.metrics import discovery_metrics, round_metrics
 
@@ -35,7 +36,7 @@ def gate_metrics(report_rows: Iterable[Mapping], stability_threshold: float = 0.
     to_dft = [r for r in cands if r.get("gate") == "to DFT"]
     pairs = [(_num(r.get("dft_e_above_hull")), _num(r.get("e_above_hull"))) for r in cands]
     pairs = [(t, p) for t, p in pairs if not math.isnan(t)]
-    out = {
+    out: dict[str, Any] = {
         "n_candidates": len(cands),
         "n_to_dft": len(to_dft),
         "n_with_dft": len(pairs),

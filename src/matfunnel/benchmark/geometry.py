@@ -55,7 +55,8 @@ def symmetry_info(structure, symprec: float = SYMPREC) -> dict:
 
     cell = (s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers))
     try:
-        ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
+        # spglib annotates the cell as nested Sequences but documents and accepts numpy arrays
+        ds = spglib.get_symmetry_dataset(cell, symprec=symprec)  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001
         ds = None
     if ds is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -146,9 +146,9 @@ def discovery_metrics(
     }
 
 
-def round_metrics(metrics: Mapping[str, float], decimals: int = DECIMALS) -> dict[str, float]:
+def round_metrics(metrics: Mapping[str, Any], decimals: int = DECIMALS) -> dict[str, Any]:
     """Metrics rounded as published (``round(float(v), 3)``; counts stay integers)."""
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in metrics.items():
         if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
             out[k] = v

@@ -34,8 +34,9 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from jobflow import Flow, job
+from jobflow import Flow, Job, job
 
 from matfunnel.benchmark import data as mbd_data
 from matfunnel.benchmark import protocols
@@ -60,6 +61,7 @@ def model_slug(name: str) -> str:
 
 
 def pred_column(model: str) -> str:
+    """The predictions' column name for ``model`` (``e_form_per_atom_<slug>``)."""
     return f"e_form_per_atom_{model_slug(model)}"
 
 
@@ -92,6 +94,7 @@ class BenchmarkConfig:
 
     @property
     def slug(self) -> str:
+        """The potential's name as used in column and file names."""
         return model_slug(self.potential)
 
     def settings(self) -> dict:
@@ -205,7 +208,7 @@ def _plan(cfg: BenchmarkConfig, out: Path, summary) -> dict:
     ids = select_ids(summary, cfg.subset, cfg.sample, cfg.seed)
     size = max(1, int(cfg.shard_size))
     shards = [ids[i : i + size] for i in range(0, len(ids), size)]
-    plan = {"ids_count": len(ids), "subset": cfg.subset, "sample": cfg.sample, "seed": cfg.seed,
+    plan: dict[str, Any] = {"ids_count": len(ids), "subset": cfg.subset, "sample": cfg.sample, "seed": cfg.seed,
             "protocol": cfg.protocol(), "shards": shards}
     path = out / "plan.json"
     if path.exists():
@@ -249,7 +252,7 @@ def build_flow(cfg: BenchmarkConfig, plan: dict, out: Path) -> Flow | None:
     maker = RelaxMaker(name="mbd relax", potential=cfg.potential, potential_kwargs=dict(cfg.potential_kwargs),
                        device=cfg.device, fmax=s["fmax"], max_steps=s["max_steps"], relax_cell=True,
                        progress=cfg.progress)
-    jobs = []
+    jobs: list[Flow | Job] = []
     for i, _ in enumerate(plan["shards"]):
         result = out / "shards" / _shard_name(i)
         if result.exists():
@@ -327,7 +330,7 @@ def write_submission(rows: list[dict], out: Path, date: str | None = None) -> di
 def _versions() -> dict:
     import importlib.metadata
 
-    out = {}
+    out: dict[str, str | None] = {}
     for dist in ("matfunnel", "torch", "pymatgen", "ase", "jobflow", "numpy", "pandas"):
         try:
             out[dist] = importlib.metadata.version(dist)

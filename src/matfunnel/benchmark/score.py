@@ -118,7 +118,8 @@ def score_run(rows: list[dict], cfg, out: Path, summary, *, wall_time: float = 0
         col: [r["e_form_per_atom"] for r in rows],
         f"e_above_hull_{slug}": [
             None if r["e_form_per_atom"] is None else float(
-                summary.at[r["material_id"], EACH_TRUE] + r["e_form_per_atom"] - summary.at[r["material_id"], E_FORM_DFT])
+                summary.at[r["material_id"], EACH_TRUE] + r["e_form_per_atom"]
+                - summary.at[r["material_id"], E_FORM_DFT])
             for r in rows],
         f"energy_{slug}": [r["energy"] for r in rows],
         "correction_per_atom": [r["correction_per_atom"] for r in rows],

@@ -27,7 +27,7 @@ def _crystals() -> list[tuple[str, Structure, float, float, bool]]:
                                                    [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
     b32 = Structure.from_spacegroup("Fd-3m", Lattice.cubic(6.37), ["Li", "Al"],
                                     [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
-    cscl = Structure(Lattice.cubic(3.15), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(Lattice.cubic(3.15), ["Li", "Al"], [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
     return [
         ("wbm-1-1", rs(5.69, "Na", "Cl"), -2.10, 0.000, True),
         ("wbm-1-2", rs(4.21, "Mg", "O"), -3.05, -0.010, True),

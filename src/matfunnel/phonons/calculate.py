@@ -34,6 +34,7 @@ DEFAULT_DISPLACEMENT = 0.01  # Å
 
 
 def to_phonopy_atoms(structure: Structure):
+    """``structure`` as ``PhonopyAtoms`` (species, lattice and fractional coordinates)."""
     from phonopy.structure.atoms import PhonopyAtoms
 
     return PhonopyAtoms(symbols=[str(sp) for sp in structure.species], cell=structure.lattice.matrix,

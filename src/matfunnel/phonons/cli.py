@@ -8,13 +8,15 @@ import time
 
 
 def add_compare_arguments(p) -> None:
+    """Add the ``phonons compare`` options to the argparse parser ``p``."""
     p.add_argument("--reference", required=True, metavar="DIR",
                    help="folder with one subfolder per material: phonopy.yaml[.xz] (+ FORCE_SETS[.xz])")
     p.add_argument("--potential", default=None, help="potential name (default: matfunnel's default potential)")
     p.add_argument("--potential-kwargs", default=None, metavar="JSON",
                    help="keyword arguments for the potential: a JSON object, or @FILE.json")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, metavar="FILE.csv", help="per-material table; summary in FILE.summary.json")
+    p.add_argument("--out", required=True, metavar="FILE.csv",
+                   help="per-material table; summary in FILE.summary.json")
     p.add_argument("--relax", action="store_true", help="relax each reference cell with the potential first "
                                                         "(symmetry fixed, fmax 0.005 eV/A)")
     p.add_argument("--limit", type=int, default=None, help="only the first N references")
@@ -27,6 +29,11 @@ def add_compare_arguments(p) -> None:
 
 
 def run_compare(args) -> int:
+    """Run ``phonons compare``: print one line per material and the summary; the exit status.
+
+    0 when some material was compared, 1 when none was, 2 for a potential that does not load or a missing
+    reference folder.
+    """
     from matfunnel.phonons.compare import compare_references
     from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
     from matfunnel.potential.registry import parse_kwargs
@@ -53,7 +60,8 @@ def run_compare(args) -> int:
             print(f"error: {r['error']}", file=sys.stderr)
         else:
             print(f"{r['material_id']:>12} {r['formula']:>12}  w_max {r['omega_max_thz_ours']:6.2f} / "
-                  f"{r['omega_max_thz_ref']:6.2f} THz  S300 {r['entropy_300k_ours']:7.2f} / {r['entropy_300k_ref']:7.2f}"
+                  f"{r['omega_max_thz_ref']:6.2f} THz  S300 {r['entropy_300k_ours']:7.2f} / "
+                  f"{r['entropy_300k_ref']:7.2f}"
                   f"  mesh MAE {r['mesh_mae_thz']:.3f} THz  stable {r['stable_ours']!s:>5} / {r['stable_ref']!s:>5}")
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}, indent=2))
     print(f"wrote {args.out} ({len(rows)} materials, {summary['n_failed']} failed) in {time.perf_counter() - t0:.0f} s")

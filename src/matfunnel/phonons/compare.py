@@ -10,6 +10,7 @@ the DFT-relaxed cell is not exactly a minimum of the potential.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -57,8 +58,9 @@ def _mesh_mae(ours, ref_mesh: dict) -> float:
 
 
 def relax_references(refs: list, potential, *, fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list:
-    """The symmetric relaxations of the references' cells, all together on the batched engine (see
-    :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`).
+    """The symmetric relaxations of the references' cells, all together on the batched engine.
+
+    See :func:`~matfunnel.phonons.symmetric_relax.relax_symmetric_many`.
     """
     return relax_symmetric_many([r.structure for r in refs], potential, labels=[r.material_id for r in refs],
                                 fmax=fmax, max_steps=max_steps)
@@ -81,7 +83,7 @@ def compare_with_reference(ref, potential, *, relax: bool = False, relax_fmax: f
         if relaxed is None:
             (relaxed,) = relax_references([ref], potential, fmax=relax_fmax)
         if isinstance(relaxed, str):
-            raise PhononReferenceError(f"phonon reference {ref.material_id!r}: relaxation failed: {relaxed}")
+            raise PhononReferenceError(ref.material_id, f"relaxation failed: {relaxed}")
         final = relaxed.structure
         row["relax_converged"] = relaxed.converged
         row["volume_change_pct"] = 100.0 * (final.volume / structure.volume - 1.0)
@@ -145,12 +147,14 @@ def cheapest_references(root, n: int | None = None) -> list[str]:
         raise FileNotFoundError(f"{str(index)!r} not found (needed to order references by cost)")
     with open(index) as fh:
         rows = list(csv.DictReader(fh))
-    rows.sort(key=lambda r: (int(r["n_supercell"]) * int(r["n_displacements"]), int(r["n_supercell"]), r["material_id"]))
+    rows.sort(key=lambda r: (int(r["n_supercell"]) * int(r["n_displacements"]), int(r["n_supercell"]),
+                             r["material_id"]))
     ids = [r["material_id"] for r in rows]
     return ids[:n] if n else ids
 
 
 def write_csv(rows: list[dict], path) -> None:
+    """Write the comparison ``rows`` to the CSV file ``path`` (finite floats rounded to 6 decimals)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -210,10 +214,8 @@ def compare_references(root, potential, out=None, *, ids=None, limit: int | None
     refs, relaxed = {}, {}
     if relax:  # all cells relaxed together first (the references are loaded up front for it)
         for folder in folders:
-            try:
+            with contextlib.suppress(Exception):  # reported below, when its row is made
                 refs[folder] = load_reference(folder)
-            except Exception:  # noqa: BLE001 - reported below, when its row is made
-                pass
         good = list(refs)
         relaxed = dict(zip(good, relax_references([refs[f] for f in good], potential), strict=False))
     name = getattr(potential, "name", str(potential))

@@ -13,6 +13,7 @@ import gzip
 import lzma
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pymatgen.core import Structure
 
 YAML_NAMES = ("phonopy.yaml", "phonopy_disp.yaml", "phonon.yaml")
 FORCE_SETS_NAMES = ("FORCE_SETS",)
-_OPENERS = {"": open, ".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+_OPENERS: dict[str, Callable[..., Any]] = {"": open, ".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
 class PhononReferenceError(ValueError):
@@ -36,6 +37,8 @@ class PhononReferenceError(ValueError):
 
 @dataclass
 class PhononReference:
+    """A loaded reference: phonopy with its force constants, the unit cell and how it was computed."""
+
     material_id: str
     folder: str
     phonopy: Any  # phonopy.Phonopy with force constants
@@ -47,10 +50,12 @@ class PhononReference:
 
     @property
     def formula(self) -> str:
+        """The reduced formula of the unit cell."""
         return self.structure.composition.reduced_formula
 
     @property
     def n_supercell_atoms(self) -> int:
+        """The number of atoms of the supercell."""
         return len(self.phonopy.supercell)
 
 

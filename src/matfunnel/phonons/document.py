@@ -61,8 +61,9 @@ class PhononResult:
     wall_time: float = 0.0
     error: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.phonopy: Any = None  # the Phonopy object, kept in memory only (never serialised)
 
     def as_dict(self) -> dict:
+        """The result's fields as a dict (the Phonopy object left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

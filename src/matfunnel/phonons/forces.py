@@ -7,6 +7,7 @@ from pymatgen.core import Structure
 
 
 def phonopy_atoms_to_structure(atoms) -> Structure:
+    """``PhonopyAtoms`` as a pymatgen ``Structure``."""
     return Structure(atoms.cell, list(atoms.symbols), atoms.scaled_positions, coords_are_cartesian=False)
 
 

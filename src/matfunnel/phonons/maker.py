@@ -1,5 +1,7 @@
-"""The per-structure phonon pipeline as a jobflow maker: MLIP phonon checks (finite displacements, batched
-force evaluation). The campaign's phonon gate (:mod:`matfunnel.phonons.gate`) runs it.
+"""The per-structure phonon pipeline as a jobflow maker.
+
+MLIP phonon checks (finite displacements, batched force evaluation). The campaign's phonon gate
+(:mod:`matfunnel.phonons.gate`) runs it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class PhononMaker(Maker):
 
     @job
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+        """Phonon result documents of ``structures``, in order (a bad input's document carries its error)."""
         structures, labels, bad = decode_inputs(structures, labels)
         pot = load_potential(self.potential, self.device, **self.potential_kwargs)
         ok = [i for i in range(len(structures)) if i not in bad]
@@ -79,8 +82,10 @@ class PhononMaker(Maker):
         return docs
 
     def run_one(self, structure: Structure, label: str, pot, relaxation=None) -> PhononResult:
-        """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation`` (a
-        :class:`~matfunnel.phonons.symmetric_relax.SymmetricRelaxation`, or its error message; relaxed here when not given).
+        """Phonons of one structure; with ``relax``, at the end of its symmetric ``relaxation``.
+
+        ``relaxation`` is a :class:`~matfunnel.phonons.symmetric_relax.SymmetricRelaxation`, or its error
+        message; relaxed here when not given.
         """
         t0 = time.perf_counter()
         try:

@@ -19,6 +19,7 @@ DEFAULT_MESH = 100.0  # phonopy's length-based sampling density
 
 
 def primitive_structure(phonon) -> Structure:
+    """The primitive cell of ``phonon`` (a Phonopy object) as a pymatgen ``Structure``."""
     p = phonon.primitive
     return Structure(p.cell, list(p.symbols), p.scaled_positions)
 

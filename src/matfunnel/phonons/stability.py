@@ -38,10 +38,12 @@ class Stability:
     reason: str = ""
 
     def as_dict(self) -> dict:
+        """The verdict as a dict."""
         return asdict(self)
 
 
 def is_gamma(q, atol: float = 1e-6) -> np.ndarray:
+    """Which of the fractional q-points ``q`` are Γ (integer coordinates, within ``atol``)."""
     q = np.atleast_2d(np.asarray(q, dtype=float))
     return np.all(np.abs(q - np.rint(q)) < atol, axis=1)
 
@@ -71,7 +73,8 @@ def assess_stability(qpoints, frequencies, tol: float = IMAGINARY_TOL,
     if broken_asr:
         reason = f"acoustic modes at Γ beyond ±{gamma_acoustic_tol} THz (broken translational invariance)"
     elif n_imag:
-        where = " and ".join(w for w, flag in (("optical modes at Γ", at_gamma), ("modes away from Γ", off_gamma)) if flag)
+        where = " and ".join(w for w, flag in (("optical modes at Γ", at_gamma), ("modes away from Γ", off_gamma))
+                             if flag)
         reason = f"{n_imag} imaginary mode(s) below -{tol} THz ({where}); lowest {f[imag].min():.3f} THz"
     else:
         reason = f"no imaginary modes below -{tol} THz"

@@ -24,7 +24,8 @@ def face_distances(lattice: np.ndarray) -> np.ndarray:
     return np.array([vol / np.linalg.norm(np.cross(lat[(i + 1) % 3], lat[(i + 2) % 3])) for i in range(3)])
 
 
-def supercell_matrix_for(structure, min_length: float = DEFAULT_MIN_LENGTH, max_atoms: int | None = None) -> list[list[int]]:
+def supercell_matrix_for(structure, min_length: float = DEFAULT_MIN_LENGTH,
+                         max_atoms: int | None = None) -> list[list[int]]:
     """Diagonal supercell matrix with every face-to-face width >= ``min_length`` (Angstrom).
 
     ``structure`` is a pymatgen ``Structure``, ASE ``Atoms`` or a 3x3 lattice. With ``max_atoms``

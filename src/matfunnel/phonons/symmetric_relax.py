@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 from pymatgen.core import Structure
@@ -22,6 +23,8 @@ TIGHT_FMAX = 0.005  # eV/Å
 
 @dataclass
 class SymmetricRelaxation:
+    """A relaxation that kept the space group: the final structure, convergence, energy and timing."""
+
     structure: Structure
     converged: bool
     n_steps: int
@@ -30,6 +33,7 @@ class SymmetricRelaxation:
     wall_time: float
 
     def as_dict(self) -> dict:
+        """The relaxation as a dict (the structure as its ``as_dict()`` document)."""
         d = asdict(self)
         d["structure"] = self.structure.as_dict()
         return d
@@ -62,8 +66,10 @@ def relax_symmetric(structure: Structure, potential, *, fmax: float = TIGHT_FMAX
 
 def relax_symmetric_many(structures: list[Structure], potential, *, labels: list[str] | None = None,
                          fmax: float = TIGHT_FMAX, max_steps: int = 1000) -> list[SymmetricRelaxation | str]:
-    """Symmetric relaxations of all ``structures`` together on the batched engine; a relaxation that failed
-    (overlapping atoms, NaN, ...) is its error message instead, which names the structure.
+    """Symmetric relaxations of all ``structures`` together on the batched engine.
+
+    A relaxation that failed (overlapping atoms, NaN, ...) is its error message instead, which names the
+    structure.
     """
     from matfunnel.engine import relax_batched
 
@@ -76,6 +82,7 @@ def relax_symmetric_many(structures: list[Structure], potential, *, labels: list
             continue
         out.append(SymmetricRelaxation(
             structure=Structure.from_dict(r.final_structure), converged=r.converged, n_steps=r.n_steps,
-            energy=float(r.energy), max_force=float(np.linalg.norm(np.asarray(r.forces), axis=1).max()),
+            # a relaxation with a final structure has its energy
+            energy=float(cast(float, r.energy)), max_force=float(np.linalg.norm(np.asarray(r.forces), axis=1).max()),
             wall_time=r.wall_time))
     return out
