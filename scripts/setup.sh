@@ -62,9 +62,12 @@ if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import mattersim
     || echo "[setup] mattersim unavailable: third-party torch-sim adapter tests will skip"
 fi
 
-# the matris package, for the MatRIS parity tests only (pure Python; --no-deps keeps torch pinned)
-if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import matris" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q --no-deps "matris==0.1.0" || echo "[setup] matris unavailable: MatRIS parity tests will skip"
+# the matris package, for the MatRIS parity and torch-sim tests only: matris 1.0.0, pure Python (85 kB), --no-deps.
+# Its torch path imports only torch (pinned here), numpy, ase and pymatgen (installed above) and, for its torch-sim
+# model, torch-sim; nvalchemi-toolkit-ops (<0.5) and ninja serve its CUDA fast mode only, and a full install would
+# downgrade torch-sim's nvalchemi-toolkit-ops 0.5 to 0.4.1. Replaces an older matris (0.1.0).
+if [ "${1:-}" = "--with-mongoeco" ] && [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("matris"))' 2>/dev/null)" != "1.0.0" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps "matris==1.0.0" || echo "[setup] matris unavailable: MatRIS parity tests will skip"
 fi
 
 # the FireWorks tests talk to a real MongoDB wire-protocol server (mongoeco, Python 3.13 venv)
