@@ -103,11 +103,19 @@ def sparse_structure(rng) -> Structure:
     return Structure(Lattice.cubic(5.5), rng.integers(1, 95, 2).tolist(), [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
+def left_handed(s: Structure) -> Structure:
+    """The same crystal with its third lattice vector reversed (negative determinant)."""
+    m = s.lattice.matrix.copy()
+    m[2] *= -1
+    return Structure(Lattice(m), s.species, s.frac_coords * [1, 1, -1])
+
+
 def structures(rng, small: bool = False) -> list[Structure]:
-    """Random triclinic cells with angles, and one without; ``small``: fewer atoms (for the 10-layer model)."""
+    """Random triclinic cells with angles (one left-handed), and one without; ``small``: fewer atoms (for the
+    10-layer model)."""
     if small:
         return [random_structure(rng, 3, 4.4), sparse_structure(rng), random_structure(rng, 2, 3.6)]
-    return [random_structure(rng, 5, 4.6), random_structure(rng, 3, 3.7), sparse_structure(rng),
+    return [random_structure(rng, 5, 4.6), left_handed(random_structure(rng, 3, 3.7)), sparse_structure(rng),
             random_structure(rng, 7, 5.3)]
 
 
