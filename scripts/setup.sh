@@ -53,9 +53,21 @@ if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import triton" 2
   "$VENV/bin/python" -m pip install -q "triton==3.9.0" || echo "[setup] triton unavailable: Triton interpreter tests will skip"
 fi
 
-# the matris package, for the MatRIS parity tests only (pure Python; --no-deps keeps torch pinned)
-if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import matris" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q --no-deps "matris==0.1.0" || echo "[setup] matris unavailable: MatRIS parity tests will skip"
+# MatterSim, for the third-party torch-sim adapter tests only: --no-deps (its full set pulls torchaudio,
+# torchvision, wandb, atomate2, mp-api, phono3py and a newer torch); these are what its model, ASE calculator
+# and torch-sim wrapper import (about 15 MB)
+if [ "${1:-}" = "--with-mongoeco" ] && ! "$VENV/bin/python" -c "import mattersim" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --no-deps "mattersim==1.2.5" "torch-ema==0.3" "torchmetrics==1.9.0" \
+    "lightning-utilities==0.15.3" "torch-runstats==0.2.0" "loguru==0.7.3" \
+    || echo "[setup] mattersim unavailable: third-party torch-sim adapter tests will skip"
+fi
+
+# the matris package, for the MatRIS parity and torch-sim tests only: matris 1.0.0, pure Python (85 kB), --no-deps.
+# Its torch path imports only torch (pinned here), numpy, ase and pymatgen (installed above) and, for its torch-sim
+# model, torch-sim; nvalchemi-toolkit-ops (<0.5) and ninja serve its CUDA fast mode only, and a full install would
+# downgrade torch-sim's nvalchemi-toolkit-ops 0.5 to 0.4.1. Replaces an older matris (0.1.0).
+if [ "${1:-}" = "--with-mongoeco" ] && [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("matris"))' 2>/dev/null)" != "1.0.0" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps "matris==1.0.0" || echo "[setup] matris unavailable: MatRIS parity tests will skip"
 fi
 
 # the FireWorks tests talk to a real MongoDB wire-protocol server (mongoeco, Python 3.13 venv)

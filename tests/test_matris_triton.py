@@ -13,8 +13,8 @@ from builders import import_triton_for_tests
 
 _triton, DEV = import_triton_for_tests()  # skips this module when triton cannot be used
 
-from matfunnel.potential.matris import model as matris_model  # noqa: E402
-from matfunnel.potential.matris import triton_ops  # noqa: E402
+from matfunnel.potential.matris import model as matris_model
+from matfunnel.potential.matris import triton_ops
 
 
 def _with(flag: bool, fn):

@@ -162,12 +162,14 @@ def _matris(model: str) -> PotentialEntry:
         return MatrisPotential(device=device, model=model, **kw)
 
     def weights() -> Path:
-        from matfunnel.potential.matris.weights import default_path
+        from matfunnel.potential.matris.weights import cached_path
 
-        return default_path(model)
+        return cached_path(model)  # the matris 1.0 package's cache file, found as that package finds it
 
     def hint() -> str:
-        return f"download the MatRIS {model} release checkpoint, or pass checkpoint=PATH."
+        from matfunnel.potential.matris.weights import release_url
+
+        return f"Download {release_url(model)} (MatRIS release v1.0.0) into that folder, or pass checkpoint=PATH."
 
     return PotentialEntry(f"matris-{model}", factory, f"matfunnel's batched MatRIS, {model} weights",
                           weights=weights, hint=hint())

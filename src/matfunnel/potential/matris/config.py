@@ -1,8 +1,9 @@
 """Hyperparameters of a MatRIS model, as a MatRIS checkpoint stores them (its ``config`` dict).
 
-The names are MatRIS's constructor arguments, so ``MatrisConfig.from_dict(ckpt["config"])`` reads a
-checkpoint's configuration directly. Values the architecture here does not implement are refused
-with :class:`~matfunnel.potential.matris.weights.MatrisCheckpointError` by :func:`MatrisConfig.check`.
+The names are MatRIS's constructor arguments (the same in matris 0.1 and 1.0), so
+``MatrisConfig.from_dict(ckpt["config"])`` reads a checkpoint's configuration directly. Values the
+architecture here does not implement are refused with
+:class:`MatrisCheckpointError` by :func:`MatrisConfig.check`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
+
+class MatrisCheckpointError(ValueError):
+    """The checkpoint cannot be read or does not fit this architecture."""
 
 @dataclass(frozen=True)
 class MatrisConfig:
@@ -45,8 +49,6 @@ class MatrisConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from matfunnel.potential.matris.weights import MatrisCheckpointError
-
             raise MatrisCheckpointError(f"unknown MatRIS config keys: {', '.join(unknown)}")
         kw = dict(d)
         hd = kw.get("mlp_hidden_dims")
@@ -76,6 +78,8 @@ class MatrisConfig:
             # the bond-graph envelope projects the num_radial three-body Bessel basis with a
             # Linear(num_angular, ...), so MatRIS itself only runs when they agree
             p.append(f"num_angular={self.num_angular} != num_radial={self.num_radial}")
+        if self.distance_expansion.lower() == "bessel" and not self.envelope_exponent > 0:
+            p.append(f"envelope_exponent={self.envelope_exponent} (MatRIS needs a positive exponent)")
         if self.graph_conv_mlp.lower() not in ("gatemlp", "mlp"):
             p.append(f"graph_conv_mlp={self.graph_conv_mlp!r} (expected GateMLP or MLP)")
         if self.norm_type.lower() not in ("rms", "layer"):

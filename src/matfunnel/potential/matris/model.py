@@ -7,6 +7,9 @@ The maths follows the MatRIS architecture (HPC-AI-Team/MatRIS, BSD-3); the imple
   spherical-Bessel x Legendre (SH) or Fourier three-body basis.
 * Each interaction block runs, in order: attention on the line graph (bonds as nodes, angles as
   edges), attention on the atom graph, refinement on the line graph, refinement on the atom graph.
+  The line-graph passes run for every bond, also for bonds without any angle and in batches without
+  any angle at all (their messages are zero, the node updates still apply), as in MatRIS 1.0; a
+  structure therefore gets the same numbers alone or in any batch.
   Attention is *separable*: for every edge a message ``m = MLP([e, h_target, h_source])`` and two
   channel-wise logits ``W_t e`` and ``W_s e``; each node receives the softmax-weighted sums of the
   messages over the edges it is the target of and over those it is the source of, where the softmax
@@ -23,8 +26,9 @@ computed once and then gathered, instead of multiplying the concatenated edge in
 
 from __future__ import annotations
 
+import itertools
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +71,7 @@ class Mlp(nn.Module):
             dims = [d_in, hidden, d_out]
         else:
             dims = [d_in, *hidden, d_out]
-        self.lins = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:]))
+        self.lins = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in itertools.pairwise(dims))
         self.act = activation(act)
 
     def rest(self, h: Tensor) -> Tensor:
@@ -160,12 +164,23 @@ def softmax_aggregate(logits: Tensor, values: Tensor, index: Tensor, n: int) -> 
 
 
 def polynomial_envelope(r_scaled: Tensor, p: float) -> Tensor:
-    """Smooth cutoff 1 - (p+1)(p+2)/2 s^p + p(p+2) s^(p+1) - p(p+1)/2 s^(p+2), zero for s >= 1."""
-    a = -(p + 1) * (p + 2) / 2
-    b = p * (p + 2)
-    c = -p * (p + 1) / 2
-    sp = r_scaled**p
-    env = 1 + sp * (a + r_scaled * (b + c * r_scaled))
+    """Smooth cutoff 1 - (p+1)(p+2)/2 s^p + p(p+2) s^(p+1) - p(p+1)/2 s^(p+2), zero for s >= 1.
+
+    For an integer ``p`` the polynomial is evaluated as ``(1 - s)^3 q(s)`` (it has a triple root at
+    s = 1), with ``q(s) = sum_{k=0}^{p-2} (k+1)(k+2)/2 s^k + p(p+1)/2 s^(p-1)``: the same function
+    without the cancellation of O(1) terms near the cutoff (MatRIS 1.0 evaluates it this way, so
+    float32 results agree to rounding). Other ``p`` use the expanded form.
+    """
+    if float(p).is_integer() and p >= 1:
+        q = torch.full_like(r_scaled, p * (p + 1) / 2)
+        for k in range(int(p) - 2, -1, -1):
+            q = q * r_scaled + (k + 1) * (k + 2) / 2
+        env = (1 - r_scaled) ** 3 * q
+    else:
+        a = -(p + 1) * (p + 2) / 2
+        b = p * (p + 2)
+        c = -p * (p + 1) / 2
+        env = 1 + r_scaled**p * (a + r_scaled * (b + c * r_scaled))
     return torch.where(r_scaled < 1, env, torch.zeros_like(env))
 
 
@@ -202,7 +217,7 @@ class GaussianBasis(nn.Module):
         return torch.exp(-0.5 * ((r[:, None] - self.offset) / width) ** 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def spherical_bessel_table(n_order: int, n_root: int) -> tuple[tuple[float, ...], ...]:
     """(root, 1/|j_{l+1}(root)|) for the first ``n_root`` positive roots of j_l, l < n_order."""
     import numpy as np
@@ -215,7 +230,7 @@ def spherical_bessel_table(n_order: int, n_root: int) -> tuple[tuple[float, ...]
         z = np.linspace(1e-3, 60.0, 60_000)
         v = spherical_jn(l, z)
         for k in np.nonzero(np.sign(v[:-1]) * np.sign(v[1:]) < 0)[0]:
-            roots.append(brentq(lambda t: spherical_jn(l, t), z[k], z[k + 1], xtol=1e-14))
+            roots.append(brentq(lambda t, order=l: spherical_jn(order, t), z[k], z[k + 1], xtol=1e-14))
             if len(roots) == n_root:
                 break
         table.append(tuple(x for a in roots for x in (a, 1.0 / abs(spherical_jn(l + 1, a)))))
@@ -368,23 +383,12 @@ class Block(nn.Module):
         self.line_refine = Refinement(de, dt, de, cfg.num_angular, cfg, d_atom=dn)
         self.atom_refine = Refinement(dn, de, dn, cfg.num_radial, cfg)
 
-    def forward(self, h, e, t, geo):
+    def forward(self, h: Tensor, e: Tensor, t: Tensor, geo: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """One interaction block on atoms ``h``, undirected bonds ``e`` and angles ``t`` (possibly no rows)."""
         tgt, src, d2u = geo["tgt"], geo["src"], geo["d2u"]
-        if t is None:
-            # MatRIS without any angle: the atom-graph refinement gets the block's *input* bond
-            # features (the attention's bond update is dropped)
-            h, _ = self.atom_attn.atom_graph(h, e, tgt, src, d2u)
-            return (*self.atom_refine.atom_graph(h, e, geo["rbf2"], tgt, src, d2u), t)
-        # structures without angles in a batch with angles behave as if evaluated alone (above)
-        lone = geo.get("lone")  # (U, 1) bool: bond of a structure without angles, or None
-        e_in = e
         e, t = self.line_attn.line_graph(e, t, geo["b1"], geo["b2"])
-        if lone is not None:
-            e = torch.where(lone, e_in, e)
         h, e = self.atom_attn.atom_graph(h, e, tgt, src, d2u)
         e, t = self.line_refine.line_graph(e, t, h, geo["rbf3"], geo["center"], geo["b1"], geo["b2"])
-        if lone is not None:
-            e = torch.where(lone, e_in, e)
         h, e = self.atom_refine.atom_graph(h, e, geo["rbf2"], tgt, src, d2u)
         return h, e, t
 
@@ -496,6 +500,14 @@ class MatrisModel(nn.Module):
         # elemental reference energies (eV per atom of each element), zero unless the checkpoint has them
         self.register_buffer("ref_energy", torch.zeros(cfg.max_num_elements))
 
+    def embed_angles(self, unit: Tensor, g: MatrisGraph) -> Tensor:
+        """Angle features (A, three_body_feat_dim) from the unit bond vectors (A may be 0)."""
+        dtype = unit.dtype
+        cos = (unit.index_select(0, g.ang_b1) * unit.index_select(0, g.ang_b2)).sum(1) * g.ang_sign.to(dtype)
+        cos = cos * (1 - 1e-6)
+        basis = self.angle_basis(cos) if self.sh else self.angle_basis(torch.acos(cos))
+        return F.silu(self.angle_proj(self.angle_in(basis)))
+
     def forward(
         self,
         g: MatrisGraph,
@@ -522,22 +534,9 @@ class MatrisModel(nn.Module):
             h = F.silu(self.species_proj(self.species(g.numbers - 1)))
             rbf2 = self.rbf_pair(length)
             e = F.silu(self.bond_in_proj(self.bond_in_norm(self.bond_in2(self.bond_in1(rbf2)))))
-            geo = {"tgt": tgt, "src": src, "d2u": d2u, "rbf2": rbf2}
-            t = None
-            if g.n_angles:
-                ns = g.n_short
-                geo["rbf3"] = self.rbf_three(length[:ns])
-                b1, b2 = g.ang_b1, g.ang_b2
-                geo.update(b1=b1, b2=b2, center=g.ang_center)
-                per_struct = torch.zeros(b, dtype=torch.long, device=vec.device).index_add_(
-                    0, g.batch[g.ang_center], torch.ones_like(g.ang_center))
-                lone = (per_struct == 0).index_select(0, g.batch[g.src])
-                if bool(lone.any()):
-                    geo["lone"] = lone[:, None]
-                cos = (unit.index_select(0, b1) * unit.index_select(0, b2)).sum(1) * g.ang_sign.to(dtype)
-                cos = cos * (1 - 1e-6)
-                basis = self.angle_basis(cos) if self.sh else self.angle_basis(torch.acos(cos))
-                t = F.silu(self.angle_proj(self.angle_in(basis)))
+            geo = {"tgt": tgt, "src": src, "d2u": d2u, "rbf2": rbf2, "rbf3": self.rbf_three(length[:g.n_short]),
+                   "b1": g.ang_b1, "b2": g.ang_b2, "center": g.ang_center}
+            t = self.embed_angles(unit, g)
 
             for blk in self.blocks:
                 h, e, t = blk(h, e, t, geo)
@@ -546,7 +545,7 @@ class MatrisModel(nn.Module):
             e_atom = self.energy_mlp(h)[:, 0]
             energy = scatter_sum(e_atom, g.batch, b)
             out: dict[str, Tensor | None] = {"forces": None, "stress": None, "magmoms": None}
-            volume = g.volume.to(dtype)
+            volume = g.volume.to(dtype).abs()  # MatRIS 1.0 divides by |det L|
             if cfg.is_conservation and autograd:
                 (grad,) = torch.autograd.grad(energy.sum(), vec, create_graph=create_graph)
                 if compute_forces:
@@ -567,11 +566,9 @@ class MatrisModel(nn.Module):
                     out["stress"] = rank2_from_irreps(irr[:, 0], irr[:, 4:9]) * (EV_A3_TO_GPA / volume)[:, None, None]
             if compute_magmoms:
                 out["magmoms"] = self.magmom_mlp(h)[:, 0].abs()
+            # the elemental references of a checkpoint, as MatRIS 1.0 loads them: per atom for an intensive
+            # model (added to energy per atom), per structure otherwise; both ways the sum over the atoms
             ref = scatter_sum(self.ref_energy.to(dtype).index_select(0, g.numbers - 1), g.batch, b)
-            if not cfg.is_intensive:
-                # MatRIS's reference energies are always per atom (its AtomRef forces is_intensive on),
-                # so a model predicting total energies gets the composition-averaged reference added
-                ref = ref / g.n_atoms.to(dtype)
             out["energy"] = energy + ref
             if not create_graph:
                 out = {k: (v.detach() if v is not None else None) for k, v in out.items()}

@@ -20,7 +20,6 @@ from matfunnel.potential.matris.graph import build_matris_graph
 from matfunnel.potential.matris.model import MatrisModel
 from matfunnel.potential.matris.weights import load_checkpoint
 
-
 #: built-in memory model, used until this device is calibrated: bytes per work item (directed edge or angle) of
 #: one float32 forward + backward = FIXED + PER_LAYER * layers * width / 128, on the safe side of what the
 #: CPU (torch path) measured: 9-14 kB for 2 layers of width 32, 42-56 kB for 2 layers of width 128, 260 kB

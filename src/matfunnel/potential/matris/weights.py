@@ -1,10 +1,15 @@
 """Load MatRIS checkpoints onto :class:`~matfunnel.potential.matris.model.MatrisModel`.
 
-A MatRIS checkpoint (``MatRIS_10M_OAM.pth.tar`` etc.) is a dict with the constructor ``config`` and
-the ``state_dict`` (optionally nested under ``"model"``). The config builds our model; every one of
-our tensors is then taken from the state dict under its MatRIS name. Missing or unused keys, shapes
-that disagree and configurations we do not implement are refused with a
-:class:`MatrisCheckpointError` listing every problem.
+A MatRIS checkpoint (``MatRIS_10M_OAM.pth.tar`` etc., the files of the GitHub release v1.0.0 that
+both matris 0.1 and 1.0 load) is a dict with the constructor ``config`` and the ``state_dict``,
+optionally nested under ``"model"``. The config builds our model; every one of our tensors is then
+taken from the state dict under its MatRIS name.
+
+Elemental reference energies are read the way matris 1.0 reads them: from the state dict
+(``reference_energy.fc.weight``, or the legacy ``composition_model.fc.weight``), whatever the
+config's ``reference_energy`` label says; a label without weights is an error, weights without a
+label are used. Missing or unused keys, shapes that disagree and configurations we do not implement
+are refused with a :class:`MatrisCheckpointError` listing every problem.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from matfunnel.potential.matris.config import MatrisConfig
+from matfunnel.potential.matris.config import MatrisCheckpointError, MatrisConfig
 from matfunnel.potential.matris.model import MatrisModel
 
 #: the official release (HPC-AI-Team/MatRIS, GitHub release v1.0.0), as named by the matris package
@@ -33,10 +38,6 @@ CHECKPOINT_FILES = {
 CACHE_DIR = Path("~/.cache/matris").expanduser()
 
 
-class MatrisCheckpointError(ValueError):
-    """The checkpoint cannot be read or does not fit this architecture."""
-
-
 class MatrisCheckpointMissing(MatrisCheckpointError, FileNotFoundError):
     """The checkpoint file is not there."""
 
@@ -46,7 +47,28 @@ def release_url(model: str) -> str:
 
 
 def default_path(model: str) -> Path:
+    """Where the release file of ``model`` goes: ``~/.cache/matris/<release file name>``."""
     return CACHE_DIR / CHECKPOINT_FILES[model]
+
+
+def _stem(name: str) -> str:
+    """A file name without ``.tar``, then ``.pth`` or ``.pt``, lower case (matris 1.0's cache matching)."""
+    name = name.lower().removesuffix(".tar")
+    return name.removesuffix(".pth").removesuffix(".pt")
+
+
+def cached_path(model: str) -> Path:
+    """The checkpoint of ``model`` in the cache folder, matched as matris 1.0 matches it.
+
+    A file whose name equals the release file name up to case and a ``.pth.tar`` / ``.pth`` / ``.pt``
+    ending counts (the first in sorted order); without one this is :func:`default_path`.
+    """
+    want = _stem(CHECKPOINT_FILES[model])
+    if CACHE_DIR.is_dir():
+        for entry in sorted(CACHE_DIR.iterdir()):
+            if entry.is_file() and _stem(entry.name) == want:
+                return entry
+    return default_path(model)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,12 +170,22 @@ def matris_name(key: str, cfg: MatrisConfig) -> str:
     raise KeyError(key)
 
 
+def _rename_legacy_reference(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``composition_model.fc.weight`` (older checkpoints) as ``reference_energy.fc.weight``."""
+    legacy = state.pop("composition_model.fc.weight", None)
+    if legacy is None:
+        return state
+    current = state.setdefault("reference_energy.fc.weight", legacy)
+    if current.shape != legacy.shape or not torch.equal(current, legacy):
+        raise MatrisCheckpointError("checkpoint has conflicting reference energies "
+                                    "(composition_model.fc.weight and reference_energy.fc.weight)")
+    return state
+
+
 def map_state_dict(state: dict[str, Tensor], model: MatrisModel) -> dict[str, Tensor]:
     """Our state dict from a MatRIS one; raises :class:`MatrisCheckpointError` listing every mismatch."""
     cfg = model.cfg
-    state = dict(state)
-    if "composition_model.fc.weight" in state and "reference_energy.fc.weight" not in state:
-        state["reference_energy.fc.weight"] = state.pop("composition_model.fc.weight")
+    state = _rename_legacy_reference(dict(state))
     ours = model.state_dict()
     out, used, problems = {}, set(), []
     for key, ref in ours.items():
@@ -199,10 +231,10 @@ def model_from_dict(ckpt: dict) -> MatrisModel:
 
 
 def load_checkpoint(path: str | Path | None = None, *, model: str = "10m-oam") -> MatrisModel:
-    """Our model with the weights of a MatRIS checkpoint file (default: the package cache location)."""
+    """Our model with the weights of a MatRIS checkpoint file (default: the matris package's cache, :func:`cached_path`)."""
     if model not in CHECKPOINT_FILES:
         raise MatrisCheckpointError(f"unknown MatRIS model {model!r}; known: {', '.join(CHECKPOINT_FILES)}")
-    p = Path(path).expanduser() if path is not None else default_path(model)
+    p = Path(path).expanduser() if path is not None else cached_path(model)
     if not p.is_file():
         raise MatrisCheckpointMissing(
             f"MatRIS checkpoint not found at {p}. Download {release_url(model)} and either put it at "
@@ -214,8 +246,8 @@ def load_checkpoint(path: str | Path | None = None, *, model: str = "10m-oam") -
         # released checkpoints may pickle plain Python objects in their config
         try:
             raw = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise MatrisCheckpointError(f"cannot read MatRIS checkpoint {p}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise MatrisCheckpointError(f"cannot read MatRIS checkpoint {p}: {exc}") from exc
     return model_from_dict(raw)
