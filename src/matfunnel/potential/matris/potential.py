@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from matfunnel.common.errors import StructureError
 from matfunnel.potential import calibration
 from matfunnel.potential.base import Potential
 from matfunnel.potential.batching import ItemBudget
-from matfunnel.common.errors import StructureError
 from matfunnel.potential.matris import triton_ops
 from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.graph import build_matris_graph
