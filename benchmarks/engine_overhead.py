@@ -81,7 +81,7 @@ def documents(structures, repeats: int) -> dict:
             table.initial()
             table.at(lat, cart)
 
-    for s, (lat, cart) in zip(structures[:50], finals[:50], strict=False):
+    for s, _ in zip(structures[:50], finals[:50], strict=False):
         assert SiteTable(s).initial() == s.as_dict()
     ref, ours = _best(pymatgen_way, repeats), _best(table_way, repeats)
     n = len(structures)

@@ -84,7 +84,8 @@ def main() -> None:
     for p in (pot, loop_pot):  # warm-up
         p.predict([load_reference(SHARED / "data/phonons/pbe-reference/mp-1883").structure])
     print(f"batched: {pot.name}; one at a time (phonopy + ASE loop): {loop_pot.name}; on {args.device}")
-    print(f"{'ref':>10} {'formula':>10} {'atoms':>6} {'disp':>5} {'batched s':>10} {'1-by-1 s':>9} {'ratio':>6} {'max dFC':>9}")
+    print(f"{'ref':>10} {'formula':>10} {'atoms':>6} {'disp':>5} {'batched s':>10} {'1-by-1 s':>9} {'ratio':>6} "
+          f"{'max dFC':>9}")
     tot_b = tot_s = 0.0
     for mid in args.refs.split(","):
         ref = load_reference(SHARED / "data/phonons/pbe-reference" / mid)
@@ -107,8 +108,8 @@ def main() -> None:
         n = len(a.supercells_with_displacements)
         bt, st = min(tb), min(ts)
         tot_b, tot_s = tot_b + bt, tot_s + st
-        print(f"{mid:>10} {ref.formula:>10} {len(a.supercell):>6} {n:>5} {bt:>10.2f} {st:>9.2f} {st / bt:>6.2f} {dfc:>9.1e}",
-              flush=True)
+        print(f"{mid:>10} {ref.formula:>10} {len(a.supercell):>6} {n:>5} {bt:>10.2f} {st:>9.2f} {st / bt:>6.2f} "
+              f"{dfc:>9.1e}", flush=True)
     print(f"total: batched {tot_b:.2f} s, one at a time {tot_s:.2f} s, speed-up {tot_s / tot_b:.2f}x")
     if args.relax:
         relax_comparison(pot, args.relax, args.device)

@@ -7,7 +7,8 @@ atom of ours from 8 to 10k atoms.
 
 With ``--repeats R`` the two models run alternately R times (ref, ours, ref, ours, ...) and the best
 wall time of each is compared, which is fairer on a machine shared with other jobs; process CPU
-time is printed too, and the median and range of the ratios of adjacent (reference, ours) pairs. ``--threads`` sets torch's threads for both; ours additionally applies its own
+time is printed too, and the median and range of the ratios of adjacent (reference, ours) pairs. ``--threads``
+sets torch's threads for both; ours additionally applies its own
 ``threads`` setting (``--ours-threads``, default ``auto``: fewer threads when other processes hold cores).
 
     .venv/bin/python benchmarks/potential_throughput.py [--device cuda] [--n 300] [--quick] [--repeats 3]
@@ -80,9 +81,10 @@ def _agree(ref_preds, ours, structs, device) -> None:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
     except OSError:
         pass
     return f"{os.cpu_count()} cores"
@@ -192,10 +194,10 @@ def main() -> None:
         st = supercell(rng, n, proto="rocksalt", bond=2.75)
         ours.predict([st])
         # best of a few calls (one call is at the mercy of a busy machine); the reference of large cells once
-        t_o = _best(lambda: ours.predict([st]), args.device, 5 if len(st) <= 600 else 2) / len(st) * 1e3
+        t_o = _best(lambda st=st: ours.predict([st]), args.device, 5 if len(st) <= 600 else 2) / len(st) * 1e3
         t_r = float("nan")
         if len(st) <= 600:
-            t_r = _best(lambda: ref.predict_structure(st, task="efsm"), args.device, 3 if len(st) <= 120 else 1)
+            t_r = _best(lambda st=st: ref.predict_structure(st, task="efsm"), args.device, 3 if len(st) <= 120 else 1)
             t_r = t_r / len(st) * 1e3
         print(f"{len(st):>8}{t_o:>14.3f}{t_r:>14.3f}")
 

@@ -148,7 +148,7 @@ def _run_processes(args, argv: list[str]) -> dict:
             "converged": sum(o["converged"] for o in outs), "e": e}
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="number of structures (default 100)")
     ap.add_argument("--potential", default="chgnet-0.3.0")
@@ -164,18 +164,140 @@ def main(argv=None) -> int:
                     help="run (a) and (b) on the first REF_N structures only (the same random sample); speed-ups "
                          "are then ratios of structures/hour")
     ap.add_argument("--wbm", type=int, default=257_487, help="structures in the IS2RE task, for the extrapolation")
-    ap.add_argument("--max-atoms", type=int, default=None, help="the potential's atom cap per batch (its default if unset)")
+    ap.add_argument("--max-atoms", type=int, default=None,
+                    help="the potential's atom cap per batch (its default if unset)")
     ap.add_argument("--processes", type=int, default=1,
                     help="also run the batched engine in this many processes sharing the device")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: "k/N", one of those processes
     ap.add_argument("--split", action="store_true",
                     help="also report the time inside potential evaluations (synchronised) against the engine's own")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _time_evaluations(device, split: dict) -> None:
+    """Wrap the engine's potential evaluation so that ``split`` adds up its (synchronised) time and calls."""
+    import matfunnel.engine.runner as runner
+
+    inner = runner.evaluate
+
+    def timed(state, potential, *a, **kw):
+        _sync(device)
+        t = time.perf_counter()
+        out = inner(state, potential, *a, **kw)
+        _sync(device)
+        split["eval"] += time.perf_counter() - t
+        split["calls"] += 1
+        split["atoms"] += int(state.positions.shape[0])
+        return out
+
+    runner.evaluate = timed
+
+
+def _report_batched(args, structs, batched, wall_b: float, finished_at: list[float]) -> None:
+    atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, batched, strict=False))
+    per_struct = wall_b / len(structs)
+    print(f"batched: {atom_steps / wall_b:,.0f} atom-steps/s ({atom_steps:,} atom-steps: mean "
+          f"{atom_steps / len(structs):.0f} per structure); at this rate {args.wbm:,} structures like these take "
+          f"{args.wbm * per_struct / 3600:.2f} h")
+    # steady state: until the last structure enters the batch the device is full; after it, the batch drains
+    # (the tail). A structure's atom-steps are spread evenly over its time in the batch.
+    entered = [f - (r.wall_time or 0.0) for f, r in zip(finished_at, batched, strict=False)]
+    t_full = max(entered)
+    done = sum(len(s) * (r.n_steps or 0) * min(1.0, max(0.0, (t_full - e) / max(f - e, 1e-9)))
+               for s, r, e, f in zip(structs, batched, entered, finished_at, strict=False))
+    if t_full > 0.1 * wall_b and done > 0:
+        steady = done / t_full
+        tail = wall_b - t_full
+        est = args.wbm * (atom_steps / len(structs)) / steady + tail
+        print(f"batched, steady state (until the last structure entered, {t_full:.1f} s of {wall_b:.1f} s): "
+              f"{steady:,.0f} atom-steps/s; tail {tail:.1f} s. {args.wbm:,} structures like these: "
+              f"{est / 3600:.2f} h (steady rate for all, plus one tail)")
+
+
+def _report_multi(args, multi: dict, batched, rows: dict) -> None:
+    rate = multi["n"] / multi["wall"]
+    print(f"batched in {args.processes} processes sharing the device: {multi['n']} structures in "
+          f"{multi['wall']:.1f} s = {rate * 3600:,.0f}/h, {multi['atom_steps'] / multi['wall']:,.0f} atom-steps/s; "
+          f"{rate / rows['batched']['rate']:.2f}x one process; converged {multi['converged']}/{multi['n']}")
+    de = [abs(multi["e"][k] - r.e_per_atom) * 1000 for k, r in enumerate(batched)
+          if multi["e"][k] is not None and r.e_per_atom is not None]
+    if de:
+        print(f"    same structures, one process vs {args.processes}: |dE| max {max(de):.4f} meV/atom")
+
+
+def _compare_ase(args, pot, ref_structs, ref_batched, rows: dict) -> None:
+    from matfunnel.engine import relax_structures
+
+    t0 = time.perf_counter()
+    ase = relax_structures(ref_structs, pot, fmax=args.fmax, max_steps=args.max_steps)
+    rows["ase"] = summarize("ase", ase, time.perf_counter() - t0)
+    both = [(a, b) for a, b in zip(ase, ref_batched, strict=False) if a.converged and b.converged]
+    de = np.array([abs(a.e_per_atom - b.e_per_atom) * 1000 for a, b in both])
+    same_steps = sum(a.n_steps == b.n_steps for a, b in zip(ase, ref_batched, strict=False))
+    if len(de):
+        print(f"batched vs ase (both converged: {len(both)}): |dE| median {np.median(de):.4f}, "
+              f"max {de.max():.4f} meV/atom, {int((de > 1).sum())} above 1 meV/atom; "
+              f"identical step counts {same_steps}/{len(ref_structs)}")
+    for (a, b), d in zip(both, de, strict=False):
+        if d > 1:
+            print(f"    {b.label}: ase {a.e_per_atom:.5f} eV/atom in {a.n_steps} steps, batched "
+                  f"{b.e_per_atom:.5f} in {b.n_steps} (final volumes {_volume(a):.2f} / {_volume(b):.2f} A^3)")
+    print(f"speed-up batched / ase: {rows['batched']['rate'] / rows['ase']['rate']:.2f}x")
+
+
+def _compare_chgnet(args, ref_structs, ref_batched, rows: dict) -> None:
+    """(a) the reference: chgnet's own StructOptimizer, one structure at a time."""
+    from chgnet.model import CHGNet, StructOptimizer
+
+    opt = StructOptimizer(model=CHGNet.load(model_name="0.3.0", verbose=False), optimizer_class="FIRE",
+                          use_device=args.device)
+    t0 = time.perf_counter()
+    ref = []
+    for s in ref_structs:
+        try:
+            out = opt.relax(s, fmax=args.fmax, steps=args.max_steps, relax_cell=True,
+                            ase_filter="FrechetCellFilter", verbose=False)
+            traj = out["trajectory"]
+            ref.append((float(traj.energies[-1]) / len(s), len(traj.energies)))
+        except Exception as exc:  # noqa: BLE001
+            print(f"chgnet StructOptimizer failed on {s.properties['label']}: {exc}")
+            ref.append((float("nan"), 0))
+    wall = time.perf_counter() - t0
+    rows["chgnet"] = {"wall": wall, "rate": len(ref_structs) / wall}
+    print(f"{'chgnet':>10}: {len(ref_structs)} structures in {wall:8.1f} s = {len(ref_structs) / wall:7.3f} "
+          f"structures/s (StructOptimizer, FIRE + FrechetCellFilter)")
+    de = np.array([abs(e - b.e_per_atom) * 1000 for (e, _), b in zip(ref, ref_batched, strict=False)
+                   if b.converged and np.isfinite(e)])
+    if len(de):
+        print(f"batched vs chgnet StructOptimizer: |dE| median {np.median(de):.4f}, max {de.max():.4f} meV/atom")
+    print(f"speed-up batched / chgnet StructOptimizer: {rows['batched']['rate'] / rows['chgnet']['rate']:.2f}x")
+
+
+def _compare_torch_sim(args, pot, budget, structs, sizes, batched, rows: dict) -> None:
+    try:
+        import torch_sim  # noqa: F401
+    except ImportError:
+        print("torch-sim: not importable, skipped (pip install torch-sim-atomistic)")
+        return
+    max_atoms = budget.max_atoms if budget.max_atoms else 4000
+    wall, energies = run_torch_sim(structs, pot, args.fmax, args.max_steps, max_atoms)
+    rows["torch-sim"] = {"wall": wall, "rate": len(structs) / wall}
+    print(f"{'torch-sim':>10}: {len(structs)} structures in {wall:8.1f} s = "
+          f"{len(structs) / wall:7.3f} structures/s")
+    if energies is not None and len(energies) == len(structs):
+        de = [abs(e / n - b.e_per_atom) * 1000 for e, n, b in zip(energies, sizes, batched, strict=False)
+              if b.e_per_atom is not None]
+        print(f"torch-sim vs batched: |dE| median {np.median(de):.4f}, max {np.max(de):.4f} meV/atom")
+    print(f"speed-up batched / torch-sim: {wall / rows['batched']['wall']:.2f}x")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore")  # pymatgen/scipy chatter on every ASE step
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from matfunnel.engine import AtomBudget, relax_batched, relax_structures
+    from matfunnel.engine import AtomBudget, relax_batched
     from matfunnel.potential import load_potential
 
     if args.worker:
@@ -197,21 +319,7 @@ def main(argv=None) -> int:
 
     split = {"eval": 0.0, "calls": 0, "atoms": 0}
     if args.split:
-        import matfunnel.engine.runner as runner
-
-        inner = runner.evaluate
-
-        def timed(state, potential, *a, **kw):
-            _sync(args.device)
-            t = time.perf_counter()
-            out = inner(state, potential, *a, **kw)
-            _sync(args.device)
-            split["eval"] += time.perf_counter() - t
-            split["calls"] += 1
-            split["atoms"] += int(state.positions.shape[0])
-            return out
-
-        runner.evaluate = timed
+        _time_evaluations(args.device, split)
     finished_at: list[float] = [0.0] * len(structs)
     _sync(args.device)
     t0 = time.perf_counter()
@@ -223,101 +331,25 @@ def main(argv=None) -> int:
     _sync(args.device)
     wall_b = time.perf_counter() - t0
     rows = {"batched": summarize("batched", batched, wall_b)}
-    atom_steps = sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, batched, strict=False))
-    per_struct = wall_b / len(structs)
-    print(f"batched: {atom_steps / wall_b:,.0f} atom-steps/s ({atom_steps:,} atom-steps: mean "
-          f"{atom_steps / len(structs):.0f} per structure); at this rate {args.wbm:,} structures like these take "
-          f"{args.wbm * per_struct / 3600:.2f} h")
-    # steady state: until the last structure enters the batch the device is full; after it, the batch drains
-    # (the tail). A structure's atom-steps are spread evenly over its time in the batch.
-    entered = [f - (r.wall_time or 0.0) for f, r in zip(finished_at, batched, strict=False)]
-    t_full = max(entered)
-    done = sum(len(s) * (r.n_steps or 0) * min(1.0, max(0.0, (t_full - e) / max(f - e, 1e-9)))
-               for s, r, e, f in zip(structs, batched, entered, finished_at, strict=False))
-    if t_full > 0.1 * wall_b and done > 0:
-        steady = done / t_full
-        tail = wall_b - t_full
-        est = args.wbm * (atom_steps / len(structs)) / steady + tail
-        print(f"batched, steady state (until the last structure entered, {t_full:.1f} s of {wall_b:.1f} s): "
-              f"{steady:,.0f} atom-steps/s; tail {tail:.1f} s. {args.wbm:,} structures like these: "
-              f"{est / 3600:.2f} h (steady rate for all, plus one tail)")
+    _report_batched(args, structs, batched, wall_b, finished_at)
     if args.split:
+        calls = max(split["calls"], 1)
         print(f"inside potential evaluations: {split['eval']:.1f} s of {wall_b:.1f} s over {split['calls']} calls "
-              f"(mean {split['atoms'] / max(split['calls'], 1):,.0f} atoms, {1e3 * split['eval'] / max(split['calls'], 1):.1f} ms"
+              f"(mean {split['atoms'] / calls:,.0f} atoms, {1e3 * split['eval'] / calls:.1f} ms"
               f" per call); engine and host work: {wall_b - split['eval']:.1f} s")
     if multi is not None:
-        rate = multi["n"] / multi["wall"]
-        print(f"batched in {args.processes} processes sharing the device: {multi['n']} structures in "
-              f"{multi['wall']:.1f} s = {rate * 3600:,.0f}/h, {multi['atom_steps'] / multi['wall']:,.0f} atom-steps/s; "
-              f"{rate / rows['batched']['rate']:.2f}x one process; converged {multi['converged']}/{multi['n']}")
-        de = [abs(multi["e"][k] - r.e_per_atom) * 1000 for k, r in enumerate(batched)
-              if multi["e"][k] is not None and r.e_per_atom is not None]
-        if de:
-            print(f"    same structures, one process vs {args.processes}: |dE| max {max(de):.4f} meV/atom")
+        _report_multi(args, multi, batched, rows)
     ref_structs = structs[: args.ref_n] if args.ref_n else structs
     ref_batched = batched[: len(ref_structs)]
     if args.ref_n:
         print(f"(a) and (b) run on the first {len(ref_structs)} structures; speed-ups are ratios of structures/hour")
 
     if not args.no_ase:
-        t0 = time.perf_counter()
-        ase = relax_structures(ref_structs, pot, fmax=args.fmax, max_steps=args.max_steps)
-        rows["ase"] = summarize("ase", ase, time.perf_counter() - t0)
-        both = [(a, b) for a, b in zip(ase, ref_batched, strict=False) if a.converged and b.converged]
-        de = np.array([abs(a.e_per_atom - b.e_per_atom) * 1000 for a, b in both])
-        same_steps = sum(a.n_steps == b.n_steps for a, b in zip(ase, ref_batched, strict=False))
-        if len(de):
-            print(f"batched vs ase (both converged: {len(both)}): |dE| median {np.median(de):.4f}, "
-                  f"max {de.max():.4f} meV/atom, {int((de > 1).sum())} above 1 meV/atom; "
-                  f"identical step counts {same_steps}/{len(ref_structs)}")
-        for (a, b), d in zip(both, de, strict=False):
-            if d > 1:
-                print(f"    {b.label}: ase {a.e_per_atom:.5f} eV/atom in {a.n_steps} steps, batched "
-                      f"{b.e_per_atom:.5f} in {b.n_steps} (final volumes {_volume(a):.2f} / {_volume(b):.2f} A^3)")
-        print(f"speed-up batched / ase: {rows['batched']['rate'] / rows['ase']['rate']:.2f}x")
-
-    if not args.no_chgnet:  # (a) the reference: chgnet's own StructOptimizer, one structure at a time
-        from chgnet.model import CHGNet, StructOptimizer
-
-        opt = StructOptimizer(model=CHGNet.load(model_name="0.3.0", verbose=False), optimizer_class="FIRE",
-                              use_device=args.device)
-        t0 = time.perf_counter()
-        ref = []
-        for s in ref_structs:
-            try:
-                out = opt.relax(s, fmax=args.fmax, steps=args.max_steps, relax_cell=True,
-                                ase_filter="FrechetCellFilter", verbose=False)
-                traj = out["trajectory"]
-                ref.append((float(traj.energies[-1]) / len(s), len(traj.energies)))
-            except Exception as exc:  # noqa: BLE001
-                print(f"chgnet StructOptimizer failed on {s.properties['label']}: {exc}")
-                ref.append((float("nan"), 0))
-        wall = time.perf_counter() - t0
-        rows["chgnet"] = {"wall": wall, "rate": len(ref_structs) / wall}
-        print(f"{'chgnet':>10}: {len(ref_structs)} structures in {wall:8.1f} s = {len(ref_structs) / wall:7.3f} "
-              f"structures/s (StructOptimizer, FIRE + FrechetCellFilter)")
-        de = np.array([abs(e - b.e_per_atom) * 1000 for (e, _), b in zip(ref, ref_batched, strict=False)
-                       if b.converged and np.isfinite(e)])
-        if len(de):
-            print(f"batched vs chgnet StructOptimizer: |dE| median {np.median(de):.4f}, max {de.max():.4f} meV/atom")
-        print(f"speed-up batched / chgnet StructOptimizer: {rows['batched']['rate'] / rows['chgnet']['rate']:.2f}x")
-
+        _compare_ase(args, pot, ref_structs, ref_batched, rows)
+    if not args.no_chgnet:
+        _compare_chgnet(args, ref_structs, ref_batched, rows)
     if args.torch_sim:
-        try:
-            import torch_sim  # noqa: F401
-        except ImportError:
-            print("torch-sim: not importable, skipped (pip install torch-sim-atomistic)")
-        else:
-            max_atoms = budget.max_atoms if budget.max_atoms else 4000
-            wall, energies = run_torch_sim(structs, pot, args.fmax, args.max_steps, max_atoms)
-            rows["torch-sim"] = {"wall": wall, "rate": len(structs) / wall}
-            print(f"{'torch-sim':>10}: {len(structs)} structures in {wall:8.1f} s = "
-                  f"{len(structs) / wall:7.3f} structures/s")
-            if energies is not None and len(energies) == len(structs):
-                de = [abs(e / n - b.e_per_atom) * 1000 for e, n, b in zip(energies, sizes, batched, strict=False)
-                      if b.e_per_atom is not None]
-                print(f"torch-sim vs batched: |dE| median {np.median(de):.4f}, max {np.max(de):.4f} meV/atom")
-            print(f"speed-up batched / torch-sim: {wall / rows['batched']['wall']:.2f}x")
+        _compare_torch_sim(args, pot, budget, structs, sizes, batched, rows)
     return 0
 
 

@@ -14,16 +14,16 @@ import threading
 
 import numpy as np
 import pytest
+from jobflow import Flow, JobStore, run_locally
+from maggma.stores import MemoryStore
+from monty.json import MontyDecoder, jsanitize
 from pymatgen.core import Lattice, Structure
 
 ts = pytest.importorskip("torch_sim")
 core = pytest.importorskip("atomate2.torchsim.core")
 
-from jobflow import Flow, JobStore, run_locally
-from maggma.stores import MemoryStore
-from monty.json import MontyDecoder, jsanitize
-
-from matfunnel.makers.atomate2_torchsim import (
+# these need atomate2's torchsim module: imported only once the skips above have passed
+from matfunnel.makers.atomate2_torchsim import (  # noqa: E402
     MATFUNNEL_MODEL,
     MatfunnelTorchSimCalculation,
     MatfunnelTorchSimIntegrateMaker,
@@ -32,7 +32,7 @@ from matfunnel.makers.atomate2_torchsim import (
     MatfunnelTorchSimTaskDoc,
     supplying_model,
 )
-from matfunnel.potential import load_potential
+from matfunnel.potential import load_potential  # noqa: E402
 
 POTENTIAL = "chgnet-0.3.0"
 FMAX = 0.02

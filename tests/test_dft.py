@@ -294,7 +294,7 @@ def test_vasp_flow_jobs_and_inputs():
     relax_in = relax_flow.jobs[0].maker.input_set_generator.get_input_set(
         fe_o, potcar_spec=True)
     assert relax_in.incar["ISIF"] == 3 and relax_in.incar["NSW"] > 0
-    assert "POTCAR.spec" in relax_in.keys() or "POTCAR.spec" in dict(relax_in)
+    assert "POTCAR.spec" in relax_in or "POTCAR.spec" in dict(relax_in)
 
 
 def test_vasp_entry_from_mocked_taskdoc():

@@ -216,7 +216,8 @@ def test_compare_against_self_made_references_and_cli(reference_dir, tmp_path, p
     rc = main(["phonons", "compare", "--reference", str(reference_dir), "--potential", DEFAULT_POTENTIAL,
                "--out", str(out), "--mesh", "30"])
     assert rc == 0
-    rows = {r["material_id"]: r for r in csv.DictReader(open(out))}
+    with open(out) as fh:
+        rows = {r["material_id"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"bad-empty", "bad-no-forces", "bad-mismatch", "good-yaml-xz", "good-force-sets"}
     for name in ("bad-empty", "bad-no-forces", "bad-mismatch"):
         assert name in rows[name]["error"]

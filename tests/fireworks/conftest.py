@@ -7,6 +7,7 @@ Set MONGOECO_PYTHON to an interpreter that has ``mongoeco[wire]`` to skip the ve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,12 +63,12 @@ class MongoecoServer:
         self.data_dir = data_dir
         self.port_file = data_dir / "port"
         self.log = data_dir / "server.log"
-        self._log_fh = open(self.log, "w")
-        self.proc = subprocess.Popen(
-            [python, str(SERVER_SCRIPT), "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0",
-             "--port-file", str(self.port_file)],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.log, "w") as log_fh:  # the server writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [python, str(SERVER_SCRIPT), "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0",
+                 "--port-file", str(self.port_file)],
+                stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while not self.port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -94,7 +95,6 @@ class MongoecoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
-        self._log_fh.close()
 
 
 @pytest.fixture(scope="session")
@@ -183,12 +183,11 @@ class FireworksEnv:
         """Start ``rlaunch rapidfire`` for worker ``kind`` in its own folder and process group."""
         cwd = self.root / name
         cwd.mkdir(exist_ok=True)
-        out = open(self.root / f"{name}.out", "ab")
         cmd = [str(BIN / "rlaunch"), "-l", str(self.launchpad_file), "-w", str(self.fworker_files[kind]),
                "--loglvl", "INFO", "rapidfire", "--sleep", "1", "--timeout", str(timeout), *args]
-        proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        out.close()
+        with open(self.root / f"{name}.out", "ab") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         self.workers.append(proc)
         return proc
 
@@ -210,10 +209,8 @@ class FireworksEnv:
     def kill_workers(self) -> None:
         for p in self.workers:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 p.wait(timeout=10)
 
     # ---------------------------------------------------------------- inspection
