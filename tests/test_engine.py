@@ -46,5 +46,5 @@ def test_relax_and_static_makers_one_job_per_batch(reference_potential):
     assert all(d["converged"] and d["error"] is None for d in relaxed)
     statics = out[static.uuid][1].output
     # relaxing lowers the energy
-    for r, s in zip(relaxed, statics):
+    for r, s in zip(relaxed, statics, strict=True):
         assert r["energy"] <= s["energy"] + 1e-6

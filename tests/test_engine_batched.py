@@ -45,7 +45,7 @@ def test_identical_to_ase_fire_frechet_with_the_same_potential(rng):
     for relax_cell in (True, False):
         ref = relax_structures(structs, pot, fmax=0.01, max_steps=200, relax_cell=relax_cell)
         got = relax_batched(structs, pot, fmax=0.01, max_steps=200, relax_cell=relax_cell)
-        for a, b in zip(ref, got):
+        for a, b in zip(ref, got, strict=True):
             assert a.converged and b.converged and b.error is None
             assert a.n_steps == b.n_steps
             sa, sb = Structure.from_dict(a.final_structure), Structure.from_dict(b.final_structure)
@@ -73,7 +73,7 @@ def test_agrees_with_ase_on_chgnet(rng):
     structs = [nacl, cu]
     ref = relax_structures(structs, pot, fmax=0.05, max_steps=200)
     got = relax_batched(structs, pot, fmax=0.05, max_steps=200)
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         assert a.converged and b.converged, (a.error, b.error)
         assert abs(a.e_per_atom - b.e_per_atom) < 1e-3
         la = Structure.from_dict(a.final_structure).lattice
@@ -125,7 +125,7 @@ def test_refill_gives_each_structure_the_result_it_gets_alone(rng):
     mixed = relax_batched(structs, pot, fmax=0.01, max_steps=400, max_atoms=12,
                           on_result=lambda i, r: order.append(i))
     alone = [relax_batched([s], pot, fmax=0.01, max_steps=400)[0] for s in structs]
-    for m, a in zip(mixed, alone):
+    for m, a in zip(mixed, alone, strict=True):
         assert m.converged and a.converged
         assert m.n_steps == a.n_steps
         assert abs(m.energy - a.energy) < 1e-9
@@ -216,7 +216,8 @@ def test_relax_maker_runs_the_batched_engine_with_the_cache(tmp_path, monkeypatc
     from matfunnel.makers import RelaxMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
-    monkeypatch.setitem(REGISTERED, "pair-test", PotentialEntry("pair-test", lambda device, **kw: PairPotential(device=device)))
+    monkeypatch.setitem(REGISTERED, "pair-test",
+                        PotentialEntry("pair-test", lambda device, **kw: PairPotential(device=device)))
     monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
     rng = np.random.default_rng(0)
     structs = [ar_cell(rng), ar_cell(rng)]
@@ -240,8 +241,8 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
 
     from matfunnel.common.store import embedded_store
     from matfunnel.makers import RelaxMaker
-    from matfunnel.potential.registry import REGISTERED, PotentialEntry
     from matfunnel.potential.base import Evaluation
+    from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
     class FailsOnKr(PairPotential):
         fail = True
@@ -257,7 +258,8 @@ def test_relax_maker_bad_inputs_get_error_documents_and_the_job_succeeds(tmp_pat
 
     import torch
 
-    monkeypatch.setitem(REGISTERED, "pair-flaky", PotentialEntry("pair-flaky", lambda device, **kw: FailsOnKr(device=device)))
+    monkeypatch.setitem(REGISTERED, "pair-flaky",
+                        PotentialEntry("pair-flaky", lambda device, **kw: FailsOnKr(device=device)))
     monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
     rng = np.random.default_rng(1)
     good, kr = ar_cell(rng), ar_cell(rng, el="Kr", a=4.0)
@@ -312,7 +314,7 @@ def test_final_structure_documents_match_pymatgen(rng):
         assert got["properties"] == want["properties"] and got["charge"] == want["charge"]
         for k in ("a", "b", "c", "alpha", "beta", "gamma", "volume"):
             assert abs(got["lattice"][k] - want["lattice"][k]) < 1e-9
-        for a, b in zip(got["sites"], want["sites"]):
+        for a, b in zip(got["sites"], want["sites"], strict=True):
             assert a["species"] == b["species"] and a["label"] == b["label"] and a["properties"] == b["properties"]
             np.testing.assert_allclose(a["abc"], b["abc"], atol=1e-12)
             np.testing.assert_allclose(a["xyz"], b["xyz"], atol=1e-12)
@@ -363,7 +365,7 @@ def test_min_distances_match_brute_force(rng, cpp):
     state = from_structures(structs)
     with cpu_ops.use(cpp):
         got = min_distances(state.positions, state.cell, state.batch, len(structs)).tolist()
-    for s, d in zip(structs, got):
+    for s, d in zip(structs, got, strict=True):
         dm = s.distance_matrix + np.diag(np.full(len(s), np.inf)) if len(s) > 1 else np.full((1, 1), np.inf)
         # self-images: the shortest lattice vector (integer combinations up to 2; cells here are not too skewed)
         shortest = min(np.linalg.norm(np.dot(np.array(c) - 2, s.lattice.matrix)) for c in np.ndindex(5, 5, 5)

@@ -54,7 +54,7 @@ def test_langevin_reaches_each_target_temperature():
     res = run_md(structs, pot, ensemble="nvt", steps=800, timestep=5.0, temperature=targets, friction=0.02,
                  sample_every=2, max_frames=1000, seed=11)
     ratios = []
-    for r, t in zip(res, targets):
+    for r, t in zip(res, targets, strict=True):
         assert r.error is None
         temp = np.array(r.trajectory["temperature"])
         steps = np.array(r.trajectory["step"])
@@ -107,7 +107,8 @@ def test_md_maker_writes_trajectories_to_their_store(tmp_path, monkeypatch):
     from matfunnel.makers import MDMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
-    monkeypatch.setitem(REGISTERED, "cosine-test", PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
+    monkeypatch.setitem(REGISTERED, "cosine-test",
+                        PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
     store = embedded_store(tmp_path)
     job = MDMaker(potential="cosine-test", ensemble="nvt", steps=50, timestep=5.0, sample_every=2,
                   max_frames=8).make([grid_crystal(8), grid_crystal(8, el="Fe")], ["cu", "fe"], [200.0, 400.0])
@@ -152,7 +153,8 @@ def test_md_inputs_checked_and_bad_ones_isolated(tmp_path, monkeypatch):
         run_md(structs, pot, temperature=[300.0, -5.0])
     with pytest.raises(ValueError, match="labels has 3 entries"):
         run_md(structs, pot, labels=["a", "b", "c"])
-    monkeypatch.setitem(REGISTERED, "cosine-test", PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
+    monkeypatch.setitem(REGISTERED, "cosine-test",
+                        PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
     store = embedded_store(tmp_path)
     job = MDMaker(potential="cosine-test", ensemble="nvt", steps=10, sample_every=5).make(
         [structs[0].as_dict(), {"lattice": "nonsense"}, structs[1]])
@@ -171,7 +173,8 @@ def test_md_maker_reuses_finished_runs_from_the_cache(tmp_path, monkeypatch):
     from matfunnel.makers import MDMaker
     from matfunnel.potential.registry import REGISTERED, PotentialEntry
 
-    monkeypatch.setitem(REGISTERED, "cosine-test", PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
+    monkeypatch.setitem(REGISTERED, "cosine-test",
+                        PotentialEntry("cosine-test", lambda device, **kw: CosinePotential(device=device)))
     monkeypatch.setenv("MATFUNNEL_RESULT_CACHE", str(tmp_path / "cache.sqlite"))
     store = embedded_store(tmp_path / "store")
     structs = [grid_crystal(8), grid_crystal(8, el="Fe")]

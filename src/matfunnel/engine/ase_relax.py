@@ -89,7 +89,7 @@ def relax_structures(
     commit results one by one, so a crash loses only the structure in progress).
     """
     labels = labels or [structure_label(s, i) for i, s in enumerate(structures)]
-    it = list(enumerate(zip(structures, labels)))
+    it = list(enumerate(zip(structures, labels, strict=False)))
     if progress:
         from tqdm import tqdm
 

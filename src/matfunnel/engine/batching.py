@@ -145,8 +145,9 @@ def validated(obj, labels: list[str | None], i: int, elements, *, check_distance
     """
     try:
         s = as_structure(obj, labels[i] or f"structure#{i}")
-        labels[i] = labels[i] or structure_label(s, i)
-        validate_structure(s, labels[i], elements, check_distances=check_distances)
+        label = labels[i] or structure_label(s, i)
+        labels[i] = label
+        validate_structure(s, label, elements, check_distances=check_distances)
         return s
     except StructureError:
         labels[i] = labels[i] or f"structure#{i}"
@@ -201,7 +202,7 @@ class HostView:
         return None if a is None else a[self.starts[b]:self.starts[b + 1]]
 
 
-class BatchJob(Protocol):
+class BatchJob[S: SystemState](Protocol):
     """What an engine tells :class:`InFlightBatcher` about its inputs."""
 
     def prepare(self, i: int) -> Structure:
@@ -210,7 +211,7 @@ class BatchJob(Protocol):
     def failed(self, i: int, error: str) -> Any:
         """Return the document of input ``i``, which failed validation with ``error``."""
 
-    def start(self, take: list[int]) -> SystemState:
+    def start(self, take: list[int]) -> S:
         """Build the batched state of the prepared inputs ``take``, ready to join the batch."""
 
 
@@ -219,7 +220,7 @@ class BatchJob(Protocol):
 Document = Callable[[int, int, HostView, "str | None"], Any]
 
 
-class InFlightBatcher:
+class InFlightBatcher[S: SystemState]:
     """A queue of inputs fed into one batched state and the documents of those that left it.
 
     Parameters
@@ -238,7 +239,7 @@ class InFlightBatcher:
         Show a progress bar with this description.
     """
 
-    def __init__(self, job: BatchJob, n: int, budget: AtomBudget, *, in_flight: bool = True,
+    def __init__(self, job: BatchJob[S], n: int, budget: AtomBudget, *, in_flight: bool = True,
                  on_result: Callable[[int, Any], None] | None = None, progress: str | None = None):
         self.job, self.budget, self.in_flight, self.on_result = job, budget, in_flight, on_result
         self.queue: deque[int] = deque(range(n))
@@ -255,7 +256,7 @@ class InFlightBatcher:
         """Validate every queued input now: failures are finished before any batch starts."""
         self.queue = deque(i for i in self.queue if self._admit(i))
 
-    def refill(self, state: SystemState | None) -> SystemState | None:
+    def refill(self, state: S | None) -> S | None:
         """Queued inputs join ``state`` while the budget allows.
 
         Parameters
@@ -283,8 +284,8 @@ class InFlightBatcher:
         new = self.job.start(take)
         return new if state is None else concat([state, new])
 
-    def harvest(self, state: SystemState, done: Sequence[bool], reasons: Sequence[str | None],
-                document: Document) -> SystemState | None:
+    def harvest(self, state: S, done: Sequence[bool], reasons: Sequence[str | None],
+                document: Document) -> S | None:
         """Let the members ``done`` leave ``state``, each with its document.
 
         Parameters

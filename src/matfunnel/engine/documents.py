@@ -52,7 +52,7 @@ class SiteTable:
         sites = [{"species": [dict(e) for e in sp], "abc": f, "properties": dict(site.properties), "label": lab,
                   "xyz": x}
                  for site, sp, lab, f, x in zip(s, self.species, self.labels, s.frac_coords.tolist(),
-                                                s.cart_coords.tolist())]
+                                                s.cart_coords.tolist(), strict=True)]
         return self._doc(lattice, sites)
 
     def at(self, lattice: np.ndarray, cart: np.ndarray) -> dict:
@@ -75,7 +75,8 @@ class SiteTable:
                "volume": float(abs(np.linalg.det(lattice)))}
         props = self.constraints or [{}] * len(self.labels)
         sites = [{"species": [dict(e) for e in sp], "abc": f, "properties": dict(p), "label": lab, "xyz": x}
-                 for sp, lab, f, x, p in zip(self.species, self.labels, frac.tolist(), cart.tolist(), props)]
+                 for sp, lab, f, x, p in zip(self.species, self.labels, frac.tolist(), cart.tolist(), props,
+                                             strict=False)]
         return self._doc(lat, sites)
 
     def _doc(self, lattice: dict, sites: list) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -86,7 +87,7 @@ def fire_init(
     exp_cell_factor: float | Tensor | None = None,
     scalar_pressure: float | Tensor = 0.0,
     config: FireConfig = FireConfig(),
-    movable: Tensor | None = None,
+    movable: Tensor | np.ndarray | None = None,
 ) -> FireState:
     """FIRE variables for every structure of ``state`` (starting cell = current cell).
 
@@ -167,6 +168,7 @@ def fire_update(state: FireState, config: FireConfig = FireConfig()) -> FireStat
         state = fire_forces(state)
     n, b = state.n_systems, state.batch
     ga, gc = state.atom_gforce, state.cell_gforce
+    assert ga is not None and gc is not None  # set by fire_forces
     va, vc = state.velocities, state.cell_velocities
     dt, alpha, n_pos = state.dt, state.alpha, state.n_pos
 

@@ -26,8 +26,10 @@ def labels_for(labels: Sequence[str | None] | None, n: int) -> list[str | None]:
 
 
 def per_structure(name: str, value, n: int, *, minimum: float | None = None, integer: bool = False) -> list:
-    """``value`` for each of ``n`` structures: a scalar for all, or a sequence / array of ``n`` values, each finite
-    and at least ``minimum``."""
+    """``value`` for each of ``n`` structures.
+
+    A scalar for all, or a sequence / array of ``n`` values, each finite and at least ``minimum``.
+    """
     arr = np.asarray(value, dtype=float)
     if arr.ndim == 0:
         vals = [arr.item()] * n

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 def _atom_normals(state: SystemState, gens: list[torch.Generator]) -> Tensor:
     counts = state.n_atoms.tolist()
-    z = [torch.randn(n, 3, generator=g, dtype=DTYPE) for n, g in zip(counts, gens)]
+    z = [torch.randn(n, 3, generator=g, dtype=DTYPE) for n, g in zip(counts, gens, strict=False)]
     return torch.cat(z).to(state.device)
 
 
@@ -143,6 +144,7 @@ def pressure(state: MDState) -> Tensor:
 
 
 def _kick(state: MDState, dt: Tensor) -> Tensor:
+    assert state.forces is not None  # the state is evaluated
     return state.velocities + (dt[state.batch] / state.masses)[:, None] * state.forces
 
 
@@ -221,6 +223,7 @@ class _Recorder(Thinned):
         self.timestep_fs = timestep_fs
 
     def add(self, step, energy, ke, temp, press, vol, pos, cell):
+        """Add the frame of ``step`` (its time follows from the time step)."""
         self.append((step, step * self.timestep_fs, energy, ke, temp, press, vol, pos, cell))
 
 
@@ -258,14 +261,15 @@ def run_md(
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
     n = len(structures)
-    labels = labels_for(labels, n)
+    names = labels_for(labels, n)
     temps = per_structure("temperature", temperature, n, minimum=0.0)
     press = per_structure("pressure", pressure, n)
-    seeds = [int(seed) + i for i in range(n)] if np.ndim(seed) == 0 else per_structure("seed", seed, n, integer=True)
+    seeds = ([int(cast(int, seed)) + i for i in range(n)] if np.ndim(seed) == 0
+             else per_structure("seed", seed, n, integer=True))
     if not (steps >= 0 and timestep > 0 and sample_every >= 1 and max_frames >= 2):
         raise ValueError(f"need steps >= 0, timestep > 0, sample_every >= 1 and max_frames >= 2; got {steps}, "
                          f"{timestep}, {sample_every}, {max_frames}")
-    job = _Dynamics(structures, potential, labels, ensemble, steps, timestep, temps, press, seeds,
+    job = _Dynamics(structures, potential, names, ensemble, steps, timestep, temps, press, seeds,
                     dict(friction=friction, tau_p=tau_p, compressibility=compressibility),
                     sample_every, max_frames, check_distance_every)
     batcher = InFlightBatcher(job, n, AtomBudget(potential, max_atoms), in_flight=False, on_result=on_result)
@@ -355,34 +359,40 @@ class _Dynamics:
         if reason is not None:
             res.error = f"structure {self.labels[i]!r}: {reason}"
         else:
-            cell, e = view.array("cell")[b], float(view.values("energy")[b])
-            res.final_structure = structure_dict(self.inputs[i], cell, view.atoms("positions", b))
+            cells, e, positions = view.array("cell"), float(view.values("energy")[b]), view.atoms("positions", b)
+            assert cells is not None and positions is not None  # every state has its geometry
+            cell = cells[b]
+            res.final_structure = structure_dict(self.inputs[i], cell, positions)
             res.final_volume = float(abs(np.linalg.det(cell)))
             res.energy, res.e_per_atom = e, e / view.counts[b]
         return res
 
     def _blank(self, i: int, s) -> MDResult:
         ok = isinstance(s, Structure) and len(s)
-        return MDResult(label=self.labels[i], formula=s.composition.reduced_formula if ok else "",
+        label = self.labels[i]
+        assert label is not None  # validated() names every input it sees, also those that fail
+        return MDResult(label=label, formula=s.composition.reduced_formula if ok else "",
                         initial_structure=initial_dict(s), ensemble=self.ensemble, timestep_fs=self.timestep,
                         temperature=self.temps[i], pressure=self.press[i] if self.ensemble == "npt" else None,
                         initial_volume=float(s.volume) if ok else None)
 
 
 def _check(state: MDState, it: int, every: int) -> list[str | None]:
+    assert state.energy is not None and state.forces is not None  # the state is evaluated
     return failure_reasons(state, torch.isfinite(state.energy),
                            torch.isfinite(state.forces).all(1) & torch.isfinite(state.velocities).all(1),
                            bool(every) and it % every == 0 and it > 0)
 
 
 def _record(state: MDState, recorders, ids, steps_l, reasons) -> None:
-    due = [recorders[i].due(s) and r is None for i, s, r in zip(ids, steps_l, reasons)]
+    due = [recorders[i].due(s) and r is None for i, s, r in zip(ids, steps_l, reasons, strict=True)]
     if not any(due):
         return
     ke = kinetic_energy(state).tolist()
     temp = temperature(state).tolist()
     press = (pressure(state) * EV_A3_TO_GPA).tolist()
     vol = state.volumes().tolist()
+    assert state.energy is not None  # the state is evaluated
     e = state.energy.tolist()
     counts = state.n_atoms.tolist()
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)

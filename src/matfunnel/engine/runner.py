@@ -57,7 +57,7 @@ def relax_batched(
     symprec: float = 1e-3,
     scalar_pressure: float = 0.0,
     exp_cell_factor: float | None = None,
-    config: FireConfig = FireConfig(),
+    config: FireConfig | None = None,
     max_atoms: int | None = None,
     check_distance_every: int = 1,
     progress: bool = False,
@@ -69,7 +69,8 @@ def relax_batched(
 
     Arguments mirror :func:`matfunnel.engine.relax_structures` plus: ``symmetry`` keeps each
     structure's space group (spglib, ``symprec``); ``scalar_pressure`` GPa; ``max_atoms`` overrides
-    the batch budget; ``check_distance_every`` steps between minimum-distance checks. Returns one
+    the batch budget; ``check_distance_every`` steps between minimum-distance checks; ``config`` the FIRE
+    parameters (``None``: ASE's defaults, :class:`~matfunnel.engine.fire.FireConfig`). Returns one
     :class:`RelaxResult` per input, in input order; ``wall_time`` is the time the structure spent in
     the batch (shared with its batch mates).
 
@@ -82,6 +83,7 @@ def relax_batched(
     keep results do not keep it.
     """
     n = len(structures)
+    config = FireConfig() if config is None else config
     check_relax_settings(fmax, max_steps)
     if trajectory_every < 0 or max_frames < 2:
         raise ValueError(f"trajectory_every must be >= 0 and max_frames >= 2, got {trajectory_every}, {max_frames}")
@@ -176,15 +178,18 @@ class _Relaxation:
         if self.symmetrizer is not None:
             active = self.symmetrizer(active)
         every = self.check_distance_every
+        energy, stress, forces = active.energy, active.stress, active.forces
+        assert energy is not None and stress is not None and forces is not None  # set by evaluate
         reasons = failure_reasons(
-            active, torch.isfinite(active.energy) & torch.isfinite(active.stress).flatten(1).all(1),
-            torch.isfinite(active.forces).all(1),
+            active, torch.isfinite(energy) & torch.isfinite(stress).flatten(1).all(1),
+            torch.isfinite(forces).all(1),
             bool(every) and it % every == 0 and (it > 0 or self.graph_distances))
         failing = [b for b, r in enumerate(reasons) if r is not None]
         ok = torch.ones(active.n_systems, dtype=torch.bool, device=active.device)
         if failing:
             ok[torch.tensor(failing, device=active.device)] = False
         active = fire_forces(active)
+        assert active.residual is not None  # set by fire_forces
         residual = torch.where(ok, active.residual, torch.full_like(active.residual, math.inf))
         converged = residual < active.fmax
         done = converged | (active.n_steps >= active.max_steps) | ~ok
@@ -202,17 +207,19 @@ class _Relaxation:
         if reason is not None:
             res.error = f"structure {self.labels[i]!r}: {reason}"
         else:
-            cell, positions = view.array("cell")[b], view.atoms("positions", b)
-            res.set_final(self.tables[i].at(cell, positions), view.values("energy")[b], view.atoms("forces", b),
-                          view.array("stress")[b], view.atoms("magmoms", b))
+            cells, positions, stresses = view.array("cell"), view.atoms("positions", b), view.array("stress")
+            assert cells is not None and positions is not None and stresses is not None  # an evaluated FIRE state
+            res.set_final(self.tables[i].at(cells[b], positions), view.values("energy")[b], view.atoms("forces", b),
+                          stresses[b], view.atoms("magmoms", b))
             res.converged = bool(converged[b])
             if not res.converged:
                 res.error = f"structure {self.labels[i]!r}: not converged to fmax={self.fmax} in {self.max_steps} steps"
         rec = self.recorders.pop(i, None)
         if rec is not None:
             if reason is None:
-                rec.add(step, view.values("energy")[b], fmax_now, view.atoms("positions", b), view.array("cell")[b],
-                        final=True)
+                cells = view.array("cell")
+                assert cells is not None  # every state has its cells
+                rec.add(step, view.values("energy")[b], fmax_now, view.atoms("positions", b), cells[b], final=True)
             res.trajectory = rec.as_dict()
         self.tables.pop(i, None)
         if self.symmetrizer is not None:
@@ -223,18 +230,21 @@ class _Relaxation:
         formula = s.composition.reduced_formula if isinstance(s, Structure) and len(s) else ""
         table = self.tables.get(i)
         init = table.initial() if table is not None else initial_dict(s)
-        return RelaxResult(label=self.labels[i], formula=formula, initial_structure=init)
+        label = self.labels[i]
+        assert label is not None  # validated() names every input it sees, also those that fail
+        return RelaxResult(label=label, formula=formula, initial_structure=init)
 
 
 def _record(active: FireState, recorders: dict, reasons: list) -> None:
     """A frame of every structure whose trajectory is due at its current step (one host copy for all of them)."""
     ids, steps = active.ids.tolist(), active.n_steps.tolist()
-    due = [b for b, (i, st) in enumerate(zip(ids, steps))
+    due = [b for b, (i, st) in enumerate(zip(ids, steps, strict=True))
            if reasons[b] is None and i in recorders and recorders[i].due(st)]
     if not due:
         return
     counts = active.n_atoms.tolist()
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    assert active.energy is not None and active.residual is not None  # evaluated, with its FIRE forces
     e, res = active.energy.tolist(), active.residual.tolist()
     pos, cell = active.positions.detach().cpu().numpy(), active.cell.detach().cpu().numpy()
     for b in due:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,17 +26,19 @@ from matfunnel.potential.base import Evaluation
 
 DTYPE = torch.float64
 
-S = TypeVar("S", bound="SystemState")
-
-
-def atom_field(**kw):
+def atom_field(**kw) -> Any:
     """A dataclass field with one row per atom."""
     return field(metadata={"scope": "atom"}, **kw)
 
 
-def system_field(**kw):
+def system_field(**kw) -> Any:
     """A dataclass field with one row per structure."""
     return field(metadata={"scope": "system"}, **kw)
+
+
+def _batch_field() -> Any:
+    """The dataclass field of ``batch``: per atom, the index of its structure (remapped by :func:`select`)."""
+    return field(metadata={"scope": "batch"})
 
 
 @dataclass
@@ -45,7 +47,7 @@ class SystemState:
 
     positions: Tensor = atom_field()  # (N, 3) float64 Cartesian A
     numbers: Tensor = atom_field()  # (N,) long atomic numbers
-    batch: Tensor = field(metadata={"scope": "batch"})  # (N,) long structure index of each atom
+    batch: Tensor = _batch_field()  # (N,) long structure index of each atom
     cell: Tensor = system_field()  # (B, 3, 3) float64, rows are lattice vectors
     ids: Tensor = system_field()  # (B,) long: index of each structure in the caller's input list
     # latest evaluation at ``positions``/``cell`` (None until evaluated)
@@ -59,10 +61,12 @@ class SystemState:
     # ---- derived ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """The device the tensors live on."""
         return self.positions.device
 
     @property
     def n_systems(self) -> int:
+        """Number of structures ``B``."""
         return int(self.cell.shape[0])
 
     @property
@@ -71,6 +75,7 @@ class SystemState:
         return torch.bincount(self.batch, minlength=self.n_systems)
 
     def volumes(self) -> Tensor:
+        """(B,) cell volumes, A^3."""
         return torch.linalg.det(self.cell).abs()
 
 
@@ -93,8 +98,10 @@ def from_structures(structures: list[Structure], device: str | torch.device = "c
 
 
 def movable_mask(structures: list[Structure]) -> np.ndarray | None:
-    """(N, 3) float: 0 where pymatgen's ``selective_dynamics`` holds a Cartesian component fixed, else 1; None when
-    no structure has that site property."""
+    """(N, 3) float: 0 where pymatgen's ``selective_dynamics`` holds a Cartesian component fixed, else 1.
+
+    ``None`` when no structure has that site property.
+    """
     if not any("selective_dynamics" in s.site_properties for s in structures):
         return None
     parts = []
@@ -117,20 +124,20 @@ def to_structure(state: SystemState, b: int, template: Structure | None = None) 
     return s
 
 
-def upgrade(state: SystemState, cls: type[S], **fields) -> S:
+def upgrade[S: SystemState](state: SystemState, cls: type[S], **fields) -> S:
     """``state`` as a subclass ``cls`` with the extra ``fields`` filled in."""
     base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SystemState)}
     return cls(**base, **fields)
 
 
-def select(state: S, keep: Tensor) -> S:
+def select[S: SystemState](state: S, keep: Tensor) -> S:
     """The structures where ``keep`` (B,) bool is true, in order."""
     keep = keep.to(device=state.device, dtype=torch.bool)
     idx = torch.nonzero(keep).squeeze(1)
     atom_keep = keep[state.batch]
     remap = torch.full((state.n_systems,), -1, dtype=torch.long, device=state.device)
     remap[idx] = torch.arange(idx.shape[0], device=state.device)
-    kw = {}
+    kw: dict[str, Any] = {}
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
         if v is None:
@@ -148,7 +155,7 @@ def select(state: S, keep: Tensor) -> S:
     return type(state)(**kw)
 
 
-def concat(states: list[S]) -> S:
+def concat[S: SystemState](states: list[S]) -> S:
     """Structures of all ``states`` (same type) in one batch. Missing evaluations stay missing."""
     states = [s for s in states if s is not None and s.n_systems > 0]
     if not states:
@@ -156,15 +163,15 @@ def concat(states: list[S]) -> S:
     if len(states) == 1:
         return states[0]
     cls = type(states[0])
-    kw = {}
+    kw: dict[str, Any] = {}
     offsets = np.cumsum([0] + [s.n_systems for s in states[:-1]])
     for f in dataclasses.fields(cls):
         vals = [getattr(s, f.name) for s in states]
         if _scope(f) == "batch":
-            kw[f.name] = torch.cat([v + int(o) for v, o in zip(vals, offsets)])
+            kw[f.name] = torch.cat([v + int(o) for v, o in zip(vals, offsets, strict=True)])
         elif f.name == "eval_error":
             kw[f.name] = None if all(v is None for v in vals) else sum(
-                (v if v is not None else [None] * s.n_systems for v, s in zip(vals, states)), [])
+                (v if v is not None else [None] * s.n_systems for v, s in zip(vals, states, strict=True)), [])
         elif _scope(f) in ("atom", "system"):
             kw[f.name] = None if any(v is None for v in vals) else torch.cat(vals)
         else:
@@ -172,7 +179,7 @@ def concat(states: list[S]) -> S:
     return cls(**kw)
 
 
-def evaluate(state: S, potential, *, compute_stress: bool = True) -> S:
+def evaluate[S: SystemState](state: S, potential, *, compute_stress: bool = True) -> S:
     """``state`` with energy/forces/stress/magmoms of its current geometry (float64)."""
     ev: Evaluation = potential.evaluate(state.numbers, state.positions, state.cell, state.n_atoms,
                                         compute_stress=compute_stress)
@@ -187,9 +194,9 @@ def evaluate(state: S, potential, *, compute_stress: bool = True) -> S:
 
 
 def min_distances(positions: Tensor, cell: Tensor, batch: Tensor, n_systems: int, cutoff: float = 1.0) -> Tensor:
-    """(B,) smallest interatomic distance of each structure up to ``cutoff`` A (``inf`` when no two atoms, or no
-    atom and its own periodic image, are that close).
+    """(B,) smallest interatomic distance of each structure up to ``cutoff`` A.
 
+    ``inf`` when no two atoms, or no atom and its own periodic image, are that close.
     A cell-list neighbour search at the small cutoff (:mod:`matfunnel.potential.neighbors`),
     so the cost is linear in the atoms whatever the cell. Used for potentials that do not report the distance
     themselves (:attr:`Evaluation.min_distance`); what the engine asks is only whether it is under

@@ -20,10 +20,13 @@ from matfunnel.engine.state import DTYPE, SystemState
 
 
 def _ops(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """spglib's operations that map the atoms onto atoms of the same element: fractional rotations (K, 3, 3),
-    translations (K, 3) and the atom permutation of each (K, n), atom i -> perm[k, i]."""
+    """Return spglib's operations that map the atoms onto atoms of the same element.
+
+    Fractional rotations (K, 3, 3), translations (K, 3) and the atom permutation of each (K, n), atom i -> perm[k, i].
+    """
     cell = (structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
-    ds = spglib.get_symmetry(cell, symprec=symprec)
+    # spglib annotates the cell as nested sequences; it takes numpy arrays (and converts them to arrays itself)
+    ds = spglib.get_symmetry(cell, symprec=symprec)  # type: ignore[arg-type]
     frac = structure.frac_coords
     if ds is None:
         return np.eye(3, dtype=int)[None], np.zeros((1, 3)), np.arange(len(structure))[None]
@@ -31,7 +34,7 @@ def _ops(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray, 
     z = np.asarray(structure.atomic_numbers)
     perms, keep = [], []
     tol = max(symprec, 1e-5) * 10
-    for k, (r, t) in enumerate(zip(rots, trans)):
+    for k, (r, t) in enumerate(zip(rots, trans, strict=True)):
         new = frac @ r.T + t
         d = new[:, None, :] - frac[None, :, :]
         d -= np.round(d)
@@ -55,9 +58,10 @@ def _sqrtm_spd(m: np.ndarray, power: float) -> np.ndarray:
 
 
 def symmetrized(structure: Structure, symprec: float = 1e-3) -> Structure:
-    """``structure`` moved onto the exact symmetry of the space group spglib finds at ``symprec`` (what ASE's
-    ``FixSymmetry`` does first, with its ``refine_symmetry``): otherwise noise below ``symprec`` stays, and the
-    symmetrised forces keep it, so the result is only as symmetric as the input.
+    """``structure`` moved onto the exact symmetry of the space group spglib finds at ``symprec``.
+
+    This is what ASE's ``FixSymmetry`` does first, with its ``refine_symmetry``: otherwise noise below ``symprec``
+    stays, and the symmetrised forces keep it, so the result is only as symmetric as the input.
 
     The cell's metric ``G = L L^T`` is averaged over the point group (``R^T G R``) and the cell changed to it as
     little as possible (``L' = G'^1/2 G^-1/2 L``); each atom's fractional position is then averaged over its images
@@ -72,7 +76,7 @@ def symmetrized(structure: Structure, symprec: float = 1e-3) -> Structure:
     new_lat = _sqrtm_spd(g_sym, 0.5) @ _sqrtm_spd(g, -0.5) @ lat
     frac = structure.frac_coords
     shift = np.zeros_like(frac)
-    for r, t, perm in zip(rots, trans, perms):
+    for r, t, perm in zip(rots, trans, perms, strict=True):
         d = frac @ r.T + t - frac[perm]  # image of atom i under the op, relative to the atom it lands on
         shift[perm] += d - np.round(d)
     return Structure(Lattice(new_lat), [site.species for site in structure], frac + shift / len(rots),
@@ -123,7 +127,8 @@ class Symmetrizer:
         self._flat_key = key
         return self._flat
 
-    def __call__(self, state: SystemState) -> SystemState:
+    def __call__[S: SystemState](self, state: S) -> S:
+        """Return ``state`` with its forces and stress averaged over each structure's operations."""
         if state.forces is None:
             return state
         rot_frac, rot_sys, src, dst, pair_op, n_ops = self._flatten(state)

@@ -21,6 +21,8 @@ from matfunnel.potential.base import Evaluation, Potential
 
 
 class PairPotential(Potential):
+    """A tapered Lennard-Jones pair potential with optional injected faults (NaN, exploding or collapsing atoms)."""
+
     name = "pair-lj"
 
     def __init__(self, sigma: float = 2.3, epsilon: float = 0.05, cutoff: float = 5.0, *,
@@ -64,11 +66,12 @@ class PairPotential(Potential):
         return e.detach(), f.detach(), s.detach()
 
     def evaluate(self, numbers, positions, cells, n_atoms, *, compute_stress=True) -> Evaluation:
+        """Energies, forces and stresses of a batch (one structure at a time, by autograd)."""
         self.n_calls += 1
         counts = [int(c) for c in n_atoms.tolist()]
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
         es, fs, ss = [], [], []
-        for b, (lo, n) in enumerate(zip(starts, counts)):
+        for b, (lo, n) in enumerate(zip(starts, counts, strict=True)):
             e, f, s = self._one(numbers[lo:lo + n], positions[lo:lo + n].double(), cells[b].double())
             es.append(e)
             fs.append(f)
@@ -98,6 +101,7 @@ class CosinePotential(Potential):
         self.k, self.grid, self.device = k, grid, device
 
     def evaluate(self, numbers, positions, cells, n_atoms, *, compute_stress=True) -> Evaluation:
+        """Energies and forces of a batch (zero stress), vectorised over all atoms."""
         w = 2 * math.pi / self.grid
         x = positions.double()
         batch = torch.repeat_interleave(torch.arange(n_atoms.shape[0], device=x.device), n_atoms)

@@ -21,17 +21,21 @@ class Thinned:
         self.frames: dict[str, list] = {k: [] for k in self.KEYS}
 
     def due(self, step: int) -> bool:
+        """Tell whether a frame is due at ``step``."""
         return step % self.stride == 0
 
     def append(self, values: tuple, *, final: bool = False) -> None:
-        """Add one frame (``values`` in the order of ``KEYS``, the step first). A ``final`` frame is always kept: the
-        frames before it are thinned first if there is no room, and it is not added twice for the same step."""
+        """Add one frame (``values`` in the order of ``KEYS``, the step first).
+
+        A ``final`` frame is always kept: the frames before it are thinned first if there is no room, and it is not
+        added twice for the same step.
+        """
         f = self.frames
         if f["step"] and f["step"][-1] == values[0]:
             return
         if final and len(f["step"]) >= self.max_frames:
             self._thin()
-        for k, v in zip(self.KEYS, values):
+        for k, v in zip(self.KEYS, values, strict=True):
             f[k].append(v)
         if not final and len(f["step"]) >= self.max_frames:
             self._thin()
@@ -42,17 +46,22 @@ class Thinned:
         self.stride *= 2
 
     def as_dict(self) -> dict:
+        """Return the frames, the current stride and the units as one dictionary."""
         return {**self.frames, "stride": self.stride, "units": dict(self.UNITS)}
 
 
 class Frames(Thinned):
-    """A relaxation's path: energy, the largest generalised force (the convergence residual), volume, positions
-    (Cartesian, rounded to 1e-4 A) and cell of each sampled step."""
+    """A relaxation's path, frame by frame.
+
+    Energy, the largest generalised force (the convergence residual), volume, positions (Cartesian, rounded to
+    1e-4 A) and cell of each sampled step.
+    """
 
     KEYS = ("step", "energy", "fmax", "volume", "positions", "cell")
     UNITS = {"energy": "eV", "fmax": "eV/A", "volume": "A^3", "positions": "A (Cartesian)", "cell": "A (rows)"}
 
     def add(self, step: int, energy: float, fmax: float, positions, cell, *, final: bool = False) -> None:
+        """Add the frame of ``step`` (see :meth:`Thinned.append` for ``final``)."""
         cell = np.asarray(cell, dtype=float)
         self.append((int(step), float(energy), float(fmax), float(abs(np.linalg.det(cell))),
                      np.round(np.asarray(positions, dtype=float), 4).tolist(), cell.tolist()), final=final)
