@@ -89,7 +89,8 @@ __all__ = ["MATFUNNEL_MODEL", "MatfunnelTorchSimCalculation", "MatfunnelTorchSim
 class MatfunnelTorchSimCalculation(TorchSimCalculation):
     """atomate2's ``TorchSimCalculation`` run by a matfunnel potential, with that potential's provenance."""
 
-    model: TorchSimModelType | Literal["MatfunnelModel"] = Field(
+    # widens atomate2's closed enum on purpose (our documents record "MatfunnelModel"); pydantic allows it
+    model: TorchSimModelType | Literal["MatfunnelModel"] = Field(  # type: ignore[assignment]
         ..., description="'MatfunnelModel' for a matfunnel potential, else atomate2's model type.")
     potential: str = Field(..., description="The matfunnel potential's name (as load_potential takes it).")
     potential_kwargs: dict[str, Any] = Field(default_factory=dict,
@@ -205,12 +206,12 @@ class _MatfunnelPotentialFields:
         return torchsim_model(self.potential, self.device, dtype=getattr(torch, self.dtype),
                               **self.potential_kwargs)
 
-    def _run_parent(self, parent: type, structure, prev_task, prev_dir) -> Response:
+    def _run_parent(self, parent: type[Any], structure, prev_task, prev_dir) -> Response:
         """Run ``parent.make``'s undecorated body with our model, then record the potential in its document."""
         model = self.torchsim_model()
         record = {"potential": self.potential, "potential_kwargs": dict(self.potential_kwargs),
                   "device": self.device, "dtype": self.dtype, "model_info": model.potential.model_info()}
-        proxy = copy.copy(self)  # the parent body records model_type/model_path through pydantic's enum check
+        proxy: Any = copy.copy(self)  # the parent body records model_type/model_path through pydantic's enum check
         proxy.model_type, proxy.model_path = _PLACEHOLDER, f"matfunnel:{self.potential}"
         self._prepare(proxy)
         with supplying_model(model):
@@ -263,7 +264,8 @@ class MatfunnelTorchSimOptimizeMaker(_MatfunnelPotentialFields, TorchSimOptimize
     """
 
     optimizer: Any = "fire"
-    model_type: str = field(default=MATFUNNEL_MODEL, init=False)
+    # atomate2 types model_type as its closed enum; ours is the "MatfunnelModel" string, never passed to pick_model
+    model_type: str = field(default=MATFUNNEL_MODEL, init=False)  # type: ignore[assignment]
     model_path: str = field(default="", init=False)
     name: str = "matfunnel torchsim optimize"
     convergence_fn_kwargs: dict | None = field(
@@ -274,8 +276,10 @@ class MatfunnelTorchSimOptimizeMaker(_MatfunnelPotentialFields, TorchSimOptimize
         self.model_path = f"matfunnel:{self.potential}"
 
     def _prepare(self, proxy) -> None:
-        """torch-sim takes only a ``CellFilter`` member for ``cell_filter``, and a serialized maker (jobflow
-        stores enums as their values) carries the string, so convert it back.
+        """Turn a ``cell_filter`` string back into torch-sim's ``CellFilter`` member.
+
+        torch-sim takes only a ``CellFilter`` member, and a serialized maker (jobflow stores enums as their values)
+        carries the string.
         """
         import torch_sim as ts
 
@@ -318,7 +322,8 @@ class MatfunnelTorchSimStaticMaker(_MatfunnelPotentialFields, TorchSimStaticMake
         The matfunnel potential (see ``_MatfunnelPotentialFields``); keyword-only.
     """
 
-    model_type: str = field(default=MATFUNNEL_MODEL, init=False)
+    # atomate2 types model_type as its closed enum; ours is the "MatfunnelModel" string, never passed to pick_model
+    model_type: str = field(default=MATFUNNEL_MODEL, init=False)  # type: ignore[assignment]
     model_path: str = field(default="", init=False)
     name: str = "matfunnel torchsim static"
 
@@ -360,7 +365,8 @@ class MatfunnelTorchSimIntegrateMaker(_MatfunnelPotentialFields, TorchSimIntegra
         The matfunnel potential (see ``_MatfunnelPotentialFields``); keyword-only.
     """
 
-    model_type: str = field(default=MATFUNNEL_MODEL, init=False)
+    # atomate2 types model_type as its closed enum; ours is the "MatfunnelModel" string, never passed to pick_model
+    model_type: str = field(default=MATFUNNEL_MODEL, init=False)  # type: ignore[assignment]
     model_path: str = field(default="", init=False)
     name: str = "matfunnel torchsim integrate"
 
@@ -368,8 +374,10 @@ class MatfunnelTorchSimIntegrateMaker(_MatfunnelPotentialFields, TorchSimIntegra
         self.model_path = f"matfunnel:{self.potential}"
 
     def _prepare(self, proxy) -> None:
-        """torch-sim takes only an ``Integrator`` member (or a pair of functions), and a serialized maker
-        (jobflow stores enums as their values) carries the string, so convert it back.
+        """Turn an ``integrator`` string back into torch-sim's ``Integrator`` member.
+
+        torch-sim takes only an ``Integrator`` member (or a pair of functions), and a serialized maker (jobflow
+        stores enums as their values) carries the string.
         """
         import torch_sim as ts
 

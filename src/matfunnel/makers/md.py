@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
 from matfunnel.common.cache import active_cache, result_key
 from matfunnel.engine.inputs import per_structure
-from matfunnel.engine.md import MDResult, run_md
+from matfunnel.engine.md import run_md
+from matfunnel.engine.results import MDResult
 from matfunnel.makers.relax import decode_inputs
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 
@@ -60,6 +62,10 @@ class MDMaker(Maker):
         pressures: list[float] | None = None,
         seeds: list[int] | None = None,
     ) -> list[dict]:
+        """Run MD on ``structures`` (named ``labels``); one document per structure, in input order.
+
+        ``temperatures``, ``pressures`` and ``seeds`` give each structure its own value (default: the maker's).
+        """
         structures, labels, bad = decode_inputs(structures, labels)
         good = [i for i in range(len(structures)) if i not in bad]
         n = len(structures)
@@ -74,11 +80,13 @@ class MDMaker(Maker):
                                   timestep_fs=self.timestep, temperature=temps[i], error=error).as_dict(),
                        "potential": self.potential, "cached": False}
         cache = active_cache(self.result_cache)
-        keys = {i: self._key(structures[i], temps[i], press[i], seed[i]) for i in good} if cache is not None else {}
-        for i, k in keys.items():  # runs identified by their inputs (the seed included): finished work is reused
-            hit = cache.get(k) if k is not None else None
-            if hit is not None:
-                docs[i] = {**hit, "label": labels[i], "cached": True}
+        keys: dict[int, str | None] = {}
+        if cache is not None:
+            keys = {i: self._key(structures[i], temps[i], press[i], seed[i]) for i in good}
+            for i, k in keys.items():  # runs identified by their inputs (the seed included): finished work is reused
+                hit = cache.get(k) if k is not None else None
+                if hit is not None:
+                    docs[i] = {**hit, "label": labels[i], "cached": True}
         todo = [i for i in good if docs[i] is None]
         if todo:
             pot = load_potential(self.potential, self.device, **self.potential_kwargs)
@@ -86,9 +94,10 @@ class MDMaker(Maker):
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
                 i = todo[j]
-                docs[i] = {**result.as_dict(), "potential": self.potential, "model": model, "cached": False}
-                if keys.get(i) is not None and not result.data.get("potential_error"):
-                    cache.put(keys[i], "mlip-md", docs[i])
+                doc = docs[i] = {**result.as_dict(), "potential": self.potential, "model": model, "cached": False}
+                key = keys.get(i)
+                if cache is not None and key is not None and not result.data.get("potential_error"):
+                    cache.put(key, "mlip-md", doc)
 
             run_md(
                 [structures[i] for i in todo], pot, ensemble=self.ensemble, steps=self.steps, timestep=self.timestep,
@@ -97,11 +106,12 @@ class MDMaker(Maker):
                 sample_every=self.sample_every, max_frames=self.max_frames, labels=[labels[i] for i in todo],
                 max_atoms=self.max_atoms, on_result=finished,
             )
-        return docs
+        return cast(list[dict], docs)  # every input has its document by now
 
     def _key(self, structure, temperature: float, pressure: float, seed: int) -> str | None:
-        settings = {"potential": self.potential, **({"potential_kwargs": self.potential_kwargs}
-                                                    if self.potential_kwargs else {}), "ensemble": self.ensemble, "steps": self.steps,
+        settings = {"potential": self.potential,
+                    **({"potential_kwargs": self.potential_kwargs} if self.potential_kwargs else {}),
+                    "ensemble": self.ensemble, "steps": self.steps,
                     "timestep": self.timestep, "temperature": temperature, "friction": self.friction, "seed": seed,
                     "sample_every": self.sample_every, "max_frames": self.max_frames}
         if self.ensemble == "npt":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from jobflow import Flow, Maker, Response, job
@@ -18,8 +19,10 @@ from matfunnel.potential.validate import structure_label
 
 
 def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
-    """The makers' inputs: structure documents decoded, one label per structure, and the error of each input
-    that is not a structure at all (it gets an error document; the others go on).
+    """Decode the makers' inputs.
+
+    Returns the structure documents decoded, one label per structure, and the error of each input that is not a
+    structure at all (it gets an error document; the others go on).
     """
     given = labels_for(labels, len(structures))
     out, names, errors = [], [], {}
@@ -85,6 +88,7 @@ class RelaxMaker(Maker):
 
     @job(data=True)
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+        """Relax ``structures`` (named ``labels``); one document per structure, in input order."""
         if self.engine not in ("batched", "ase"):
             raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
         if self.engine == "ase" and (self.symmetry or self.trajectory_every):
@@ -92,9 +96,9 @@ class RelaxMaker(Maker):
         check_relax_settings(self.fmax, self.max_steps)
         structures, labels, bad = decode_inputs(structures, labels)
         cache = active_cache(self.result_cache)
-        settings = {"potential": self.potential, **({"potential_kwargs": self.potential_kwargs}
-                                                    if self.potential_kwargs else {}), "fmax": self.fmax, "max_steps": self.max_steps,
-                    "relax_cell": self.relax_cell}
+        settings = {"potential": self.potential,
+                    **({"potential_kwargs": self.potential_kwargs} if self.potential_kwargs else {}),
+                    "fmax": self.fmax, "max_steps": self.max_steps, "relax_cell": self.relax_cell}
         if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
             settings["symmetry"] = True
         if self.trajectory_every:
@@ -117,10 +121,11 @@ class RelaxMaker(Maker):
                 i = todo[j]
                 doc = {**result.as_dict(), "potential": self.potential, "model": model, "cached": False}
                 docs[i] = doc
-                if cache is not None and keys[i] is not None and not result.data.get("potential_error"):
-                    cache.put(keys[i], "mlip-relax", doc)
+                key = keys[i]
+                if cache is not None and key is not None and not result.data.get("potential_error"):
+                    cache.put(key, "mlip-relax", doc)
 
-            kw = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
+            kw: dict[str, Any] = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
                       relax_cell=self.relax_cell, progress=self.progress, on_result=finished)
             if self.engine == "batched":
                 relax_batched([structures[i] for i in todo], pot, symmetry=self.symmetry,
@@ -128,7 +133,7 @@ class RelaxMaker(Maker):
                               max_frames=self.max_frames, **kw)
             else:
                 relax_structures([structures[i] for i in todo], pot, **kw)
-        return docs
+        return cast(list[dict], docs)  # every input has its document by now
 
 
 @dataclass
@@ -143,13 +148,14 @@ class StaticMaker(Maker):
 
     @job(data=True)
     def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+        """Evaluate ``structures`` (named ``labels``); one document per structure, in input order."""
         structures, labels, bad = decode_inputs(structures, labels)
         good = [i for i in range(len(structures)) if i not in bad]
         t0 = time.perf_counter()
         pot = load_potential(self.potential, self.device, **self.potential_kwargs)
         outs = dict(zip(good, pot.predict([structures[i] for i in good], labels=[labels[i] for i in good],
                                           errors="record"), strict=False)) if good else {}
-        docs = []
+        docs: list[dict[str, Any]] = []
         for i, (s, lab) in enumerate(zip(structures, labels, strict=False)):
             if i in bad:
                 docs.append({"label": lab, "formula": "", "structure": {}, "potential": self.potential,
@@ -213,7 +219,8 @@ class BatchedRelaxMaker(Maker):
 
 @job(name="gather", data=True)
 def gather_job(parts: list[list]) -> list:
-    """Concatenate the outputs of the batch jobs, in order (to the ``data`` store: a large campaign's documents
-    together pass MongoDB's 16 MB document limit).
+    """Concatenate the outputs of the batch jobs, in order.
+
+    The result goes to the ``data`` store: a large campaign's documents together pass MongoDB's 16 MB document limit.
     """
     return [doc for part in parts for doc in part]
