@@ -26,7 +26,7 @@ pytest.importorskip("torch_sim")
 mattersim = pytest.importorskip("mattersim")
 pytest.importorskip("mattersim.torchsim")
 
-import thirdparty_models  # tests/ is on sys.path; imported after the skips above
+import thirdparty_models  # noqa: E402 - tests/ is on sys.path; imported after the skips above
 
 pytestmark = pytest.mark.filterwarnings("ignore:GraphConverter is deprecated:DeprecationWarning")
 
@@ -98,12 +98,14 @@ def test_loaded_by_spec_string_is_mattersims_own_interface(pot, checkpoint):
     info = pot.model_info()
     assert info["package"] == "mattersim" and info["version"] == mattersim.__version__
     assert info["weights_sha256"]  # of the model's parameters (no weights file named)
+    # batch sizing uses MatterSim's own two-body cutoff (it has no ``cutoff`` attribute)
+    assert not hasattr(pot.model, "cutoff") and pot.cutoff == float(pot.model.two_body_cutoff)
 
 
 def test_static_energy_forces_stress_match_mattersim_calculator(pot, calc, rng):
     cells = random_cells(rng, 6)
     outs = pot.predict(cells)  # one batch through the adapter
-    for s, o in zip(cells, outs):
+    for s, o in zip(cells, outs, strict=True):
         e, f, v = _reference(calc, s)
         label = s.properties["label"]
         assert abs(o["energy"] - e) / len(s) < 1e-5, (label, o["energy"], e)
@@ -132,7 +134,7 @@ def test_stress_sign_and_units_from_the_energy(pot):
 def test_batched_equals_one_by_one(pot, rng):
     cells = random_cells(rng, 5)
     together = pot.predict(cells)
-    for s, o in zip(cells, together):
+    for s, o in zip(cells, together, strict=True):
         (alone,) = pot.predict([s])
         assert abs(o["energy"] - alone["energy"]) / len(s) < 1e-5
         np.testing.assert_allclose(o["forces"], alone["forces"], atol=1e-5)
@@ -156,7 +158,7 @@ def test_relaxation_matches_ase_fire_with_mattersim_calculator(pot, calc, rng):
 
     cells = random_cells(rng, 3, protos=[("Cu", "Cu", 3.75), ("Al", "Al", 3.95), ("Cu", "Al", 3.85)])
     ours = relax_batched(cells, pot, fmax=0.05, max_steps=300)
-    for s, r in zip(cells, ours):
+    for s, r in zip(cells, ours, strict=True):
         assert r.error is None, r.error
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.calc = calc

@@ -72,7 +72,7 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         self.weights_file = weights_file
         self.device = str(model.device)
         self.dtype = model.dtype
-        self.cutoff = float(getattr(model, "cutoff", 6.0))
+        self.cutoff = model_cutoff(model)
         self.scaling = getattr(model, "memory_scales_with", "n_atoms_x_density")
         self.graph_cutoffs = (self.cutoff, 0.0)
         self.memory_budget = int(memory_budget or calibration.default_budget(self.device))
@@ -219,3 +219,17 @@ class TorchSimPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                                          else np.full((3, 3), np.nan)),
                               "magmoms": np.zeros(hi - lo)}
         return results
+
+
+def model_cutoff(model) -> float:
+    """The model's neighbour cutoff in Å for batch sizing.
+
+    torch-sim models name it ``cutoff`` (SevenNet, MACE) or, with separate two- and three-body cutoffs,
+    ``two_body_cutoff`` (MatterSim); 6 Å where neither is given.
+    """
+    for attr in ("cutoff", "two_body_cutoff"):
+        value = getattr(model, attr, None)
+        if value is not None:
+            return float(value.item() if hasattr(value, "item") else value)
+    return 6.0
+
