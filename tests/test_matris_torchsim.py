@@ -15,6 +15,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from matfunnel.common.units import EV_A3_TO_GPA
 from test_matris_parity import (
     SEED,
     TOL,
@@ -23,8 +25,6 @@ from test_matris_parity import (
     reference_checkpoint,
     sparse_structure,
 )
-
-from matfunnel.common.units import EV_A3_TO_GPA
 
 ts = pytest.importorskip("torch_sim")
 

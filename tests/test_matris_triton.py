@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from builders import import_triton_for_tests
 
-_triton, DEV = import_triton_for_tests()  # skips this module when triton cannot be used
-
+# these modules import triton only when a kernel is first built, so they may come before TRITON_INTERPRET is set
 from matfunnel.potential.matris import model as matris_model
 from matfunnel.potential.matris import triton_ops
+
+_triton, DEV = import_triton_for_tests()  # skips this module when triton cannot be used
 
 
 def _with(flag: bool, fn):
@@ -51,7 +53,7 @@ def test_softmax_aggregate_matches_torch(n_edges, n, d):
     assert out.grad_fn is not None and "SoftmaxAggregate" in type(out.grad_fn).__name__
     got_grads = torch.autograd.grad(out, (logits, values), g, allow_unused=True)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    for a, b in zip(got_grads, ref_grads):
+    for a, b in zip(got_grads, ref_grads, strict=True):
         b = torch.zeros_like(a) if b is None else b
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     if n_edges:
@@ -86,7 +88,7 @@ def test_double_backward_matches_torch():
 
     want = second(triton_ops.softmax_aggregate_torch)
     got = _with(True, lambda: second(triton_ops.softmax_aggregate))
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -15,8 +15,11 @@ from dataclasses import asdict, dataclass, fields, replace
 class MatrisCheckpointError(ValueError):
     """The checkpoint cannot be read or does not fit this architecture."""
 
+
 @dataclass(frozen=True)
 class MatrisConfig:
+    """MatRIS hyperparameters under MatRIS's own argument names (defaults: the matris package's)."""
+
     num_layers: int = 6
     node_feat_dim: int = 128
     edge_feat_dim: int = 128
@@ -46,6 +49,7 @@ class MatrisConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MatrisConfig:
+        """The configuration of a checkpoint's ``config`` dict; unknown keys raise :class:`MatrisCheckpointError`."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -57,6 +61,7 @@ class MatrisConfig:
         return cls(**kw)
 
     def to_dict(self) -> dict:
+        """The ``config`` dict of a MatRIS checkpoint (without ``max_num_elements``, lists for sequences)."""
         d = asdict(self)
         d.pop("max_num_elements")
         if isinstance(d["mlp_hidden_dims"], tuple):
@@ -91,6 +96,7 @@ class MatrisConfig:
         return p
 
     def replace(self, **kw) -> MatrisConfig:
+        """A copy with the fields ``kw`` changed."""
         return replace(self, **kw)
 
 

@@ -27,6 +27,8 @@ __all__ = ["MatrisGraph", "build_matris_graph"]
 
 @dataclass
 class MatrisGraph:
+    """The atom graph (undirected edges) and line graph (angles) of a batch of structures."""
+
     n_atoms: Tensor  # (B,) long
     batch: Tensor  # (N,) long
     numbers: Tensor  # (N,) long atomic numbers
@@ -44,14 +46,17 @@ class MatrisGraph:
 
     @property
     def n_edges(self) -> int:
+        """The number U of undirected edges."""
         return int(self.src.shape[0])
 
     @property
     def n_angles(self) -> int:
+        """The number A of angles (line-graph edges)."""
         return int(self.ang_b1.shape[0])
 
     @property
     def n_structures(self) -> int:
+        """The number B of structures in the batch."""
         return int(self.n_atoms.shape[0])
 
     def directed(self) -> tuple[Tensor, Tensor]:
@@ -59,6 +64,7 @@ class MatrisGraph:
         return torch.cat([self.src, self.dst]), torch.cat([self.dst, self.src])
 
     def degree(self) -> Tensor:
+        """The number of undirected edges at each atom (N,)."""
         return torch.bincount(torch.cat([self.src, self.dst]), minlength=self.numbers.shape[0])
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from functools import cache
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +42,17 @@ from matfunnel.potential.matris.config import MatrisConfig
 from matfunnel.potential.matris.graph import MatrisGraph
 
 
-def activation(name: str):
-    return {
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The activation function called ``name`` (case-insensitive): silu, relu, gelu, softplus, sigmoid, tanh."""
+    table: dict[str, Callable[[Tensor], Tensor]] = {
         "silu": F.silu, "relu": F.relu, "gelu": F.gelu, "softplus": F.softplus,
         "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-    }[name.lower()]
+    }
+    return table[name.lower()]
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
+    """An RMS (``"rms"``) or layer (``"layer"``) norm over ``dim`` features."""
     kind = kind.lower()
     if kind == "rms":
         return nn.RMSNorm(dim)
@@ -74,6 +79,11 @@ class Mlp(nn.Module):
         self.lins = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in itertools.pairwise(dims))
         self.act = activation(act)
 
+    @property
+    def first(self) -> nn.Linear:
+        """The first linear layer."""
+        return cast(nn.Linear, self.lins[0])
+
     def rest(self, h: Tensor) -> Tensor:
         """Continue from the output of the first linear layer."""
         for lin in self.lins[1:]:
@@ -81,6 +91,7 @@ class Mlp(nn.Module):
         return h
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the MLP to ``x`` (rows are samples)."""
         return self.rest(self.lins[0](x))
 
 
@@ -100,6 +111,8 @@ def split_first_linear(parts, weight: Tensor, bias: Tensor | None) -> Tensor:
         out = y if out is None else out + y
     if off != weight.shape[1]:
         raise ValueError(f"input blocks have {off} features, layer expects {weight.shape[1]}")
+    if out is None:
+        raise ValueError("no input blocks")
     return out if bias is None else out + bias
 
 
@@ -119,10 +132,11 @@ class ConvMlp(nn.Module):
         self.act = activation(cfg.activation_type)
 
     def forward(self, parts) -> Tensor:
+        """The MLP of the concatenated input blocks ``parts`` (as for :func:`split_first_linear`)."""
         if not self.gated:
-            first = self.core.lins[0]
+            first = self.core.first
             return self.core_norm(self.core.rest(split_first_linear(parts, first.weight, first.bias)))
-        c0, g0 = self.core.lins[0], self.gate.lins[0]
+        c0, g0 = self.core.first, self.gate.first
         w = torch.cat([c0.weight, g0.weight], 0)
         b = None if c0.bias is None else torch.cat([c0.bias, g0.bias], 0)
         h = split_first_linear(parts, w, b)
@@ -133,6 +147,7 @@ class ConvMlp(nn.Module):
 
 
 def scatter_sum(x: Tensor, index: Tensor, n: int) -> Tensor:
+    """``out[v] = sum_{e: index[e] = v} x[e]`` for ``v < n``."""
     return x.new_zeros((n, *x.shape[1:])).index_add_(0, index, x)
 
 
@@ -187,6 +202,8 @@ def polynomial_envelope(r_scaled: Tensor, p: float) -> Tensor:
 class BesselBasis(nn.Module):
     """sqrt(2/c) sin(f_k r / c) / r times the envelope; ``f_k`` start at k*pi and may be learned."""
 
+    freq: Tensor
+
     def __init__(self, n: int, cutoff: float, envelope_exponent: int | None, learnable: bool):
         super().__init__()
         self.cutoff = float(cutoff)
@@ -198,6 +215,7 @@ class BesselBasis(nn.Module):
             self.register_buffer("freq", f)
 
     def forward(self, r: Tensor) -> Tensor:
+        """The basis (E, n) at the distances ``r`` (E,)."""
         r = r[:, None]
         out = math.sqrt(2.0 / self.cutoff) * torch.sin(self.freq * (r / self.cutoff)) / r
         if self.p is not None:
@@ -208,11 +226,14 @@ class BesselBasis(nn.Module):
 class GaussianBasis(nn.Module):
     """exp(-(r - mu_k)^2 / (2 (2 dmu)^2)) on evenly spaced centres from 0 to the cutoff."""
 
+    offset: Tensor
+
     def __init__(self, n: int, cutoff: float):
         super().__init__()
         self.register_buffer("offset", torch.linspace(0.0, float(cutoff), n))
 
     def forward(self, r: Tensor) -> Tensor:
+        """The basis (E, n) at the distances ``r`` (E,)."""
         width = 2.0 * (self.offset[1] - self.offset[0])
         return torch.exp(-0.5 * ((r[:, None] - self.offset) / width) ** 2)
 
@@ -225,27 +246,28 @@ def spherical_bessel_table(n_order: int, n_root: int) -> tuple[tuple[float, ...]
     from scipy.special import spherical_jn
 
     table = []
-    for l in range(n_order):
+    for lvl in range(n_order):
         roots = []
         z = np.linspace(1e-3, 60.0, 60_000)
-        v = spherical_jn(l, z)
+        v = spherical_jn(lvl, z)
         for k in np.nonzero(np.sign(v[:-1]) * np.sign(v[1:]) < 0)[0]:
-            roots.append(brentq(lambda t, order=l: spherical_jn(order, t), z[k], z[k + 1], xtol=1e-14))
+            roots.append(brentq(lambda t, order=lvl: spherical_jn(order, t), z[k], z[k + 1], xtol=1e-14))
             if len(roots) == n_root:
                 break
-        table.append(tuple(x for a in roots for x in (a, 1.0 / abs(spherical_jn(l + 1, a)))))
+        table.append(tuple(x for a in roots for x in (a, 1.0 / abs(spherical_jn(lvl + 1, a)))))
     return tuple(table)
 
 
-def spherical_bessel(l: int, z: Tensor) -> Tensor:
+def spherical_bessel(order: int, z: Tensor) -> Tensor:
+    """The spherical Bessel function j_order(z) in closed form, for order 0..3."""
     s, c = torch.sin(z), torch.cos(z)
-    if l == 0:
+    if order == 0:
         return s / z
-    if l == 1:
+    if order == 1:
         return s / z**2 - c / z
-    if l == 2:
+    if order == 2:
         return (3 / z**2 - 1) * s / z - 3 * c / z**2
-    if l == 3:
+    if order == 3:
         return (15 / z**3 - 6 / z) * s / z - (15 / z**2 - 1) * c / z
     raise ValueError("l <= 3")
 
@@ -253,9 +275,9 @@ def spherical_bessel(l: int, z: Tensor) -> Tensor:
 def legendre_sh(l_max: int, x: Tensor) -> Tensor:
     """sqrt((2l+1)/4pi) P_l(x) for l = 0..l_max, stacked on the last axis."""
     p = [torch.ones_like(x), x]
-    for l in range(1, l_max):
-        p.append(((2 * l + 1) * x * p[l] - l * p[l - 1]) / (l + 1))
-    return torch.stack([math.sqrt((2 * l + 1) / (4 * math.pi)) * p[l] for l in range(l_max + 1)], dim=-1)
+    for deg in range(1, l_max):
+        p.append(((2 * deg + 1) * x * p[deg] - deg * p[deg - 1]) / (deg + 1))
+    return torch.stack([math.sqrt((2 * deg + 1) / (4 * math.pi)) * p[deg] for deg in range(l_max + 1)], dim=-1)
 
 
 class SphericalThreeBody(nn.Module):
@@ -266,6 +288,8 @@ class SphericalThreeBody(nn.Module):
     *unit* bond vector, i.e. at r = 1 A (scaled by the pair cutoff), so it is a constant per entry.
     """
 
+    factor: Tensor
+
     def __init__(self, max_n: int, max_l: int, cutoff: float):
         super().__init__()
         self.max_n, self.max_l = max_n, max_l
@@ -273,16 +297,18 @@ class SphericalThreeBody(nn.Module):
         self.register_buffer("factor", torch.tensor(math.sqrt(2.0 / self.cutoff**3)))
 
     def radial(self, r: Tensor) -> Tensor:
+        """The normalised spherical-Bessel radial terms (..., max_n * max_l) at the distances ``r``."""
         table = spherical_bessel_table(self.max_n, self.max_l)
         s = r / self.cutoff
         cols = []
-        for l in range(self.max_n):
+        for order in range(self.max_n):
             for j in range(self.max_l):
-                root, norm = table[l][2 * j], table[l][2 * j + 1]
-                cols.append(norm * spherical_bessel(l, root * s))
+                root, norm = table[order][2 * j], table[order][2 * j + 1]
+                cols.append(norm * spherical_bessel(order, root * s))
         return torch.stack(cols, dim=-1) * self.factor
 
     def forward(self, cos_theta: Tensor) -> Tensor:
+        """The basis (A, max_n * max_l) at the angle cosines ``cos_theta`` (A,)."""
         r = torch.ones((), dtype=cos_theta.dtype, device=cos_theta.device)
         rad = self.radial(r.reshape(1))[0]  # (max_n * max_l,)
         ang = legendre_sh(self.max_l - 1, cos_theta)  # (A, max_l)
@@ -293,6 +319,8 @@ class SphericalThreeBody(nn.Module):
 class FourierThreeBody(nn.Module):
     """[1/sqrt2, sin(f theta), cos(f theta)] / sqrt(pi) with f = 1..max_f (learnable)."""
 
+    freq: Tensor
+
     def __init__(self, num_angular: int, learnable: bool):
         super().__init__()
         f = torch.arange(1, (num_angular - 1) // 2 + 1, dtype=torch.float32)
@@ -302,6 +330,7 @@ class FourierThreeBody(nn.Module):
             self.register_buffer("freq", f)
 
     def forward(self, theta: Tensor) -> Tensor:
+        """The basis (A, num_angular) at the angles ``theta`` (A,) in radians."""
         t = theta[:, None] * self.freq
         const = torch.full_like(theta[:, None], 1 / math.sqrt(2.0))
         return torch.cat([const, torch.sin(t), torch.cos(t)], dim=1) / math.sqrt(math.pi)
@@ -324,6 +353,7 @@ class Attention(nn.Module):
         self.res_edge = nn.Parameter(torch.ones(1, d_edge))
 
     def atom_graph(self, h: Tensor, e: Tensor, tgt: Tensor, src: Tensor, d2u: Tensor) -> tuple[Tensor, Tensor]:
+        """Update atoms ``h`` and undirected bonds ``e``; ``tgt``/``src``/``d2u`` index the 2U directed edges."""
         n, u = h.shape[0], e.shape[0]
         m = self.edge_mlp([(e, d2u), (h, tgt), (h, src)])  # (2U, De)
         a_t = self.w_tgt(e).index_select(0, d2u)
@@ -335,6 +365,7 @@ class Attention(nn.Module):
         return h_new, e_new
 
     def line_graph(self, e: Tensor, t: Tensor, b1: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+        """Update bonds ``e`` and angles ``t``; angle ``a`` joins bond ``b1[a]`` (target) and ``b2[a]`` (source)."""
         u = e.shape[0]
         m = self.edge_mlp([(t, None), (e, b1), (e, b2)])  # (A, Dt)
         agg_t = softmax_aggregate(self.w_tgt(t), m, b1, u)
@@ -357,6 +388,7 @@ class Refinement(nn.Module):
         self.smoothed_delta = cfg.use_smoothed_for_delta_edge
 
     def atom_graph(self, h, e, rbf, tgt, src, d2u):
+        """Update atoms ``h`` and bonds ``e``, messages weighted by a projection of the bond basis ``rbf``."""
         n, u = h.shape[0], e.shape[0]
         nl = self.edge_mlp([(e, d2u), (h, tgt), (h, src)])  # (2U, De)
         sm = nl * self.envelope(rbf).index_select(0, d2u)
@@ -365,6 +397,7 @@ class Refinement(nn.Module):
         return dh + self.res_node * h, (de[:u] + de[u:]) / 2 + self.res_edge * e
 
     def line_graph(self, e, t, h, rbf_short, center, b1, b2):
+        """Update bonds ``e`` and angles ``t`` (with the atoms ``h`` at the angle ``center``s) on the line graph."""
         u = e.shape[0]
         env = self.envelope(rbf_short)
         w = env.index_select(0, b2) * env.index_select(0, b1)
@@ -375,6 +408,8 @@ class Refinement(nn.Module):
 
 
 class Block(nn.Module):
+    """One interaction block: line-graph and atom-graph attention, then line-graph and atom-graph refinement."""
+
     def __init__(self, cfg: MatrisConfig):
         super().__init__()
         dn, de, dt = cfg.node_feat_dim, cfg.edge_feat_dim, cfg.three_body_feat_dim
@@ -423,6 +458,8 @@ def rank2_from_irreps(l0: Tensor, l2: Tensor) -> Tensor:
 
 
 class GatedEquivariant(nn.Module):
+    """A gated equivariant block: scalars ``s`` gate the channels of the vector features ``v``."""
+
     def __init__(self, hidden: int, out: int, act: str):
         super().__init__()
         self.out = out
@@ -433,12 +470,15 @@ class GatedEquivariant(nn.Module):
         self.act = activation(act)
 
     def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """New scalars (N, out) and vectors (N, 9, out) from ``s`` (N, hidden) and ``v`` (N, 9, hidden)."""
         norm = torch.linalg.vector_norm(self.vec1(v), dim=-2)
         s, gate = self.update_out(self.act(self.update_in(torch.cat([s, norm], -1)))).split(self.out, dim=-1)
         return self.act(s), gate.unsqueeze(1) * self.vec2(v)
 
 
 class StressHead(nn.Module):
+    """The direct stress head: irreps (l <= 2) per atom from its features and position direction."""
+
     def __init__(self, dim: int, act: str):
         super().__init__()
         self.scalar_in = nn.Linear(dim, dim, bias=False)
@@ -446,6 +486,7 @@ class StressHead(nn.Module):
         self.blocks = nn.ModuleList([GatedEquivariant(dim, dim // 2, act), GatedEquivariant(dim // 2, 1, act)])
 
     def forward(self, h: Tensor, direction: Tensor) -> Tensor:
+        """The nine real-harmonic components (N, 9) per atom."""
         v = self.basis_in(real_sh_l2(direction).unsqueeze(-1))  # (N, 9, D)
         s = self.scalar_in(h)
         for blk in self.blocks:
@@ -458,8 +499,16 @@ class StressHead(nn.Module):
 
 
 class MatrisModel(nn.Module):
-    """A MatRIS potential. ``forward(graph)`` returns energy (B,) eV, forces (N, 3) eV/A,
-    stress (B, 3, 3) GPa (chgnet sign) and magmoms (N,)."""
+    """A MatRIS potential.
+
+    ``forward(graph)`` returns energy (B,) eV, forces (N, 3) eV/A, stress (B, 3, 3) GPa (chgnet sign)
+    and magmoms (N,).
+    """
+
+    rbf_pair: BesselBasis | GaussianBasis
+    rbf_three: BesselBasis | GaussianBasis
+    angle_basis: SphericalThreeBody | FourierThreeBody
+    ref_energy: Tensor
 
     def __init__(self, cfg: MatrisConfig):
         super().__init__()
@@ -517,6 +566,7 @@ class MatrisModel(nn.Module):
         compute_magmoms: bool = True,
         create_graph: bool = False,
     ) -> dict[str, Tensor | None]:
+        """Energy, forces, stress and magmoms of the structures of ``g`` (a skipped quantity is None)."""
         cfg = self.cfg
         dtype = self.bond_in1.weight.dtype
         autograd = cfg.is_conservation and (compute_forces or compute_stress)

@@ -16,7 +16,7 @@ from matfunnel.potential.base import Potential
 from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.matris import triton_ops
 from matfunnel.potential.matris.config import MatrisConfig
-from matfunnel.potential.matris.graph import build_matris_graph
+from matfunnel.potential.matris.graph import MatrisGraph, build_matris_graph
 from matfunnel.potential.matris.model import MatrisModel
 from matfunnel.potential.matris.weights import load_checkpoint
 
@@ -37,9 +37,11 @@ def estimated_bytes_per_item(cfg: MatrisConfig, dtype: torch.dtype = torch.float
 
 
 class MatrisPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
-    """Batched MatRIS. ``model`` names a published checkpoint (``"10m-oam"``, ``"10m-mp"``, ...);
-    ``checkpoint`` is the file (default ``~/.cache/matris/<release file>``), or pass a built
-    :class:`MatrisModel` as ``module``.
+    """Batched MatRIS.
+
+    ``model`` names a published checkpoint (``"10m-oam"``, ``"10m-mp"``, ...); ``checkpoint`` is the
+    file (default ``~/.cache/matris/<release file>``), or pass a built :class:`MatrisModel` as
+    ``module``.
 
     Batches are packed by estimated work items (directed edges + angles) against ``memory_budget`` bytes, at
     the bytes per item measured on this device (once, cached: :mod:`matfunnel.potential.calibration`;
@@ -138,7 +140,8 @@ class MatrisPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
             raise err
         return {"error": str(err)}
 
-    def graph(self, structs: list[Structure]):
+    def graph(self, structs: list[Structure]) -> MatrisGraph:
+        """The MatRIS graphs of ``structs`` as one batch on this potential's device."""
         cfg = self.model.cfg
         dev = self.device
         frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs])).to(dev)

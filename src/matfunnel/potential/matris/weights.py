@@ -43,6 +43,7 @@ class MatrisCheckpointMissing(MatrisCheckpointError, FileNotFoundError):
 
 
 def release_url(model: str) -> str:
+    """The download address of the release file of ``model``."""
     return f"{RELEASE}/{CHECKPOINT_FILES[model]}"
 
 
@@ -124,35 +125,37 @@ _SIMPLE = {
 }
 
 
-def matris_name(key: str, cfg: MatrisConfig) -> str:
-    """The MatRIS state-dict name of our parameter/buffer ``key``."""
-    if key in _SIMPLE:
-        return _SIMPLE[key]
-    parts = key.split(".")
-    gated = cfg.graph_conv_mlp.lower() == "gatemlp"
-    if parts[0] == "blocks":
-        i, sub, rest = parts[1], parts[2], ".".join(parts[3:])
-        pre = f"interaction_block.{i}.{_BLOCK[sub]}."
-        head, _, tail = rest.partition(".")
+#: block parameters kept under another name (``{head}.{tail}`` -> ``{name}{tail}``)
+_BLOCK_LINEAR = {"w_src": "source_weight_linear.", "w_tgt": "target_weight_linear.",
+                 "envelope": "learnable_envelope."}
+#: block residual weights (whole parameters)
+_BLOCK_RESIDUAL = {"res_node": "node_res_weight", "res_edge": "edge_res_weight"}
+#: block graph-convolution MLPs (ConvMlp) and feed-forward MLPs (Mlp with one hidden layer)
+_BLOCK_CONV = {"edge_mlp": "edge_nonlinear_update.", "node_mlp": "node_nonlinear_update."}
+_BLOCK_FFN = {"node_ffn": "node_FFN.", "edge_ffn": "edge_FFN."}
+_STRESS_BLOCK = {"vec1": "vec1_proj", "vec2": "vec2_proj", "update_in": "update_net.0", "update_out": "update_net.2"}
+
+
+def _block_name(key: str, parts: list[str], cfg: MatrisConfig) -> str:
+    """MatRIS's name of ``key`` = ``blocks.{i}.{sub}.{head}.{tail}`` (an interaction block parameter)."""
+    i, sub, rest = parts[1], parts[2], ".".join(parts[3:])
+    pre = f"interaction_block.{i}.{_BLOCK[sub]}."
+    head, _, tail = rest.partition(".")
+    if head in _BLOCK_LINEAR:
+        return pre + _BLOCK_LINEAR[head] + tail
+    if head in _BLOCK_RESIDUAL:
+        return pre + _BLOCK_RESIDUAL[head]
+    if head in _BLOCK_CONV:
+        gated = cfg.graph_conv_mlp.lower() == "gatemlp"
         hidden = cfg.edge_feat_dim if sub.startswith("line") else cfg.node_feat_dim
-        if head == "w_src":
-            return pre + "source_weight_linear." + tail
-        if head == "w_tgt":
-            return pre + "target_weight_linear." + tail
-        if head == "res_node":
-            return pre + "node_res_weight"
-        if head == "res_edge":
-            return pre + "edge_res_weight"
-        if head == "envelope":
-            return pre + "learnable_envelope." + tail
-        if head == "edge_mlp":
-            return pre + "edge_nonlinear_update." + _conv(tail, gated, hidden)
-        if head == "node_mlp":
-            return pre + "node_nonlinear_update." + _conv(tail, gated, hidden)
-        if head == "node_ffn":
-            return pre + "node_FFN." + _mlp("", tail, 1)
-        if head == "edge_ffn":
-            return pre + "edge_FFN." + _mlp("", tail, 1)
+        return pre + _BLOCK_CONV[head] + _conv(tail, gated, hidden)
+    if head in _BLOCK_FFN:
+        return pre + _BLOCK_FFN[head] + _mlp("", tail, 1)
+    raise KeyError(key)
+
+
+def _head_name(key: str, parts: list[str], cfg: MatrisConfig) -> str:
+    """MatRIS's name of ``key`` outside the interaction blocks: readout norm and heads."""
     if parts[0] == "readout_norm":
         return key
     rest = ".".join(parts[1:])
@@ -164,10 +167,18 @@ def matris_name(key: str, cfg: MatrisConfig) -> str:
         return _mlp("force_stress_head.force_head.", rest, cfg.mlp_hidden_dims)
     if parts[:2] == ["stress_head", "blocks"]:
         i, sub, p = parts[2], parts[3], parts[4]
-        pre = f"force_stress_head.stress_head.equivariant_block.{i}."
-        return pre + {"vec1": "vec1_proj", "vec2": "vec2_proj", "update_in": "update_net.0",
-                      "update_out": "update_net.2"}[sub] + "." + p
+        return f"force_stress_head.stress_head.equivariant_block.{i}.{_STRESS_BLOCK[sub]}.{p}"
     raise KeyError(key)
+
+
+def matris_name(key: str, cfg: MatrisConfig) -> str:
+    """The MatRIS state-dict name of our parameter/buffer ``key``."""
+    if key in _SIMPLE:
+        return _SIMPLE[key]
+    parts = key.split(".")
+    if parts[0] == "blocks":
+        return _block_name(key, parts, cfg)
+    return _head_name(key, parts, cfg)
 
 
 def _rename_legacy_reference(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -231,7 +242,10 @@ def model_from_dict(ckpt: dict) -> MatrisModel:
 
 
 def load_checkpoint(path: str | Path | None = None, *, model: str = "10m-oam") -> MatrisModel:
-    """Our model with the weights of a MatRIS checkpoint file (default: the matris package's cache, :func:`cached_path`)."""
+    """Our model with the weights of a MatRIS checkpoint file.
+
+    The file is ``path``, by default the matris package's cache (:func:`cached_path`).
+    """
     if model not in CHECKPOINT_FILES:
         raise MatrisCheckpointError(f"unknown MatRIS model {model!r}; known: {', '.join(CHECKPOINT_FILES)}")
     p = Path(path).expanduser() if path is not None else cached_path(model)
