@@ -26,3 +26,18 @@ def test_case(case, tmp_path):
     if case.quick:
         assert o.wall < 1.0, f"{case.id}: rejected in {o.wall:.2f} s (over 1 s)"
         assert o.rss_mb < 1024, f"{case.id}: used {o.rss_mb:.0f} MB (over 1 GB)"
+
+
+def test_suite_runs_under_a_memory_cap():
+    """tests/conftest.py caps the address space (no GPU here): an unbounded allocation fails, the machine lives."""
+    import resource
+    from pathlib import Path
+
+    import numpy as np
+
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("no cap where a GPU is visible (CUDA reserves address space)")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    assert soft != resource.RLIM_INFINITY and soft <= 14 * 2**30
+    with pytest.raises(MemoryError):
+        np.empty(soft // 8 + 1)  # one more element than the cap can hold
