@@ -22,15 +22,30 @@ def _flows_dir() -> Path:
 
 
 def cmd_run(args) -> int:
-    """``matfunnel run``: run a campaign spec on this machine and print its report table."""
-    from matfunnel.campaign.local import run_campaign
+    """``matfunnel run``: run a campaign spec on this machine and print its report table.
+
+    Exit status 1, with one message on stderr, when the run cannot start or fails (2: an invalid spec).
+    """
+    from matfunnel.campaign.local import CampaignFailed, run_campaign
+    from matfunnel.campaign.preflight import PreflightError
     from matfunnel.campaign.report import format_table
+    from matfunnel.campaign.runlock import RunFolderError
     from matfunnel.campaign.spec import load_spec
+    from matfunnel.common.cache import CacheError
+    from matfunnel.common.store import StoreError
 
     spec = load_spec(args.spec)
     run_dir = Path(args.run_dir or Path("runs") / spec.name)
     t0 = time.perf_counter()
-    report = run_campaign(spec, run_dir)
+    try:
+        report = run_campaign(spec, run_dir)
+    except (PreflightError, RunFolderError, CampaignFailed, StoreError, CacheError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk failed under the run (full, read-only, removed)
+        where = f" {exc.filename}" if exc.filename else f" in {run_dir}"
+        print(f"error: campaign {spec.name!r}: cannot write or read{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(format_table(report))
     print(f"\nrun folder: {run_dir}  (report.csv, report.json, hull.png)  "
           f"wall time {time.perf_counter() - t0:.0f} s")
@@ -45,13 +60,25 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """``matfunnel report``: print the report table of a run folder (1 when it has none)."""
-    from matfunnel.campaign.local import load_report
+    """``matfunnel report``: print the report table of a run folder's current run (1 when it has none)."""
+    from matfunnel.campaign.local import load_report, run_status
     from matfunnel.campaign.report import format_table
+    from matfunnel.common.store import StoreError
 
-    report = load_report(args.run_dir)
+    try:
+        report = load_report(args.run_dir)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if report is None:
-        print(f"no report found in {args.run_dir!r} (has the campaign finished?)", file=sys.stderr)
+        status = run_status(args.run_dir) or {}
+        if status.get("status") == "failed":
+            why = f"its last run (started {status.get('started', '?')}) failed: {status.get('error', '?')}"
+        elif status.get("status") == "running":
+            why = f"its run started {status.get('started', '?')} (pid {status.get('pid', '?')}) has not finished"
+        else:
+            why = "has the campaign finished?"
+        print(f"no report found in {args.run_dir!r} ({why})", file=sys.stderr)
         return 1
     print(format_table(report))
     return 0

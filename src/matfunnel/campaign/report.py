@@ -50,12 +50,18 @@ class ReportMaker(Maker):
         The potential's name (shown in the title).
     out_dir
         Folder of the report files (None: the job's working folder).
+    run_id
+        The run that produces this report (``matfunnel run`` sets it; a report of another run is never shown).
+    reference_note
+        Why the hull has the references it has (e.g. ``"MP query failed: ..."``), shown in the header.
     """
 
     name: str = "report"
     campaign: str = "campaign"
     potential: str = ""
     out_dir: str | None = None
+    run_id: str = ""
+    reference_note: str = ""
 
     @job
     def make(self, candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc, dft: DftDoc,
@@ -63,14 +69,20 @@ class ReportMaker(Maker):
         """The report of the stages' documents, also written to ``out_dir``."""
         hull = as_doc(HullDoc, hull)
         report = build_report(as_doc(CandidatesDoc, candidates), candidate_docs, hull, as_doc(DftDoc, dft),
-                              self.campaign, self.potential, as_doc(PhononGateDoc, phonons) if phonons else None)
+                              self.campaign, self.potential, as_doc(PhononGateDoc, phonons) if phonons else None,
+                              run_id=self.run_id, reference_note=self.reference_note)
         write_report(report, hull, Path(self.out_dir or os.getcwd()))
         return report
 
 
 def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc, dft: DftDoc, campaign: str,
-                 potential: str, phonons: PhononGateDoc | None = None) -> dict:
-    """One row per candidate (and per rejected input), sorted: ok first, lowest ``e_above_hull`` first."""
+                 potential: str, phonons: PhononGateDoc | None = None, run_id: str = "",
+                 reference_note: str = "") -> dict:
+    """One row per candidate (and per rejected input), sorted: ok first, lowest ``e_above_hull`` first.
+
+    ``run_id`` identifies the run that produced the report; ``reference_note`` says why the hull has its
+    references (both go into the report's header).
+    """
     hull_rows = hull.row_by_id()
     phonons = phonons or PhononGateDoc()
     ph_docs = {r.get("label"): r for r in phonons.results}
@@ -117,10 +129,12 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
     rows.sort(key=lambda r: (r["status"] != "ok", r["e_above_hull"] if r["e_above_hull"] is not None else 1e9, r["id"]))
     return {
         "name": campaign,
+        "run_id": run_id,
         "chemsys": candidates.chemsys,
         "potential": potential,
         "reference": hull.reference_label,
         "reference_details": hull.reference_details,
+        "reference_note": reference_note,
         "dft_engine": dft.engine,
         "dft_threshold": dft.threshold,
         "candidate_stats": candidates.stats,
@@ -142,7 +156,9 @@ def write_report(report: dict, hull: HullDoc, out_dir: Path) -> dict[str, Path]:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(report["rows"])
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
+    tmp = paths["json"].with_name(paths["json"].name + ".part")  # never a half-written report.json
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(paths["json"])
     try:
         _plot(hull, paths["png"], report)
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the table
@@ -189,7 +205,8 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
     lines = ["  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths, strict=False)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = (f"campaign {report['name']} ({report['chemsys']}), potential {report['potential']}\n"
-            f"hull reference: {report['reference']}\n"
+            f"hull reference: {report['reference']}"
+            + (f" ({report['reference_note']})" if report.get("reference_note") else "") + "\n"
             f"DFT: {report['dft_engine']} for e_above_hull <= {report['dft_threshold']} eV/atom\n")
     errors = [f"  {r['id']}: {r['error']}" for r in rows if r.get("error")]
     tail = ("\nproblems:\n" + "\n".join(errors)) if errors else ""

@@ -167,19 +167,43 @@ def _label(s: Structure, name: str) -> str:
     return f"{s.composition.reduced_formula}:{name}"
 
 
+def _elemental_phases(el: str) -> list[tuple[Structure, str, str, str]]:
+    """The elemental reference structures of ``el`` as (structure, name, ``"element"``, prototype id)."""
+    if el in _MOLECULAR_PROTO:
+        pid, name = _MOLECULAR_PROTO[el]
+        return [(molecular_crystal(el), name, "element", pid)]
+    out = []
+    for pid, name in _METAL_PROTOS + _EXTRA_ELEMENT_PROTOS.get(el, []):
+        src = get_prototype(pid).structure
+        out.append((_decorate(pid, {src[0].specie.symbol: el}), name, "element", pid))
+    return out
+
+
+def missing_elemental_phases(chemsys: str | Iterable[str], max_sites: int) -> dict[str, int]:
+    """Elements of ``chemsys`` with no elemental reference phase of at most ``max_sites`` sites.
+
+    An offline hull needs one per element (else that corner would come from another energy model).
+
+    Returns
+    -------
+    dict
+        ``{element: sites of its smallest elemental phase}`` for each such element (empty when all are covered).
+    """
+    out = {}
+    for el in parse_chemsys(chemsys):
+        smallest = min(len(s) for s, *_ in _elemental_phases(el))
+        if smallest > max_sites:
+            out[el] = smallest
+    return out
+
+
 def competing_phase_structures(chemsys: str | Iterable[str], max_sites: int = 10) -> list[Structure]:
     """Elemental and binary reference structures for ``chemsys`` (see the module doc)."""
     elements = parse_chemsys(chemsys)
     out: list[tuple[Structure, str, str, str]] = []  # structure, name, kind, prototype id
 
     for el in elements:
-        if el in _MOLECULAR_PROTO:
-            pid, name = _MOLECULAR_PROTO[el]
-            out.append((molecular_crystal(el), name, "element", pid))
-            continue
-        for pid, name in _METAL_PROTOS + _EXTRA_ELEMENT_PROTOS.get(el, []):
-            src = get_prototype(pid).structure
-            out.append((_decorate(pid, {src[0].specie.symbol: el}), name, "element", pid))
+        out.extend(_elemental_phases(el))
 
     for a, b in itertools.combinations(elements, 2):
         an_a, an_b = a in ANION_ELEMENTS, b in ANION_ELEMENTS

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from jobflow import Flow, Maker, Response, job
 
-from matfunnel.candidates.competing import competing_phase_structures
+from matfunnel.candidates.competing import competing_phase_structures, missing_elemental_phases
 from matfunnel.candidates.generate import SOURCES, generate_candidates
 from matfunnel.common.documents import CandidatesDoc, ReferencesDoc
 from matfunnel.makers.relax import BatchedRelaxMaker
@@ -88,6 +88,11 @@ class ReferencesMaker(Maker):
         """The references of ``chemsys``: a :class:`ReferencesDoc` (offline: after relaxing the phases)."""
         if self.use_materials_project():
             return ReferencesDoc(mode="mp")
+        missing = missing_elemental_phases(chemsys, self.competing_max_sites)
+        if missing:  # that corner would silently come from another energy model (or the hull has none)
+            raise ValueError(f"hull.competing_max_sites {self.competing_max_sites} leaves no elemental phase of "
+                             f"{', '.join(missing)} for the offline hull of {chemsys} (raise it to at least "
+                             f"{max(missing.values())})")
         structs = competing_phase_structures(chemsys, max_sites=self.competing_max_sites)
         ids = [s.properties.get("label") or f"ref-{i}" for i, s in enumerate(structs)]
         relaxed = self.relax.batches([s.as_dict() for s in structs], ids, "reference")

@@ -18,6 +18,7 @@ The makers take the cache as an argument (``result_cache``: an SQLite file path;
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -76,38 +77,115 @@ def content_key(kind: str, *parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+class CacheError(ValueError):
+    """A result cache cannot be used (it names the cache file and what to do)."""
+
+
+def entry_check(key: str, kind: str, text: str) -> str:
+    """The integrity check stored with each cached value: SHA-256 of its key, kind and JSON text."""
+    return hashlib.sha256(f"{key}\0{kind}\0{text}".encode()).hexdigest()
+
+
+_COLUMNS = ("key", "kind", "value", "created", "check_sum")
+
+
 class ResultCache:
-    """A small SQLite key -> JSON store, safe for several processes (WAL, busy timeout)."""
+    """A small SQLite key -> JSON store, safe for several processes (WAL, busy timeout).
+
+    Nothing in it is trusted blindly:
+
+    * on open, the file is checked (``PRAGMA quick_check`` and the table's columns); a file that is not
+      this cache or is corrupt is moved aside to ``<name>.corrupt-<time>`` with a warning naming both
+      files, and an empty cache takes its place (its results are computed again);
+    * each value is stored with a checksum of its key, kind and text; a value whose checksum does not match
+      (copied under another key, edited, damaged) or that cannot be decoded is a miss, logged, never returned.
+
+    Attributes
+    ----------
+    quarantined
+        Where a corrupt file found on open was moved (None when the file was sound).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.quarantined: Path | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"result cache {self.path}: cannot create its folder: {exc.strerror or exc}") from exc
+        if self.path.is_dir():
+            raise CacheError(f"result cache {self.path} is a folder, not a file; remove it or choose another path")
+        problem = _check_file(self.path)
+        if problem is not None:
+            self.quarantined = _quarantine(self.path, problem)
+        try:
+            self._con = self._connect()
+        except sqlite3.DatabaseError as exc:  # unwritable folder, full disk
+            raise CacheError(f"result cache {self.path} cannot be opened: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         # several processes opening a new file at once: switching it to WAL can fail with "database is locked"
         # at once, without SQLite's busy wait, so that one statement is retried here
         deadline = time.monotonic() + 60
         for attempt in itertools.count():
             try:
-                self._con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA journal_mode=WAL")
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(min(0.01 * 2**attempt, 0.5))
-        self._con.execute("PRAGMA synchronous=NORMAL")
-        self._con.execute(
-            "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT, value TEXT, created REAL)"
-        )
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("CREATE TABLE IF NOT EXISTS results "
+                    "(key TEXT PRIMARY KEY, kind TEXT, value TEXT, created REAL, check_sum TEXT)")
+        columns = [r[1] for r in con.execute("PRAGMA table_info(results)")]
+        if "check_sum" not in columns:  # a cache of an older matfunnel: its unchecked values are misses
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                con.execute("ALTER TABLE results ADD COLUMN check_sum TEXT")
+        return con
 
-    def get(self, key: str) -> Any | None:
-        """The value stored under ``key``, or None."""
-        row = self._con.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0], cls=MontyDecoder)
+    def get(self, key: str, kind: str | None = None) -> Any | None:
+        """The value stored under ``key`` (and of kind ``kind`` when given), or None.
+
+        A value that fails its check (not stored under this key, or damaged) or cannot be decoded is a miss.
+        """
+        try:
+            row = self._con.execute("SELECT kind, value, check_sum FROM results WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            log.warning("result cache %s: cannot read the entry %s (%s); it is computed again", self.path,
+                        key[:12], exc)
+            return None
+        if row is None:
+            return None
+        row_kind, text, check = row
+        if kind is not None and row_kind != kind:
+            log.warning("result cache %s: the entry %s is a %r result, not %r; ignored", self.path, key[:12],
+                        row_kind, kind)
+            return None
+        if not isinstance(text, str) or check != entry_check(key, str(row_kind), text):
+            log.warning("result cache %s: the entry %s does not match its key (no or wrong checksum); ignored, "
+                        "computed again", self.path, key[:12])
+            return None
+        try:
+            return json.loads(text, cls=MontyDecoder)
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the entry is unusable
+            log.warning("result cache %s: the entry %s cannot be decoded (%s: %s); ignored", self.path, key[:12],
+                        type(exc).__name__, str(exc)[:100])
+            return None
 
     def put(self, key: str, kind: str, value: Any) -> None:
-        """Store ``value`` (a ``kind`` result) under ``key``, replacing any value there."""
+        """Store ``value`` (a ``kind`` result) under ``key``, replacing any value there.
+
+        A value that cannot be written (full disk, damaged file) is not cached: a warning, the run goes on.
+        """
         text = json.dumps(value, cls=MontyEncoder)
-        self._con.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", (key, kind, text, time.time()))
+        try:
+            self._con.execute("INSERT OR REPLACE INTO results (key, kind, value, created, check_sum) "
+                              "VALUES (?, ?, ?, ?, ?)", (key, kind, text, time.time(), entry_check(key, kind, text)))
+        except sqlite3.DatabaseError as exc:
+            log.warning("result cache %s: a %s result could not be stored (%s); it will not be reused on a rerun",
+                        self.path, kind, exc)
 
     def count(self, kind: str | None = None) -> int:
         """The number of results stored, of kind ``kind`` only when given."""
@@ -118,6 +196,53 @@ class ResultCache:
     def close(self) -> None:
         """Close the database connection."""
         self._con.close()
+
+
+def _check_file(path: Path) -> str | None:
+    """Why the SQLite file at ``path`` is not a sound result cache, or None (also when it does not exist)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        status = con.execute("PRAGMA quick_check").fetchone()
+        if not status or status[0] != "ok":
+            return f"integrity check: {status[0] if status else 'no answer'}"[:200]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "results" not in tables:
+            return f"no results table (tables: {sorted(tables)[:5]})" if tables else None
+        columns = [r[1] for r in con.execute("PRAGMA table_info(results)")]
+        if columns[:4] != list(_COLUMNS[:4]):
+            return f"unexpected columns {columns}"
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        con.close()
+    return None
+
+
+def _quarantine(path: Path, problem: str) -> Path:
+    """Move the corrupt cache ``path`` (and its WAL files) aside; return where it went."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while dest.exists():
+        dest = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    try:
+        path.rename(dest)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(dest.with_name(dest.name + suffix))
+    except OSError as exc:
+        raise CacheError(f"result cache {path} is corrupt ({problem}) and cannot be moved aside "
+                         f"({exc.strerror or exc}); delete it and run again") from exc
+    log.warning("result cache %s is corrupt (%s): moved aside to %s; its results will be computed again",
+                path, problem, dest)
+    return dest
 
 
 class MongoResultCache:

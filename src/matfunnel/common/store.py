@@ -59,6 +59,50 @@ def _locked(path: Path):
         os.close(fd)
 
 
+class StoreError(ValueError):
+    """The embedded store of a run folder is damaged; the message names the file and what to do."""
+
+
+def check_store(path: str | Path) -> None:
+    """Check every collection file of the embedded store at ``path`` (quick, read-only).
+
+    Raises
+    ------
+    StoreError
+        Naming the first damaged file (not an SQLite database, failed integrity check, no ``documents``
+        table) and what to do about it.
+    """
+    path = Path(path)
+    for file in sorted((path / DATABASE).glob("*.collection")):
+        problem = _collection_problem(file)
+        if problem is not None:
+            raise StoreError(
+                f"the job store file {file} is corrupt ({problem}); the results it held cannot be read. Move the "
+                f"folder {path} aside and run again (finished relaxations and DFT runs are reused from the "
+                f"run's cache.sqlite), or use another run folder")
+
+
+def _collection_problem(file: Path) -> str | None:
+    if file.stat().st_size == 0:
+        return None  # created, never written: montydb makes its table on first use
+    try:
+        con = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        status = con.execute("PRAGMA quick_check").fetchone()
+        if not status or status[0] != "ok":
+            return f"integrity check: {status[0] if status else 'no answer'}"[:200]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "documents" not in tables:
+            return "no documents table"
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        con.close()
+    return None
+
+
 def _configured(path: Path) -> bool:
     ident, cfg = path / _IDENT_FILE, path / _CONFIG_FILE
     return (ident.is_file() and ident.read_text().strip() == "sqlite" and cfg.is_file()
@@ -136,7 +180,9 @@ def embedded_store(run_dir: str | Path) -> JobStore:
     Docs go to ``outputs`` (key ``uuid``); large data to the additional stores ``data`` and
     ``trajectories`` (key ``blob_uuid``). Safe for concurrent processes on one machine (a local
     file system: SQLite locking is not reliable on NFS -- use MongoDB there, see workflows/).
+    A damaged store file raises :class:`StoreError` (see :func:`check_store`).
     """
+    check_store(Path(run_dir) / "store")
     path = init_repository(Path(run_dir) / "store")
 
     def make(name: str) -> EmbeddedMontyStore:

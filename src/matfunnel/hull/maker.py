@@ -10,7 +10,7 @@ from matfunnel.common.documents import HullDoc, ReferencesDoc, as_doc
 from matfunnel.common.structures import as_structure
 from matfunnel.hull.entries import mlip_entry
 from matfunnel.hull.phase_diagram import compute_hull
-from matfunnel.hull.references import reference_entries
+from matfunnel.hull.references import MP_API_KEY_ENV, reference_entries
 
 
 def relaxed_entries(docs: list[dict], model: str, role: str) -> tuple[list, dict[str, str]]:
@@ -60,6 +60,12 @@ class HullMaker(Maker):
         competing, comp_skipped = relaxed_entries(references.competing, self.model, "competing")
         refs = reference_entries(chemsys, mlip_competing=competing, cache_dir=self.cache_dir,
                                  offline=references.mode == "offline")
+        if references.mode == "mp" and refs.details.get("source") != "mp-api":
+            # no competing phase was relaxed for an offline hull: elemental corners alone would be a wrong hull
+            why = refs.details.get("mp_api_error") or f"{MP_API_KEY_ENV} is not set"
+            raise ValueError(f"hull of {chemsys}: the references were to come from the Materials Project, but "
+                             f"the query failed ({why}) and no competing phases were relaxed for an offline hull; "
+                             f"run again with hull.references: offline (or auto)")
         cand_entries, cand_skipped = relaxed_entries(candidate_docs, self.model, "candidate")
         rows = compute_hull(cand_entries, refs) if cand_entries else []
         # structures of every phase the DFT stage may need (references and candidates)
