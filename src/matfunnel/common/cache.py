@@ -217,7 +217,8 @@ def _check_file(path: Path) -> str | None:
         if columns[:4] != list(_COLUMNS[:4]):
             return f"unexpected columns {columns}"
     except sqlite3.Error as exc:
-        return str(exc)
+        # busy (another process is writing it) is not damage
+        return None if "locked" in str(exc) or "busy" in str(exc) else str(exc)
     finally:
         con.close()
     return None

@@ -97,7 +97,8 @@ def _collection_problem(file: Path) -> str | None:
         if "documents" not in tables:
             return "no documents table"
     except sqlite3.Error as exc:
-        return str(exc)
+        # busy (another process is writing it) is not damage
+        return None if "locked" in str(exc) or "busy" in str(exc) else str(exc)
     finally:
         con.close()
     return None
