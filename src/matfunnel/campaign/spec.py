@@ -3,25 +3,34 @@
 Every section has defaults, so the smallest spec is ``chemsys: Li-Mn-O``. The defaults are the stage
 makers' own (each is defined once, on its maker). Unknown keys are an error (a typo must not silently fall
 back to a default). :meth:`matfunnel.campaign.funnel.FunnelMaker.from_spec` turns a spec into the funnel.
+
+A spec is checked whole before any work: the file is read as bounded, plain YAML
+(:mod:`matfunnel.common.yaml_safe`), and every key against :mod:`matfunnel.campaign.schema` (types, ranges,
+enumerations, paths confined to the spec's folder). A :class:`SpecError` lists every problem at once, each
+naming its key path.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from matfunnel.candidates.maker import REFERENCE_MODES, CandidatesMaker, ReferencesMaker
-from matfunnel.dft.gate import ENGINES, DftGateMaker
+from matfunnel.campaign.schema import check_spec
+from matfunnel.candidates.maker import CandidatesMaker, ReferencesMaker
+from matfunnel.common.validation import a_kind
+from matfunnel.common.yaml_safe import YamlInputError, load_yaml_file
+from matfunnel.dft.gate import DftGateMaker
 from matfunnel.hull.maker import HullMaker
 from matfunnel.makers.relax import BatchedRelaxMaker, RelaxMaker
 from matfunnel.phonons.gate import PhononGateOptions
 
+#: at most this many problems are listed in one error
+MAX_PROBLEMS = 25
+
 
 class SpecError(ValueError):
-    """A campaign spec is invalid."""
+    """A campaign spec is invalid; the message names the file or key path and every problem."""
 
 
 @dataclass
@@ -98,52 +107,108 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base_dir: str | Path = ".") -> CampaignSpec:
-        """Parse and check a spec mapping (``SpecError`` naming the key or section at fault)."""
-        d = dict(d)
-        sections = {"candidates": CandidateOptions, "potential": PotentialOptions, "relax": RelaxOptions,
-                    "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise SpecError(f"unknown key(s) {sorted(unknown)} in campaign spec; known: {sorted(known)}")
-        if "chemsys" not in d:
-            raise SpecError("campaign spec needs 'chemsys' (e.g. 'Li-Mn-O')")
-        kw: dict[str, Any] = {"base_dir": str(d.pop("base_dir", base_dir))}
-        for key, value in d.items():
-            if key in sections:
-                value = value or {}
-                if not isinstance(value, dict):
-                    raise SpecError(f"section {key!r} must be a mapping")
-                sec_fields = {f.name for f in fields(sections[key])}
-                bad = set(value) - sec_fields
-                if bad:
-                    raise SpecError(f"unknown key(s) {sorted(bad)} in section {key!r}; known: {sorted(sec_fields)}")
-                kw[key] = sections[key](**value)
-            else:
-                kw[key] = value
-        spec = cls(**kw)
-        if spec.dft.engine not in ENGINES:
-            raise SpecError(f"dft.engine must be one of {', '.join(ENGINES)}, not {spec.dft.engine!r}")
-        if spec.hull.references not in REFERENCE_MODES:
-            raise SpecError(f"hull.references must be one of {', '.join(REFERENCE_MODES)}, "
-                            f"not {spec.hull.references!r}")
-        return spec
+        """Parse and check a spec mapping before any work.
+
+        Parameters
+        ----------
+        d
+            The spec (a ``base_dir`` key, as in ``spec.json``, takes the place of ``base_dir``).
+        base_dir
+            The folder relative paths resolve against; they must stay inside it.
+
+        Returns
+        -------
+        CampaignSpec
+            The spec, with the makers' defaults for every key ``d`` leaves out.
+
+        Raises
+        ------
+        SpecError
+            Listing every problem of ``d`` at once, each naming its key path (``relax.fmax``).
+        """
+        return _parse(d, base_dir, "campaign spec")
 
     def structure_paths(self) -> list[str]:
         """The user's structure paths, resolved against the spec's folder."""
         base = Path(self.base_dir)
         return [str(p if Path(p).is_absolute() else base / p) for p in self.candidates.structures]
 
+    def cache_dir_path(self) -> str | None:
+        """``hull.cache_dir`` resolved against the spec's folder (None: the hull's default cache)."""
+        if self.hull.cache_dir is None:
+            return None
+        return str(Path(self.base_dir) / self.hull.cache_dir)
+
 
 def load_spec(path: str | Path) -> CampaignSpec:
-    """Read a YAML campaign spec (``SpecError`` naming the file when it is missing or invalid)."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"campaign spec {str(path)!r} not found")
+    """Read a YAML campaign spec safely and check it before any work.
+
+    Parameters
+    ----------
+    path
+        The spec file (at most 1 MB of plain YAML: no anchors, aliases, tags or duplicate keys).
+
+    Returns
+    -------
+    CampaignSpec
+        The spec; relative paths in it resolve against (and must stay inside) the file's folder.
+
+    Raises
+    ------
+    SpecError
+        Naming the file and every problem (missing, unreadable, unsafe YAML, invalid values).
+    """
+    origin = f"campaign spec {str(path)!r}"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"campaign spec {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SpecError(f"campaign spec {str(path)!r} must be a mapping")
-    return CampaignSpec.from_dict(data, base_dir=path.parent.resolve())
+        data = load_yaml_file(path, what="campaign spec")
+    except YamlInputError as exc:
+        raise SpecError(str(exc)) from None
+    return _parse({} if data is None else data, Path(path).parent.resolve(), origin, from_file=True)
+
+
+def _defaults(cls: Any) -> dict[str, Any]:
+    """The dataclass ``cls``' field defaults (the makers' own)."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _with_defaults(d: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
+    """``d`` with the defaults filled into every section that is a mapping or empty."""
+    data: dict[str, Any] = {**_defaults(CampaignSpec), "base_dir": str(base_dir), **d}
+    for key, section in SECTIONS.items():
+        value = d.get(key)
+        if value is None:
+            data[key] = _defaults(section)
+        elif isinstance(value, dict):
+            data[key] = {**_defaults(section), **value}
+    return data
+
+
+def _parse(d: Any, base_dir: str | Path, origin: str, from_file: bool = False) -> CampaignSpec:
+    if not isinstance(d, dict):
+        raise SpecError(f"{origin} must be a mapping (key: value lines), not {a_kind(d)}")
+    problems: list[str] = []
+    if from_file and "base_dir" in d:
+        problems.append("base_dir: is not a spec key (relative paths resolve against the spec file's folder)")
+        d = {k: v for k, v in d.items() if k != "base_dir"}
+    data = _with_defaults(d, base_dir)
+    checked, found = check_spec(data, data["base_dir"])
+    problems += found
+    if problems or checked is None:
+        shown = problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
+                                           if len(problems) > MAX_PROBLEMS else [])
+        if len(shown) == 1:
+            raise SpecError(f"{origin}: {shown[0]}")
+        raise SpecError(f"{origin}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in shown))
+    values = checked.model_dump()
+    sections = {key: cls(**values.pop(key)) for key, cls in SECTIONS.items()}
+    return CampaignSpec(**values, **sections)
+
+
+SECTIONS: dict[str, type] = {"candidates": CandidateOptions, "potential": PotentialOptions, "relax": RelaxOptions,
+                             "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions}

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from matfunnel.common.validation import StrictOptions, ValidationError, a_kind, describe, one_of, show
 
 SMEARING_METHODS = ("fermi-dirac", "marzari-vanderbilt", "methfessel-paxton")
 
@@ -51,6 +55,13 @@ def mp_initial_magmoms() -> dict[str, float]:
         return out or dict(_MP_MAGMOM_FALLBACK)
     except Exception:  # pragma: no cover - pymatgen layout changes
         return dict(_MP_MAGMOM_FALLBACK)
+
+
+#: the named presets (see the module doc): overrides of :class:`GpawSettings`' defaults
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(ecut=300.0, kpt_density=2.0, smearing_width=0.1, maxiter=100, energy_tol=1e-3),
+    "standard": dict(ecut=500.0, kpt_density=4.0, smearing_width=0.05, maxiter=200, energy_tol=5e-4),
+}
 
 
 @dataclass
@@ -125,15 +136,9 @@ class GpawSettings:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> GpawSettings:
         """Named preset ("quick" or "standard"), optionally with overrides."""
-        presets = {
-            "quick": dict(ecut=300.0, kpt_density=2.0, smearing_width=0.1, maxiter=100,
-                          energy_tol=1e-3),
-            "standard": dict(ecut=500.0, kpt_density=4.0, smearing_width=0.05, maxiter=200,
-                             energy_tol=5e-4),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown GPAW preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPAW preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
     def quick(cls, **overrides: Any) -> GpawSettings:
@@ -180,3 +185,75 @@ def as_settings(settings: GpawSettings | str | dict | None) -> GpawSettings:
     if isinstance(settings, dict):
         return GpawSettings.from_dict(settings)
     raise TypeError(f"cannot interpret {type(settings).__name__} as GpawSettings")
+
+
+# ------------------------------------------------------------------ up-front checks of a preset and overrides
+def _spin(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML 1.1 reads unquoted on/off/yes/no as booleans
+        raise ValueError("must be 'auto', 'on' or 'off' as text (quote it: YAML reads unquoted on/off as "
+                         "true/false)")
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class GpawSettingsSchema(StrictOptions):
+    """The ranges of :class:`GpawSettings`' fields, checked before any DFT runs (every field required).
+
+    ``ecut`` 50-3000 eV; ``kpt_density`` (0, 100] per Å^-1; ``kppa`` 1-10^7; ``kpts`` three integers 1-100;
+    ``smearing_width`` 0-5 eV; ``maxiter`` 1-10^4; ``energy_tol`` (0, 1] eV; ``fmax`` (0, 10] eV/Å;
+    ``steps`` 1-10^5; the enumerations are those of :class:`GpawSettings`.
+    """
+
+    ecut: Annotated[float, Field(gt=50, le=3000, allow_inf_nan=False)]
+    xc: Annotated[str, Field(min_length=1, max_length=64)]
+    kpt_density: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+    kppa: Annotated[int, Field(ge=1, le=10_000_000)] | None
+    kpts: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=3, max_length=3),
+                    BeforeValidator(_as_list)] | None
+    smearing: Annotated[str, AfterValidator(one_of(SMEARING_METHODS))]
+    smearing_width: Annotated[float, Field(ge=0, le=5, allow_inf_nan=False)]
+    spin: Annotated[str, BeforeValidator(_spin), AfterValidator(one_of(("auto", "on", "off")))]
+    maxiter: Annotated[int, Field(ge=1, le=10_000)]
+    energy_tol: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    relax: Annotated[str, AfterValidator(one_of(("positions", "cell")))] | None
+    optimizer: Annotated[str, AfterValidator(one_of(("BFGS", "FIRE")))]
+    fmax: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
+    steps: Annotated[int, Field(ge=1, le=100_000)]
+    setups: Annotated[str, Field(min_length=1, max_length=64)]
+    extra: dict[str, Any]
+
+
+def check_gpaw_options(preset: Any, settings: Any, prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """Check a GPAW preset name and overrides up front, as a campaign spec's ``dft`` section gives them.
+
+    Parameters
+    ----------
+    preset
+        The preset's name (one of :data:`PRESETS`).
+    settings
+        Overrides of the preset (:class:`GpawSettings` field names).
+    prefix
+        Key path of ``preset`` and ``settings``' section in the user's document (``"dft."``).
+
+    Returns
+    -------
+    tuple[dict, list[str]]
+        The overrides with their values as :class:`GpawSettings` takes them (floats where floats are due),
+        and the problems, one ``<prefix>preset: ...`` or ``<prefix>settings.<key>: ...`` line each (none
+        when all is well).
+    """
+    problems: list[str] = []
+    if not isinstance(preset, str) or preset not in PRESETS:
+        problems.append(f"{prefix}preset: must be one of {', '.join(PRESETS)} (got {show(preset)})")
+        preset = "standard"
+    if not isinstance(settings, dict):
+        return {}, [*problems, f"{prefix}settings: must be a mapping (key: value), not {a_kind(settings)}"]
+    full = {**GpawSettings.preset(preset).as_dict(), **settings}
+    try:
+        checked = GpawSettingsSchema.model_validate(full)
+    except ValidationError as exc:
+        return {}, [*problems, *describe(exc, GpawSettingsSchema, prefix=f"{prefix}settings")]
+    return {k: getattr(checked, k) for k in settings}, problems

@@ -17,11 +17,14 @@ gives the candidates the DFT gate drops. Spec section (YAML; :class:`PhononGateO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from jobflow import Flow, Maker, Response, job
+from pydantic import Field
 
 from matfunnel.common.documents import HullDoc, PhononGateDoc, as_doc
 from matfunnel.common.structures import as_structure
+from matfunnel.common.validation import StrictOptions
 from matfunnel.phonons.calculate import DEFAULT_DISPLACEMENT
 from matfunnel.phonons.maker import PhononMaker
 from matfunnel.phonons.stability import IMAGINARY_TOL
@@ -49,6 +52,26 @@ class PhononGateOptions:
     relax_fmax: float = TIGHT_FMAX  # eV/A
     imaginary_tol: float = IMAGINARY_TOL  # THz
     mesh: float = 50.0  # phonopy mesh length (a gate needs the sign of the frequencies, not converged S/F)
+
+
+class PhononGateSchema(StrictOptions):
+    """The ranges of :class:`PhononGateOptions`, checked when a spec is read (every field required).
+
+    ``threshold`` -1 to 5 eV/atom; ``max_candidates`` 0-10^4; ``min_length`` (0, 100] Å;
+    ``max_supercell_atoms`` 1-20000; ``displacement`` (0, 0.5] Å; ``relax_fmax`` (0, 10] eV/Å;
+    ``imaginary_tol`` [0, 10] THz; ``mesh`` (0, 1000]; ``enabled`` and ``relax`` are booleans (``"yes"`` is not).
+    """
+
+    enabled: bool
+    threshold: Annotated[float, Field(ge=-1, le=5, allow_inf_nan=False)]
+    max_candidates: Annotated[int, Field(ge=0, le=10_000)]
+    min_length: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+    max_supercell_atoms: Annotated[int, Field(ge=1, le=20_000)]
+    displacement: Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)]
+    relax: bool
+    relax_fmax: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
+    imaginary_tol: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
+    mesh: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 
 
 def gate_phonons(opts: PhononGateOptions, potential: str | None = None, device: str = "cpu",
