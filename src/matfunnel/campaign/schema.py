@@ -10,7 +10,8 @@ integer, ``true`` not a number; an integer is accepted where a number is due. Th
 - ``candidates``: ``sources`` a non-empty list of distinct :data:`~matfunnel.candidates.generate.SOURCES`;
   ``structures`` a list of paths relative to the spec's folder that stay inside it (no absolute path, no
   ``..``, no symlink out), and only with ``user`` among the sources; ``max_candidates`` 1-100000;
-  ``max_sites`` 1-500; ``charge_neutral`` a boolean;
+  ``max_sites`` 1-500; ``charge_neutral`` a boolean (an empty ``structures``, ``kwargs`` or ``settings``
+  is the empty list or mapping);
 - ``potential``: ``name`` text or null; ``device`` ``cpu``, ``cuda`` or ``cuda:N`` (whether it exists is
   checked when the run starts); ``kwargs`` a mapping whose keys are keyword-argument names;
 - ``relax``: ``fmax`` in (0, 10] eV/Å (above 10 every structure "converges" at once); ``max_steps``
@@ -30,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 from pymatgen.core.periodic_table import Element
 
 from matfunnel.candidates.generate import SOURCES
@@ -126,6 +127,11 @@ def _printable(value: str) -> str:
     return value
 
 
+def _none_is_empty(empty: type) -> BeforeValidator:
+    """An empty YAML value (``structures:`` with every entry commented out) is the empty list or mapping."""
+    return BeforeValidator(lambda value: empty() if value is None else value)
+
+
 ConfinedPath = Annotated[str, AfterValidator(_confined)]
 
 
@@ -134,7 +140,7 @@ class CandidatesSchema(StrictOptions):
 
     sources: Annotated[list[Annotated[str, AfterValidator(one_of(SOURCES))]], Field(min_length=1),
                        AfterValidator(_distinct)]
-    structures: Annotated[list[ConfinedPath], Field(max_length=10_000)]
+    structures: Annotated[list[ConfinedPath], Field(max_length=10_000), _none_is_empty(list)]
     max_candidates: Annotated[int, Field(ge=1, le=100_000)]
     max_sites: Annotated[int, Field(ge=1, le=500)]
     charge_neutral: bool
@@ -152,7 +158,7 @@ class PotentialSchema(StrictOptions):
 
     name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)] | None
     device: Annotated[str, AfterValidator(_device)]
-    kwargs: Annotated[dict[str, Any], AfterValidator(_kwarg_names)]
+    kwargs: Annotated[dict[str, Any], AfterValidator(_kwarg_names), _none_is_empty(dict)]
 
 
 class RelaxSchema(StrictOptions):
@@ -217,7 +223,8 @@ def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSche
     dft = data.get("dft")
     settings: dict[str, Any] = {}
     if isinstance(dft, dict):
-        settings, problems = check_gpaw_options(dft.get("preset"), dft.get("settings"), prefix="dft.")
+        overrides = {} if dft.get("settings") is None else dft.get("settings")
+        settings, problems = check_gpaw_options(dft.get("preset"), overrides, prefix="dft.")
     try:
         checked = CampaignSchema.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:

@@ -81,6 +81,10 @@ def _message(err: Any) -> str:
         return "is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg[:1].isupper() and msg[1:2].islower() else msg
+    if kind == "string_type" and isinstance(value, bool):
+        msg += " (quote it: YAML reads unquoted yes/no/on/off as true/false)"
+    elif kind == "string_type" and isinstance(value, (int, float, datetime.date)):
+        msg += " (quote it to give text)"
     if isinstance(value, (str, int, float, bool, type(None), datetime.date)):
         msg += f" (got {show(value)}, {a_kind(value)})" if kind.endswith("_type") else f" (got {show(value)})"
     return msg
