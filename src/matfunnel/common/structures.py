@@ -46,10 +46,35 @@ def as_structure(obj: Any, label: str | None = None) -> Structure:
             raise StructureError(name, f"not a pymatgen Structure document ({type(exc).__name__}: {exc})") \
                 from exc
     if type(obj).__name__ == "Atoms" and hasattr(obj, "get_cell"):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        return AseAtomsAdaptor.get_structure(obj)
+        return _from_atoms(obj, name)
     raise StructureError(name, f"expected a pymatgen Structure, its dict or ASE Atoms, got {type(obj).__name__}")
+
+
+def _from_atoms(atoms: Any, name: str) -> Structure:
+    """An ASE ``Atoms`` as a ``Structure``: fully periodic, a cell with volume, finite positions."""
+    import numpy as np
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    pbc = np.asarray(atoms.pbc, dtype=bool).reshape(-1)
+    if not pbc.all():
+        axes = ", ".join(ax for ax, p in zip("xyz", pbc, strict=False) if not p)
+        raise StructureError(name, f"not periodic in {axes} (pbc={pbc.tolist()}); only fully periodic cells are "
+                                   "supported")
+    try:
+        cell = np.asarray(atoms.get_cell()[:], dtype=float)
+        positions = np.asarray(atoms.get_positions(), dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise StructureError(name, f"unreadable cell or positions ({type(exc).__name__})") from exc
+    if cell.shape != (3, 3) or not np.isfinite(cell).all():
+        raise StructureError(name, "the cell contains NaN/inf")
+    if abs(float(np.linalg.det(cell))) == 0.0:
+        raise StructureError(name, "the cell has zero volume (lattice vectors missing or linearly dependent)")
+    if not np.isfinite(positions).all():
+        raise StructureError(name, "coordinates contain NaN/inf")
+    try:
+        return AseAtomsAdaptor.get_structure(atoms)
+    except Exception as exc:  # noqa: BLE001 - whatever the adaptor rejects: one error naming the input
+        raise StructureError(name, f"cannot be read as a structure ({type(exc).__name__}: {exc})") from exc
 
 
 def as_structure_or_none(obj: Any, label: str | None = None) -> Structure | None:

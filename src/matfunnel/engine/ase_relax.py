@@ -12,6 +12,7 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from matfunnel.common.errors import ResourceError
 from matfunnel.engine.results import RelaxResult
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, validate_structure
@@ -38,6 +39,10 @@ def relax_structure(
                       initial_structure=structure.as_dict())
     try:
         validate_structure(structure, label, potential.supported_elements)
+        budget = getattr(potential, "budget_problem", None)
+        over = budget(len(structure), abs(float(structure.lattice.volume))) if budget is not None else None
+        if over is not None:
+            raise ResourceError(label, over)
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = potential.calculator()
         target = FrechetCellFilter(atoms) if relax_cell else atoms
@@ -65,6 +70,8 @@ def relax_structure(
             res.error = f"structure {label!r}: not converged to fmax={fmax} in {max_steps} steps"
     except StructureError as exc:
         res.error = str(exc)
+        if isinstance(exc, ResourceError):  # too large for this machine: a rerun with more memory may pass
+            res.data["potential_error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - a batch never dies for one structure
         res.error = f"structure {label!r}: {type(exc).__name__}: {exc}"
         res.data["potential_error"] = f"{type(exc).__name__}: {exc}"  # may pass on a retry: not to be kept

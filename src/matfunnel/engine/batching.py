@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from matfunnel.common.errors import ResourceError, is_transient
 from matfunnel.engine.state import SystemState, concat, select
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, validate_structure
@@ -117,7 +118,8 @@ class AtomBudget:
         return sum(n_atoms) <= self.max_atoms
 
 
-def validated(obj, labels: list[str | None], i: int, elements, *, check_distances: bool = True) -> Structure:
+def validated(obj, labels: list[str | None], i: int, elements, *, check_distances: bool = True,
+              budget: Callable[[int, float], str | None] | None = None) -> Structure:
     """Return input ``i`` as a validated structure.
 
     Parameters
@@ -132,6 +134,9 @@ def validated(obj, labels: list[str | None], i: int, elements, *, check_distance
         The potential's supported atomic numbers.
     check_distances : bool
         Check the minimum interatomic distance here (``False``: the potential reports it on its graph).
+    budget : callable, optional
+        ``budget(n_atoms, volume)``: why a structure of that size does not fit the potential's memory budget, or
+        None (the potential's ``budget_problem``).
 
     Returns
     -------
@@ -141,17 +146,25 @@ def validated(obj, labels: list[str | None], i: int, elements, *, check_distance
     Raises
     ------
     StructureError
-        The input cannot be evaluated; the message names ``labels[i]``.
+        The input cannot be evaluated; the message names ``labels[i]`` (a :class:`ResourceError` when it is too
+        large for the memory budget: a rerun with more memory may pass).
     """
     try:
         s = as_structure(obj, labels[i] or f"structure#{i}")
         label = labels[i] or structure_label(s, i)
         labels[i] = label
         validate_structure(s, label, elements, check_distances=check_distances)
-        return s
     except StructureError:
         labels[i] = labels[i] or f"structure#{i}"
         raise
+    except Exception as exc:  # noqa: BLE001 - an input nothing could read: its own error, never the batch's
+        name = labels[i] or f"structure#{i}"
+        labels[i] = name
+        raise StructureError(name, f"cannot be read as a structure ({type(exc).__name__})") from exc
+    problem = budget(len(s), abs(float(s.lattice.volume))) if budget is not None else None
+    if problem is not None:
+        raise ResourceError(label, problem)
+    return s
 
 
 class HostView:
@@ -311,7 +324,9 @@ class InFlightBatcher[S: SystemState]:
         for b in [k for k, d in enumerate(done) if d]:
             i = view.ids[b]
             res = document(i, b, view, reasons[b])
-            if state.eval_error and state.eval_error[b] is not None:  # may pass on a retry: not to be kept
+            # a failure of the potential (memory, device, an exception) may pass on a retry: not to be kept; a
+            # rejection of the structure's geometry or elements is final and is kept like any result
+            if state.eval_error and is_transient(state.eval_error[b]):
                 res.data["potential_error"] = str(state.eval_error[b])
             self._finish(i, res)
         if all(done):
@@ -339,7 +354,10 @@ class InFlightBatcher[S: SystemState]:
             s = self.job.prepare(i)
         except StructureError as exc:
             self.entered[i] = time.perf_counter()
-            self._finish(i, self.job.failed(i, str(exc)))
+            res = self.job.failed(i, str(exc))
+            if isinstance(exc, ResourceError):  # too large for this machine's budget: a rerun elsewhere may pass
+                res.data["potential_error"] = str(exc)
+            self._finish(i, res)
             return False
         self.budget.register(i, len(s), float(s.volume))
         self.ready.add(i)

@@ -312,7 +312,8 @@ class _Dynamics:
 
     def prepare(self, i: int) -> Structure:
         """Validate input ``i``."""
-        self.inputs[i] = validated(self.structures[i], self.labels, i, self.potential.supported_elements)
+        self.inputs[i] = validated(self.structures[i], self.labels, i, self.potential.supported_elements,
+                                   budget=getattr(self.potential, "budget_problem", None))
         return self.inputs[i]
 
     def failed(self, i: int, error: str) -> MDResult:

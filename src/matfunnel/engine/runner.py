@@ -139,7 +139,8 @@ class _Relaxation:
     def prepare(self, i: int) -> Structure:
         """Validate input ``i`` and build its document table (and find its symmetry, in symmetry mode)."""
         s = validated(self.structures[i], self.labels, i, self.potential.supported_elements,
-                      check_distances=not self.graph_distances)
+                      check_distances=not self.graph_distances,
+                      budget=getattr(self.potential, "budget_problem", None))
         self.inputs[i] = s
         self.tables[i] = SiteTable(s)
         if self.symmetrizer is not None:  # start from the exact symmetry (ASE's FixSymmetry refines it too)

@@ -11,6 +11,8 @@ from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
 from matfunnel.common.cache import active_cache, result_key
+from matfunnel.common.errors import StructureError
+from matfunnel.common.structures import as_structure
 from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
@@ -28,7 +30,10 @@ def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
     out, names, errors = [], [], {}
     for i, (s, lab) in enumerate(zip(structures, given, strict=False)):
         problem = None
-        if isinstance(s, dict):
+        if isinstance(s, dict) and INPUT_ERROR in s:  # an input make() could not convert (see portable_inputs)
+            problem = str(s[INPUT_ERROR])
+            lab = lab or s.get("label")
+        elif isinstance(s, dict):
             try:
                 s = Structure.from_dict(s)
             except Exception as exc:  # noqa: BLE001 - any malformed document: that input's error
@@ -40,6 +45,30 @@ def decode_inputs(structures, labels) -> tuple[list, list[str], dict[int, str]]:
         out.append(s)
         names.append(lab)
     return out, names, errors
+
+
+#: key of the placeholder that stands for an input :func:`portable_inputs` could not convert
+INPUT_ERROR = "matfunnel_input_error"
+
+
+def portable_inputs(structures):
+    """The makers' inputs in a form jobflow can serialise: ASE ``Atoms`` become ``Structure`` before the job exists.
+
+    An ``Atoms`` that cannot be converted (not periodic, no cell) becomes a placeholder carrying its problem, which
+    the job reports as that input's error while the others go on. Anything else passes unchanged (references to
+    other jobs' outputs included).
+    """
+    if not isinstance(structures, (list, tuple)):
+        return structures
+    out = []
+    for i, s in enumerate(structures):
+        if type(s).__name__ == "Atoms" and hasattr(s, "get_cell"):
+            try:
+                s = as_structure(s, f"{s.get_chemical_formula()}#{i}")
+            except StructureError as exc:
+                s = {INPUT_ERROR: exc.problem, "label": exc.label}
+        out.append(s)
+    return out
 
 
 def _failed(label: str, error: str, potential: str) -> dict:
@@ -86,8 +115,16 @@ class RelaxMaker(Maker):
     #: SQLite file of finished results (None: ``MATFUNNEL_RESULT_CACHE`` if set; see :mod:`matfunnel.common.cache`)
     result_cache: str | None = None
 
+    def make(self, structures: Any, labels: Any = None):
+        """The job that relaxes ``structures`` (named ``labels``); its output is one document per structure.
+
+        ``structures`` may hold pymatgen ``Structure`` objects, their dicts or ASE ``Atoms`` (converted here, before
+        the job is built: jobflow serialises its inputs).
+        """
+        return self.relax_job(portable_inputs(structures), labels)
+
     @job(data=True)
-    def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+    def relax_job(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
         """Relax ``structures`` (named ``labels``); one document per structure, in input order."""
         if self.engine not in ("batched", "ase"):
             raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
@@ -146,8 +183,12 @@ class StaticMaker(Maker):
     potential_kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
 
+    def make(self, structures: Any, labels: Any = None):
+        """The job that evaluates ``structures`` (named ``labels``; ASE ``Atoms`` are converted before it is built)."""
+        return self.static_job(portable_inputs(structures), labels)
+
     @job(data=True)
-    def make(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+    def static_job(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
         """Evaluate ``structures`` (named ``labels``); one document per structure, in input order."""
         structures, labels, bad = decode_inputs(structures, labels)
         good = [i for i in range(len(structures)) if i not in bad]

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from matfunnel.common.errors import StructureError
+from matfunnel.common.errors import ResourceError, StructureError
+from matfunnel.potential.failures import is_memory_failure, labels_for_predict, out_of_memory
 from matfunnel.potential.validate import structure_label, to_structure, validate_structure
 
 
@@ -72,31 +73,82 @@ class Potential(ABC):
         """Evaluate structures (pymatgen ``Structure`` or ASE ``Atoms``); one result dict per structure.
 
         A single structure may be passed bare; the result is still a list. Each structure is validated
-        first; with ``errors="record"`` a failing structure gets ``{"error": message}`` instead of raising.
+        first (types, geometry, elements, the memory it would need); with ``errors="record"`` a failing
+        structure gets ``{"error": message}`` instead of raising, and the others are evaluated as they would
+        be alone. A batch that runs out of memory is split until the structure that does not fit is alone.
         """
+        if errors not in ("raise", "record"):
+            raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
         single = not isinstance(structures, (list, tuple))
         items = [structures] if single else list(structures)
-        label_list: Sequence[str | None] = [None] * len(items) if labels is None else labels
+        label_list = labels_for_predict(labels, len(items))
         good: list[Structure] = []
         good_idx: list[int] = []
+        good_labels: list[str] = []
         results: list[dict | None] = [None] * len(items)
-        for i, (obj, label) in enumerate(zip(items, label_list, strict=False)):
+        for i, (obj, label) in enumerate(zip(items, label_list, strict=True)):
             try:
-                s = to_structure(obj, label)
-                label = label or structure_label(s, i)
-                validate_structure(s, label, self.supported_elements, check_distances=not self.distances_on_graph)
+                s, name = self._admit(obj, label, i)
                 good.append(s)
                 good_idx.append(i)
+                good_labels.append(name)
             except StructureError as exc:
                 if errors == "raise":
                     raise
                 results[i] = {"error": str(exc)}
         if good:
-            good_labels = [label_list[i] or structure_label(good[k], i) for k, i in enumerate(good_idx)]
-            out = self._predict_checked(good, good_labels, errors)
-            for i, r in zip(good_idx, out, strict=False):
+            out = self._predict_isolated(good, good_labels, errors)
+            for i, r in zip(good_idx, out, strict=True):
                 results[i] = r
         return cast(list[dict], results)  # every slot is filled: a result or an error dict
+
+    def _admit(self, obj, label: str | None, i: int) -> tuple[Structure, str]:
+        """Input ``i`` as a validated structure and its name; ``StructureError`` naming it when it cannot run."""
+        name = label or (f"{obj.get_chemical_formula()}#{i}" if hasattr(obj, "get_chemical_formula")
+                         else f"structure#{i}")
+        try:
+            s = to_structure(obj, name)
+            name = label or structure_label(s, i)
+            validate_structure(s, name, self.supported_elements, check_distances=not self.distances_on_graph)
+        except StructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an input nothing could read: its own error, never the batch's
+            raise StructureError(name, f"cannot be read as a structure ({type(exc).__name__})") from exc
+        problem = self.budget_problem(len(s), float(abs(np.linalg.det(s.lattice.matrix))))
+        if problem is not None:
+            raise ResourceError(name, problem)
+        return s, name
+
+    def budget_problem(self, n_atoms: int, volume: float) -> str | None:
+        """Why a structure of this size cannot be evaluated within the memory budget, or None (the default: no budget).
+
+        Potentials with a memory model (:class:`~matfunnel.potential.batching.ItemBudget`) estimate it.
+        """
+        return None
+
+    def _predict_isolated(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:
+        """``_predict_checked``, splitting a batch that raises until the structure that fails is alone.
+
+        A structure that runs out of memory on its own gets a :class:`ResourceError`; with ``errors="record"`` any
+        other exception raised for a lone structure becomes its error too (with ``"raise"`` it propagates).
+        """
+        try:
+            return self._predict_checked(structures, labels, errors)
+        except StructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the structure that fails
+            memory = is_memory_failure(exc)
+            if not memory and errors == "raise":
+                raise
+            if len(structures) == 1:
+                err = (ResourceError(labels[0], out_of_memory(len(structures[0]), exc)) if memory
+                       else StructureError(labels[0], f"{self.name} failed: {type(exc).__name__}: {exc}"))
+                if errors == "raise":
+                    raise err from exc
+                return [{"error": str(err)}]
+        half = len(structures) // 2
+        return (self._predict_isolated(structures[:half], labels[:half], errors)
+                + self._predict_isolated(structures[half:], labels[half:], errors))
 
     @abstractmethod
     def _predict_checked(self, structures: list[Structure], labels: list[str], errors: str) -> list[dict]:

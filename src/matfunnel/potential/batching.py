@@ -78,6 +78,33 @@ class ItemBudget:
         return (self.max_edges is not None and edges > self.max_edges) or (
             self.max_angles is not None and angles > self.max_angles)
 
+    def retained_bytes_per_item(self) -> float:
+        """Bytes per work item a single structure needs at least (a potential that chunks its work needs less)."""
+        return float(self.bytes_per_item)
+
+    def budget_problem(self, n_atoms: int, volume: float) -> str | None:
+        """Why one structure of ``n_atoms`` atoms in ``volume`` A^3 cannot be evaluated within the memory budget.
+
+        Parameters
+        ----------
+        n_atoms
+            Atoms in the structure.
+        volume
+            Its cell volume, A^3.
+
+        Returns
+        -------
+        str or None
+            The estimate against the budget in words, or None when it fits (batches are then split to fit).
+        """
+        edges, angles = self.work_estimate(n_atoms, volume)
+        need = (edges + angles) * self.retained_bytes_per_item()
+        if need <= self.memory_budget:
+            return None
+        return (f"estimated memory {need / 2**30:.1f} GiB ({edges + angles:.3g} graph items for {n_atoms} atoms) "
+                f"exceeds the memory budget of {self.memory_budget / 2**30:.1f} GiB; too large to evaluate here "
+                "(a larger memory_budget on a machine that has the memory would allow it)")
+
     def work_estimate(self, n_atoms: int, volume: float) -> tuple[float, float]:
         """Estimated (directed edges, angles) of one structure, for :meth:`too_big` sums."""
         return estimate_sizes([n_atoms], [volume], *self.graph_cutoffs)[0]

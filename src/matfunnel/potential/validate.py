@@ -9,28 +9,38 @@ import numpy as np
 from pymatgen.core import Structure
 
 from matfunnel.common.errors import StructureError
+from matfunnel.common.geometry import cell_problem, shortest_lattice_vector
+from matfunnel.common.structures import as_structure
 
 MIN_DISTANCE = 0.5  # Angstrom: closer atoms are treated as overlapping
 
 
 def to_structure(obj, label: str | None = None) -> Structure:
-    """Convert an ASE ``Atoms`` or pymatgen ``Structure`` to a ``Structure``."""
+    """Convert an ASE ``Atoms``, a pymatgen ``Structure`` or its dict to a ``Structure``.
+
+    Parameters
+    ----------
+    obj
+        The input.
+    label
+        Its name, for the error message (default: the formula of an ``Atoms``, else the type's name).
+
+    Returns
+    -------
+    Structure
+        ``obj`` itself when it already is one.
+
+    Raises
+    ------
+    StructureError
+        Anything else, an ``Atoms`` that is not periodic in x, y and z, whose cell has zero volume or whose
+        positions are not finite, or a document that does not decode.
+    """
     if isinstance(obj, Structure):
         return obj
-    atoms_types: tuple[type, ...]
-    try:
-        from ase import Atoms
-
-        atoms_types = (Atoms,)
-    except ImportError:  # pragma: no cover - ase is a dependency
-        atoms_types = ()
-    if isinstance(obj, atoms_types):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        if not obj.pbc.all():
-            raise StructureError(label or obj.get_chemical_formula(), "only fully periodic cells are supported")
-        return AseAtomsAdaptor.get_structure(obj)
-    raise StructureError(label or repr(obj)[:40], f"unsupported type {type(obj).__name__}")
+    if label is None:
+        label = obj.get_chemical_formula() if hasattr(obj, "get_chemical_formula") else type(obj).__name__
+    return as_structure(obj, label)
 
 
 def structure_label(struct: Structure, index: int | None = None) -> str:
@@ -63,10 +73,17 @@ def validate_structure(
     # finite fractional coordinates and lattice: finite Cartesian ones (no matrix product needed)
     if not np.all(np.isfinite(lat)) or not np.all(np.isfinite(struct.frac_coords)):
         raise StructureError(label, "lattice or coordinates contain NaN/inf")
-    vol = abs(np.linalg.det(lat))
-    if vol < 1e-3:
-        raise StructureError(label, f"the cell is degenerate (volume {vol:.3g} A^3)")
+    # the cell's geometry before anything is built from it: zero volume, an unphysical density (the memory bombs of
+    # tiny and skewed cells), an atom closer to its own periodic image than ``min_distance``
+    problem = cell_problem(lat, len(struct), min_distance)
+    if problem is not None:
+        raise StructureError(label, problem)
     if supported_elements is not None:
+        if (numbers == 0).any():
+            dummies = sorted({str(getattr(site.specie, "symbol", site.specie))
+                              for site, z in zip(struct, numbers, strict=True) if z == 0})
+            raise StructureError(label, f"element(s) {', '.join(dummies)} not covered by the potential "
+                                        "(dummy species, not chemical elements)")
         supported = frozenset(supported_elements)
         if not _covered(supported)[numbers].all():
             bad = sorted({site.specie.symbol for site in struct if getattr(site.specie, "Z", 0) not in supported})
@@ -127,6 +144,6 @@ def min_pair_distance(struct: Structure) -> float:
         _, _, _, dists = struct.get_neighbor_list(r=min(1.0, MIN_DISTANCE * 2))
         dists = dists[dists > 1e-8]
         d = float(dists.min()) if len(dists) else np.inf
-    # self-image distance: shortest lattice vector
-    a = struct.lattice.abc
-    return min(d, min(a))
+    # self-image distance: the shortest lattice vector (of the reduced cell: a skewed cell's given vectors may all
+    # be long while an atom sits next to its own image)
+    return min(d, shortest_lattice_vector(struct.lattice.matrix))

@@ -25,7 +25,29 @@ from torch import Tensor
 
 from matfunnel.potential.neighbors import SELF_TOL, argsort_stable, exclusive_cumsum, expand_counts, pairs_within
 
-__all__ = ["SELF_TOL", "GraphBatch", "argsort_stable", "build_angles", "build_graph"]
+__all__ = ["SELF_TOL", "GraphBatch", "GraphTooLarge", "argsort_stable", "build_angles", "build_graph"]
+
+
+class GraphTooLarge(ValueError):
+    """Some structures' graphs exceed the item limit; counted before their angles were built.
+
+    ``items[b]`` is structure ``b``'s work items (directed edges + angles) when over the limit, else -1.
+    """
+
+    def __init__(self, items: list[int], limit: int):
+        self.items = items
+        self.limit = limit
+        over = [k for k in items if k >= 0]
+        super().__init__(f"{len(over)} structure(s) over {limit:,} graph items (largest {max(over):,})")
+
+
+def graph_items(i: Tensor, j: Tensor, n_short: int, batch: Tensor, n_struct: int) -> Tensor:
+    """(B,) work items per structure: directed edges plus angles (ordered pairs of short bonds per centre)."""
+    n_total = batch.shape[0]
+    deg = torch.bincount(torch.cat([i[:n_short], j[:n_short]]), minlength=n_total)
+    angles = torch.zeros(n_struct, dtype=torch.long, device=batch.device).index_add_(0, batch, deg * (deg - 1))
+    edges = torch.bincount(batch[i], minlength=n_struct)
+    return 2 * edges + angles
 
 
 @dataclass
@@ -112,10 +134,13 @@ def build_graph(
     cutoff: float = 6.0,
     bond_cutoff: float = 3.0,
     max_candidates: int = 4_000_000,
+    max_items: int | None = None,
 ) -> GraphBatch:
     """Build the atom graph and bond graph of a batch of structures.
 
-    ``frac`` (N, 3) fractional coordinates of all atoms, ``lattice`` (B, 3, 3), ``n_atoms`` (B,).
+    ``frac`` (N, 3) fractional coordinates of all atoms, ``lattice`` (B, 3, 3), ``n_atoms`` (B,). With
+    ``max_items``, a structure whose directed edges plus angles exceed it raises :class:`GraphTooLarge` after the
+    neighbour search and before the angles (what grows quadratically with the local density) are built.
     """
     dev = frac.device
     with torch.no_grad():
@@ -130,6 +155,10 @@ def build_graph(
         order = argsort_stable(key)
         i, j, image, dist = i[order], j[order], image[order], dist[order]
         n_short = int(short.sum())
+        if max_items is not None:
+            items = graph_items(i, j, n_short, batch, int(n_atoms.shape[0]))
+            if bool((items > max_items).any()):
+                raise GraphTooLarge([int(k) if k > max_items else -1 for k in items.tolist()], max_items)
         ac, b1, b2, sign, orient, s_order, e1, e2 = build_angles(i, j, n_short, batch.shape[0])
     return GraphBatch(
         n_atoms=n_atoms, batch=batch, atomic_numbers=atomic_numbers.to(device=dev, dtype=torch.long),

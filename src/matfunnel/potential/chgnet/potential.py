@@ -13,14 +13,16 @@ import torch
 from pymatgen.core import Structure
 from torch import Tensor
 
-from matfunnel.common.errors import StructureError
+from matfunnel.common.errors import ResourceError, StructureError
+from matfunnel.common.geometry import MAX_DENSITY
 from matfunnel.potential import calibration
 from matfunnel.potential.allocator import keep_freed_memory
 from matfunnel.potential.base import Evaluation, Potential
 from matfunnel.potential.batching import ItemBudget
 from matfunnel.potential.chgnet import cpu_ops, triton_ops
-from matfunnel.potential.chgnet.graph import build_graph
+from matfunnel.potential.chgnet.graph import GraphTooLarge, build_graph
 from matfunnel.potential.chgnet.weights import load_checkpoint
+from matfunnel.potential.failures import is_memory_failure, out_of_memory
 from matfunnel.potential.validate import MIN_DISTANCE, site_numbers
 
 #: measured peak memory of one forward + backward (forces and stress), bytes per work item (a directed
@@ -114,6 +116,8 @@ def auto_threads(max_threads: int | None = None) -> int:
 
 
 _PER_ATOM = ("forces", "magmoms")
+#: how a refusal over the memory budget starts (a resource limit: retryable on a larger machine)
+_OVER_BUDGET = "too large for the memory budget:"
 
 
 def _rows(counts: list[int], structures: list[int], dev) -> Tensor:
@@ -224,6 +228,14 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         # every chunk also costs a pass over the full per-atom / per-bond gradients: at most MAX_CHUNKS
         return max(MIN_CHUNK, -(-n_items // MAX_CHUNKS), int(left // self.bytes_per_item))
 
+    def retained_bytes_per_item(self) -> float:
+        """Bytes per item a lone structure needs at least: what stays allocated when its work is chunked."""
+        return float(BYTES_PER_ITEM_CHUNKED * (2 if self.dtype == torch.float64 else 1))
+
+    def single_item_limit(self) -> int:
+        """Work items (directed edges + angles) of the largest structure the memory budget allows."""
+        return int(self.memory_budget // self.retained_bytes_per_item())
+
     @contextlib.contextmanager
     def _thread_setting(self):
         if self.threads is None:
@@ -251,24 +263,45 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         results: list[dict | None] = [None] * len(structures)
         with self._thread_setting():
             for idx in self.plan_batches(n_atoms, volumes):
-                out, errs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True,
-                                      check_distances=True)
-                # one device -> host copy per output for the whole batch
-                host = {q: v.detach().double().cpu().numpy() for q, v in out.items()}
-                starts = np.concatenate([[0], np.cumsum([n_atoms[k] for k in idx])])
-                for b, j in enumerate(idx):
-                    err = errs[b]
-                    if err is not None:
-                        results[j] = self._fail(labels[j], err, errors)
-                        continue
-                    lo, hi = starts[b], starts[b + 1]
-                    res = {"energy": float(host["energy"][b]), "forces": host["forces"][lo:hi],
-                           "magmoms": host["magmoms"][lo:hi], "stress": host["stress"][b]}
-                    if not (np.isfinite(res["energy"]) and np.all(np.isfinite(res["forces"]))
-                            and np.all(np.isfinite(res["stress"]))):
-                        res = self._fail(labels[j], "the potential returned NaN/inf", errors)
-                    results[j] = res
+                self._predict_batch(structures, labels, idx, errors, results)
         return results  # type: ignore[return-value]
+
+    def _predict_batch(self, structures: list[Structure], labels: list[str], idx: list[int], errors: str,
+                       results: list[dict | None]) -> None:
+        """Results of the structures ``idx`` into ``results``; a batch out of memory is split until it fits."""
+        try:
+            out, errs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True,
+                                  check_distances=True)
+        except Exception as exc:  # noqa: BLE001 - only allocation failures are handled; others re-raised
+            if not is_memory_failure(exc):
+                raise
+            del exc  # its traceback holds the failed pass's tensors
+            gc.collect()
+            if len(idx) == 1:
+                oom = ResourceError(labels[idx[0]], out_of_memory(len(structures[idx[0]]), MemoryError()))
+                if errors == "raise":
+                    raise oom from None
+                results[idx[0]] = {"error": str(oom)}
+                return
+            half = len(idx) // 2
+            self._predict_batch(structures, labels, idx[:half], errors, results)
+            self._predict_batch(structures, labels, idx[half:], errors, results)
+            return
+        # one device -> host copy per output for the whole batch
+        host = {q: v.detach().double().cpu().numpy() for q, v in out.items()}
+        starts = np.concatenate([[0], np.cumsum([len(structures[k]) for k in idx])])
+        for b, j in enumerate(idx):
+            err = errs[b]
+            if err is not None:
+                results[j] = self._fail(labels[j], err, errors)
+                continue
+            lo, hi = starts[b], starts[b + 1]
+            res = {"energy": float(host["energy"][b]), "forces": host["forces"][lo:hi],
+                   "magmoms": host["magmoms"][lo:hi], "stress": host["stress"][b]}
+            if not (np.isfinite(res["energy"]) and np.all(np.isfinite(res["forces"]))
+                    and np.all(np.isfinite(res["stress"]))):
+                res = self._fail(labels[j], "the potential returned NaN/inf", errors)
+            results[j] = res
 
     def _arrays(self, structs: list[Structure]):
         frac = torch.from_numpy(np.concatenate([s.frac_coords for s in structs]))
@@ -279,7 +312,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         return frac.to(dev), lat.to(dev), z.to(dev), n.to(dev)
 
     def _fail(self, label: str, problem: str, errors: str) -> dict:
-        err = StructureError(label, problem)
+        err = ResourceError(label, problem) if problem.startswith(_OVER_BUDGET) else StructureError(label, problem)
         if errors == "raise":
             raise err
         return {"error": str(err)}
@@ -298,7 +331,15 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         frac, lat, z, n = frac.to(dev), lat.to(dev), z.to(dev), n.to(device=dev, dtype=torch.long)
         counts = n.tolist()
         n_struct = len(counts)
-        graph = build_graph(frac, lat, z, n, cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
+        try:
+            graph = build_graph(frac, lat, z, n, cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff,
+                                max_items=self.single_item_limit())
+        except GraphTooLarge as exc:  # counted before the angles exist: refuse those structures, run the others
+            errs0: list[str | None] = [
+                None if k < 0 else f"{_OVER_BUDGET} {k:,} graph items, which need about "
+                f"{k * self.retained_bytes_per_item() / 2**30:.1f} GiB against the memory budget of "
+                f"{self.memory_budget / 2**30:.1f} GiB" for k in exc.items]
+            return self._without(errs0, frac, lat, z, n, counts, compute_stress)
         deg = graph.degree()
         isolated = torch.zeros(n_struct, dtype=torch.float64, device=deg.device).index_add_(
             0, graph.batch, (deg == 0).to(torch.float64))
@@ -315,17 +356,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
             elif dmin_l[k] < MIN_DISTANCE:
                 errs[k] = f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin_l[k]:.3f} A)"
         if any(e is not None for e in errs):
-            keep = [k for k, e in enumerate(errs) if e is None]
-            out = self._nan_outputs(n_struct, int(sum(counts)), compute_stress, dev)
-            if keep:
-                rows = _rows(counts, keep, dev)
-                sub, sub_errs = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
-                keep_t = torch.as_tensor(keep, device=dev)
-                for q, v in sub.items():
-                    out[q].index_copy_(0, rows if q in _PER_ATOM else keep_t, v.to(out[q].dtype))
-                for k, e in zip(keep, sub_errs, strict=False):
-                    errs[k] = e
-            return out, errs
+            return self._without(errs, frac, lat, z, n, counts, compute_stress)
         chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
         with _gc_paused():  # the autograd graph's many small objects otherwise trigger collections mid-pass
             out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
@@ -333,6 +364,23 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         res = {q: out[q] for q in keys}
         res["min_distance"] = dmin
         return res, errs
+
+    def _without(self, errs: list[str | None], frac, lat, z, n, counts: list[int], compute_stress: bool
+                 ) -> tuple[dict[str, Tensor], list[str | None]]:
+        """Outputs of a batch whose structures with an error in ``errs`` are left out (NaN rows) and the rest run."""
+        dev = self.device
+        keep = [k for k, e in enumerate(errs) if e is None]
+        out = self._nan_outputs(len(counts), int(sum(counts)), compute_stress, dev)
+        errs = list(errs)
+        if keep:
+            rows = _rows(counts, keep, dev)
+            sub, sub_errs = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
+            keep_t = torch.as_tensor(keep, device=dev)
+            for q, v in sub.items():
+                out[q].index_copy_(0, rows if q in _PER_ATOM else keep_t, v.to(out[q].dtype))
+            for k, e in zip(keep, sub_errs, strict=True):
+                errs[k] = e
+        return out, errs
 
     def _nan_outputs(self, n_struct: int, n_total: int, compute_stress: bool, dev) -> dict[str, Tensor]:
         out = {"energy": torch.full((n_struct,), math.nan, dtype=self.dtype, device=dev),
@@ -376,15 +424,20 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
             0, batch, (~torch.isfinite(pos).all(1)).long())
         bad_z = torch.zeros(n_struct, dtype=torch.long, device=dev).index_add_(
             0, batch, ((z < 1) | (z > self.model.cfg.max_num_elements)).long())
+        # a cell squeezed during a relaxation: its density bounds the graph before one is built
+        dense = n.to(torch.float64) > MAX_DENSITY * vol
         checks = torch.stack([finite_atoms > 0, ~torch.isfinite(cell).flatten(1).all(1),
-                              ~(vol >= 1e-3), bad_z > 0, n == 0], 1).tolist()
+                              ~(vol >= 1e-3), dense, bad_z > 0, n == 0], 1).tolist()
         messages = ["coordinates contain NaN/inf", "lattice contains NaN/inf", "the cell is degenerate",
+                    f"number density above {MAX_DENSITY:g} atoms/A^3 (not physical)",
                     "element(s) not covered by the potential", "the structure has no atoms"]
         good = []
+        vols = vol.tolist()
         for b, row in enumerate(checks):
-            bad = [m for m, flag in zip(messages, row, strict=False) if flag]
-            if bad:
-                errors[b] = f"batch[{b}]: {'; '.join(bad)}"
+            bad = [m for m, flag in zip(messages, row, strict=True) if flag]
+            over = None if bad else self.budget_problem(counts[b], vols[b])
+            if bad or over:
+                errors[b] = f"batch[{b}]: {'; '.join(bad) if bad else _OVER_BUDGET + ' ' + str(over)}"
             else:
                 good.append(b)
         safe_cell = torch.where(torch.isfinite(cell) & (vol >= 1e-3)[:, None, None], cell,
@@ -392,7 +445,6 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         frac = (pos.unsqueeze(2) * torch.linalg.inv(safe_cell).index_select(0, batch)).sum(1)
 
         with self._thread_setting():
-            vols = vol.tolist()
             for idx in self.plan_batches([counts[b] for b in good], [vols[b] for b in good]):
                 bs = [good[k] for k in idx]
                 rows = _rows(counts, bs, dev)
@@ -400,7 +452,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                     outs, errs = self._run(frac[rows], cell[bs], z[rows], n[bs], compute_stress=compute_stress)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report, keep going
                     if len(bs) == 1:
-                        errors[bs[0]] = f"batch[{bs[0]}]: {type(exc).__name__}: {exc}"
+                        errors[bs[0]] = f"batch[{bs[0]}]: {_failure(counts[bs[0]], exc)}"
                         continue
                     outs, errs = self._nan_outputs(len(bs), len(rows), compute_stress, dev), []
                     lo = 0
@@ -415,7 +467,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                                     outs[q][k] = v[0]
                             errs.extend(e1)
                         except Exception as exc1:  # noqa: BLE001
-                            errs.append(f"{type(exc1).__name__}: {exc1}")
+                            errs.append(_failure(counts[b], exc1))
                         lo += counts[b]
                 for b, e in zip(bs, errs, strict=False):
                     if e is not None:
@@ -430,6 +482,13 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
                     stress.index_copy_(0, bs_t, outs["stress"].double())
         return Evaluation(energy.to(out_dev), forces.to(out_dev), stress.to(out_dev) if compute_stress else None,
                           magmoms.to(out_dev), errors if any(errors) else None, dmin.to(out_dev))
+
+
+def _failure(n_atoms: int, exc: BaseException) -> str:
+    """A structure's error for an exception raised while evaluating it (an allocation failure said plainly)."""
+    if is_memory_failure(exc):
+        return f"{out_of_memory(n_atoms, exc)} ({ResourceError.MARK})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _probe_potential(dtype: str) -> ChgnetPotential:
