@@ -58,7 +58,7 @@ def check_run_folder(run_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) 
     probe = run_dir / f".matfunnel-write-probe-{os.getpid()}"
     try:
         with probe.open("wb") as fh:
-            fh.write(b"\0" * 65536)
+            fh.write(b"\0" * 4096)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
