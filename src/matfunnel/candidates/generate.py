@@ -58,6 +58,8 @@ from matfunnel.candidates.substitution import (
     enumerate_maps,
     target_species,
 )
+from matfunnel.common.errors import StructureError
+from matfunnel.common.readers import structure_problem
 from matfunnel.common.structures import as_structure
 from matfunnel.potential.validate import to_structure
 
@@ -247,6 +249,25 @@ class _Source:
     prototype: dict | None = None
 
 
+def _user_object(item, i: int, errors: list[dict]) -> Structure | None:
+    """A user's in-memory structure (or ASE Atoms), checked and labelled; None (and an error record) if bad."""
+    try:
+        s = to_structure(item, f"user#{i}")
+    except StructureError as exc:
+        errors.append({"file": None, "index": i, "label": f"user#{i}", "error": str(exc)})
+        return None
+    label = s.properties.get("label") or f"user#{i}"
+    problem = structure_problem(s) or check_candidate(s, label)
+    if problem:
+        errors.append({"file": s.properties.get("source_file"), "index": i, "label": label,
+                       "error": str(StructureError(label, problem))})
+        return None
+    if not s.properties.get("label"):
+        s = s.copy()
+        s.properties = {**s.properties, "label": f"user{i}-{s.composition.reduced_formula}"}
+    return s
+
+
 def _collect_user(user_structures, errors: list[dict]) -> list[_Source]:
     out, paths = [], []
     items = [user_structures] if isinstance(user_structures, (str, PathLike, Structure)) else list(user_structures)
@@ -255,20 +276,9 @@ def _collect_user(user_structures, errors: list[dict]) -> list[_Source]:
         if isinstance(item, (str, PathLike)):
             paths.append(item)
             continue
-        try:
-            s = to_structure(item, f"user#{i}")
-        except Exception as exc:  # noqa: BLE001
-            errors.append({"file": None, "index": i, "label": f"user#{i}", "error": str(exc)})
-            continue
-        if not s.properties.get("label"):
-            s = s.copy()
-            s.properties = {**s.properties, "label": f"user{i}-{s.composition.reduced_formula}"}
-        problem = check_candidate(s, s.properties["label"])
-        if problem:
-            errors.append({"file": s.properties.get("source_file"), "index": i,
-                           "label": s.properties["label"], "error": problem})
-            continue
-        structs.append(s)
+        s = _user_object(item, i, errors)
+        if s is not None:
+            structs.append(s)
     if paths:
         loaded, errs = load_user_structures(paths)
         structs.extend(loaded)
@@ -307,7 +317,9 @@ def generate_candidates(
     user_structures
         Structures (or ASE Atoms) and/or paths to files/folders (:func:`load_user_structures`); used as
         substitution templates when ``"user"`` is in ``sources``. A user structure already in the system is
-        kept as is (score 1.0). Their size is not limited by ``max_sites``.
+        kept as is (score 1.0). Their size is not limited by ``max_sites``. A bad file, block or structure
+        is reported in ``errors`` and the others go on; when files were given and none of them holds a
+        usable structure, :class:`~matfunnel.candidates.sources.UserStructuresError` is raised.
     max_candidates
         Cap on the returned list (after de-duplication).
     sources
@@ -530,6 +542,8 @@ def _built_candidate(r: dict, rules: _MapRules, chemsys: str) -> Structure | dic
         "score": float(r["score"]),
         "oxidation_states": oxi,
     }
-    if src.source == "user" and src.structure.properties.get("source_file"):
-        s.properties["source_file"] = src.structure.properties["source_file"]
+    if src.source == "user":
+        for key in ("source_file", "source_block", "read_warnings"):
+            if src.structure.properties.get(key):
+                s.properties[key] = src.structure.properties[key]
     return s

@@ -1,130 +1,211 @@
 """User-supplied structures: CIF, POSCAR/CONTCAR/*.vasp and JSON files, or folders of them.
 
-Every problem (unparseable file, empty structure, overlapping atoms, disorder, ...) becomes one error
-record naming the file; it never stops the other files from loading.
+Every file is read strictly (:mod:`matfunnel.common.readers`) and every structure checked (real elements,
+ordered, finite, a cell with volume, no overlapping atoms) here, at load time: a bad file, CIF block or
+JSON item becomes one error record naming it and the problem, and the good ones still load. Only when
+nothing at all can be used does :func:`load_user_structures` raise (:class:`UserStructuresError`).
+
+Folders are scanned for structure files by name (``.cif``, ``.json``, ``.vasp``, ``.poscar``, POSCAR or
+CONTCAR in the name, ``.gz`` of those), at most :data:`MAX_FOLDER_DEPTH` levels deep, looking at no more
+than :data:`MAX_FOLDER_ENTRIES` entries and taking no more than :data:`MAX_FOLDER_FILES` files (more is a
+clear error, never a silent cut). Symbolic links leading out of the folder are not followed.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
 from matfunnel.common.errors import StructureError
-from matfunnel.potential.validate import to_structure, validate_structure
+from matfunnel.common.readers import MAX_FILE_BYTES, StructureFileError, read_structure_file, structure_format
+from matfunnel.potential.validate import validate_structure
 
-#: file suffixes picked up when scanning a folder (plus names containing POSCAR/CONTCAR)
+#: file suffixes picked up when scanning a folder (plus names containing POSCAR/CONTCAR, and ``.gz`` of them)
 STRUCTURE_SUFFIXES = (".cif", ".json", ".vasp", ".poscar")
+#: most structure files taken from one folder
+MAX_FOLDER_FILES = 1000
+#: most folder entries looked at while scanning one folder (all levels together)
+MAX_FOLDER_ENTRIES = 20000
+#: deepest subfolder scanned (1 = the folder's own files only)
+MAX_FOLDER_DEPTH = 3
 
 
-def _is_structure_file(path: Path) -> bool:
-    name = path.name
-    if name.startswith("."):
+class UserStructuresError(ValueError):
+    """No usable structure at all in the user's files; the message names each file and its problem."""
+
+    def __init__(self, errors: list[dict], problem: str = "no usable structure in the user's files"):
+        self.errors = errors
+        shown = "; ".join(e["error"] for e in errors[:5])
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        super().__init__(f"{problem}: {shown}{more}" if errors else problem)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    name: str  # how messages name the file
+
+
+def _folder_error(name: str, problem: str) -> dict:
+    return {"file": name, "index": None, "label": name, "block": None,
+            "error": str(StructureFileError(name, problem))}
+
+
+def _scan_folder(folder: Path, errors: list[dict], max_files: int) -> list[_Source]:
+    """The structure files of ``folder`` (sorted; see the module doc for the bounds); problems go to ``errors``."""
+    root = folder.resolve()
+    label = folder.name or str(folder)
+    found: list[_Source] = []
+    skipped: list[dict] = []
+    seen = 0
+    stack: list[tuple[Path, int]] = [(folder, 1)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            skipped.append(_folder_error(_display(label, folder, here), f"folder cannot be read ({exc.strerror})"))
+            continue
+        seen += len(entries)
+        if seen > MAX_FOLDER_ENTRIES:
+            errors.append(_folder_error(label, f"folder holds more than {MAX_FOLDER_ENTRIES:,} entries; not scanned "
+                                               "(give the structure files or a smaller folder)"))
+            return []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            shown = _display(label, folder, path)
+            if entry.is_symlink():
+                if not _inside(path, root):
+                    if structure_format(path) is not None:
+                        skipped.append(_folder_error(shown, "symbolic link to outside the folder, not followed"))
+                    continue
+                if path.is_dir():
+                    continue  # a link to a folder inside this one: scanned there
+            if entry.is_dir(follow_symlinks=False):
+                if depth < MAX_FOLDER_DEPTH:
+                    stack.append((path, depth + 1))
+                else:
+                    skipped.append(_folder_error(shown, f"subfolder deeper than {MAX_FOLDER_DEPTH} levels, "
+                                                        "not scanned"))
+                continue
+            if structure_format(path) is not None:
+                found.append(_Source(path, shown))
+    if len(found) > max_files:
+        errors.append(_folder_error(label, f"folder holds {len(found):,} structure files (limit {max_files:,}); "
+                                           "give a smaller folder or the files themselves"))
+        return []
+    errors.extend(sorted(skipped, key=lambda e: e["file"]))
+    if not found:
+        errors.append(_folder_error(label, "folder holds no structure files (.cif, .json, .vasp, .poscar, "
+                                           "POSCAR or CONTCAR in the name)"))
+    return sorted(found, key=lambda s: s.name)
+
+
+def _display(label: str, folder: Path, path: Path) -> str:
+    try:
+        rel = path.relative_to(folder)
+    except ValueError:
+        return path.name
+    return f"{label}/{rel}" if str(rel) != "." else label
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except (ValueError, OSError, RuntimeError):  # outside, unreadable, or a link loop
         return False
-    upper = name.upper()
-    return path.suffix.lower() in STRUCTURE_SUFFIXES or "POSCAR" in upper or "CONTCAR" in upper
+    return True
 
 
-def _expand(paths) -> list[Path]:
+def _expand(paths, errors: list[dict], max_files: int) -> list[_Source]:
     if isinstance(paths, (str, PathLike)):
         paths = [paths]
-    files: list[Path] = []
+    files: list[_Source] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and _is_structure_file(f)))
+            files.extend(_scan_folder(p, errors, max_files))
         else:
-            files.append(p)
+            files.append(_Source(p, p.name or str(p)))
     return files
 
 
-def _read_json(path: Path) -> list[Structure]:
-    with open(path) as fh:
-        data = json.load(fh)
-    items = data if isinstance(data, list) else [data]
-    if not items:
-        raise ValueError("the JSON file holds an empty list")
-    out = []
+def _load_file(src: _Source, max_bytes: int, structures: list[Structure], errors: list[dict]) -> None:
+    """Read one file; its good structures go to ``structures``, every problem to ``errors``."""
+    try:
+        items = read_structure_file(src.path, src.name, max_bytes)
+    except StructureFileError as exc:
+        errors.append({"file": str(src.path), "index": None, "label": src.name, "block": None, "error": str(exc)})
+        return
+    stem = src.path.name.split(".")[0] if src.path.name.lower().endswith(".gz") else src.path.stem
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or "lattice" not in item or "sites" not in item:
-            where = f"item {i}" if isinstance(data, list) else "the JSON object"
-            raise ValueError(f"{where} is not a pymatgen Structure dict (needs 'lattice' and 'sites')")
-        if not item["sites"]:
-            out.append(Structure(Lattice.from_dict(item["lattice"]), [], []))  # rejected as empty below
+        label = stem if len(items) == 1 else f"{stem}#{i}"
+        problem = item.error
+        if item.structure is not None:
+            try:
+                validate_structure(item.structure, label)
+            except StructureError as exc:
+                problem = exc.problem
+        if problem is not None or item.structure is None:
+            errors.append({"file": str(src.path), "index": i, "label": label, "block": item.block,
+                           "error": str(StructureFileError(src.name, problem or "no structure", item.block))})
             continue
-        out.append(Structure.from_dict(item))
-    return out
-
-
-def _read_cif(path: Path) -> list[Structure]:
-    from pymatgen.io.cif import CifParser
-
-    parser = CifParser(path)
-    structs = parser.parse_structures(primitive=False)
-    if not structs:
-        raise ValueError("no structure could be read from the CIF file")
-    return structs
-
-
-def _read_file(path: Path) -> list[Structure]:
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
-    if not path.exists():
-        raise FileNotFoundError("file not found")
-    if path.stat().st_size == 0:
-        raise ValueError("the file is empty")
-    if suffix.startswith(".json"):
-        return _read_json(path)
-    if suffix.startswith(".cif"):
-        return _read_cif(path)
-    upper = path.name.upper()
-    if suffix in (".vasp", ".poscar") or "POSCAR" in upper or "CONTCAR" in upper:
-        from pymatgen.io.vasp import Poscar
-
-        return [Poscar.from_file(path, check_for_potcar=False).structure]
-    return [Structure.from_file(path)]
+        struct = item.structure.copy()
+        props = {**(struct.properties or {}), "label": label, "source_file": str(src.path), "role": "user"}
+        if item.block is not None:
+            props["source_block"] = item.block
+        if item.warnings:
+            props["read_warnings"] = list(item.warnings)
+        struct.properties = props
+        structures.append(struct)
 
 
 def load_user_structures(
     paths: str | PathLike | Iterable[str | PathLike],
+    *,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_files: int = MAX_FOLDER_FILES,
 ) -> tuple[list[Structure], list[dict]]:
-    """Read user structures from files and/or folders (folders are scanned recursively, sorted).
+    """Read user structures from files and/or folders, strictly; bad files are reported, good ones load.
 
-    Returns ``(structures, errors)``. Each structure gets ``properties`` ``label`` (file stem, with
-    ``#i`` for multi-structure files), ``source_file`` and ``role="user"``. Each error is a dict
-    ``{"file", "index", "label", "error"}`` (``index`` is None when the whole file failed).
-    Validation uses :func:`matfunnel.potential.validate.validate_structure` (empty structures,
-    atoms closer than 0.5 A, disorder, degenerate cells).
+    Parameters
+    ----------
+    paths
+        Files and/or folders (see the module doc for how folders are scanned).
+    max_bytes
+        Largest file read (bytes, also after decompression).
+    max_files
+        Most structure files taken from one folder.
+
+    Returns
+    -------
+    structures : list of Structure
+        The good structures, each with ``properties`` ``label`` (file stem, ``#i`` appended in a
+        multi-structure file), ``source_file``, ``role="user"``, ``source_block`` (CIF block or JSON item,
+        when the file has several) and ``read_warnings`` (what the parser noted, when anything).
+    errors : list of dict
+        One ``{"file", "index", "label", "block", "error"}`` per bad file, block, item or folder entry
+        (``index``/``block`` None when the whole file failed); ``error`` names the file (and block) and the
+        problem, never the file's contents.
+
+    Raises
+    ------
+    UserStructuresError
+        Paths were given but not one structure could be used (every file bad, or no structure file found);
+        its message lists the problems.
     """
     structures: list[Structure] = []
     errors: list[dict] = []
-    for path in _expand(paths):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                read = _read_file(path)
-        except Exception as exc:  # noqa: BLE001 - any parser failure is a per-file error
-            msg = str(exc).strip() or type(exc).__name__
-            errors.append(
-                {"file": str(path), "index": None, "label": path.name,
-                 "error": f"{path.name}: could not read a structure ({type(exc).__name__}: {msg})"}
-            )
-            continue
-        for i, struct in enumerate(read):
-            label = path.stem if len(read) == 1 else f"{path.stem}#{i}"
-            try:
-                struct = to_structure(struct, label)
-                validate_structure(struct, label)
-            except StructureError as exc:
-                errors.append(
-                    {"file": str(path), "index": i, "label": label, "error": f"{path.name}: {exc.problem}"}
-                )
-                continue
-            struct = struct.copy()
-            struct.properties = {**(struct.properties or {}), "label": label,
-                                 "source_file": str(path), "role": "user"}
-            structures.append(struct)
+    sources = _expand(paths, errors, max_files)
+    for src in sources:
+        _load_file(src, max_bytes, structures, errors)
+    if not structures and (sources or errors):
+        raise UserStructuresError(errors)
     return structures, errors
