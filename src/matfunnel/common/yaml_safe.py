@@ -131,6 +131,8 @@ def read_text_bounded(path: str | Path, what: str = "file", max_bytes: int = MAX
         raise YamlInputError(f"{name} not found") from None
     except OSError as exc:
         raise YamlInputError(f"{name} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL character in the path
+        raise YamlInputError(f"{name} is not a usable path") from None
     if not stat.S_ISREG(st.st_mode):
         raise YamlInputError(f"{name} is not a regular file")
     if st.st_size > max_bytes:
