@@ -368,6 +368,7 @@ CASES: list[Case] = [
     _bad_yaml("too-large", "chemsys: Li-O\n" + "# padding\n" * 200000,
               "spec.yaml", "large"),
     _bad_yaml("deep-nesting", _nested(50000), "spec.yaml", "nest"),
+    _bad_yaml("nesting-100", _nested(100), "spec.yaml", "deeper"),
     _bad_yaml("huge-integer", "chemsys: Li-O\nrelax: {max_steps: " + "9" * 100000 + "}\n", "spec.yaml",
               "integer"),
     Case(id="specs-dev-zero", group=GROUP, run=lambda tmp, _: load_spec("/dev/zero"), expect="error",

@@ -97,6 +97,28 @@ _PlainLoader.add_implicit_resolver(
 )
 
 
+_FastLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # LibYAML where PyYAML was built with it
+
+
+def _check_events(text: str, max_depth: int) -> None:
+    """Refuse aliases, anchors and deep nesting from the event stream alone (LibYAML, before composing).
+
+    PyYAML's own scanner costs O(depth^2) on deeply nested flow lists (``[[[[...``), so the nesting is
+    bounded here first, by the C parser where there is one.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_FastLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(f"uses anchors (&) or aliases (*){_line(event)}; they are not allowed here "
+                           "(write the values out)")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > max_depth:
+                raise _Refused(f"nests mappings/lists deeper than {max_depth} levels{_line(event)}")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
 def _short(value: Any, n: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= n else text[: n - 3] + "..."
@@ -189,6 +211,7 @@ def load_yaml_file(path: str | Path, what: str = "file", max_bytes: int = MAX_BY
     loader = _PlainLoader(text)
     loader.max_depth = max_depth
     try:
+        _check_events(text, max_depth)
         return loader.get_single_data()
     except _Refused as exc:
         raise YamlInputError(f"{name} {exc}") from None
