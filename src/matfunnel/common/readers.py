@@ -68,12 +68,19 @@ ALLOWED_CLASSES: dict[str, frozenset[str]] = {
 _STRUCTURE_CLASSES = frozenset({"Structure", "IStructure"})
 _ENTRY_CLASSES = frozenset({"ComputedStructureEntry"})
 
-#: pymatgen CIF warnings that do not change what was read (kept as warnings on the structure)
+#: pymatgen CIF warnings that do not change what was read (kept as warnings on the structure); any other
+#: warning (implicit hydrogens, occupancies over 1, a stoichiometry that disagrees with the formula, a line
+#: the parser skipped, ...) makes the block an error
 _BENIGN_CIF_WARNINGS = (
     "rounded to ideal values",
     "spacegroup from",
-    "no _symmetry_equiv_pos_as_xyz",
-    "no _space_group_symop_operation_xyz",
+    "1-line symmetry op",
+    "defaulting to p1",
+    " parsed as ",
+    "pauling file corrections",
+    "keys changed to match",
+    "skipping relative stoichiometry check",
+    "no magnetic symmetry",
 )
 
 
@@ -354,8 +361,12 @@ def _exc_kind(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing key {_short(exc.args[0] if exc.args else '?')}"
     if isinstance(exc, (ValueError, Warning)):
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _short(msg, 120).strip("'\"")
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if lines and lines[0].startswith("No structure parsed for section") and len(lines) > 1:
+            lines = lines[1:]  # pymatgen's wrapper: the reason is on the next line
+        msg = lines[0] if lines else type(exc).__name__
+        msg = re.sub(r"(['\"]).{25,}?\1", "'...'", msg)  # long quoted data: the file's contents
+        return _short(msg, 100).strip("'\"")
     return f"malformed ({type(exc).__name__})"
 
 
@@ -479,11 +490,15 @@ def _read_cif(text: str, name: str) -> list[FileItem]:
     if not re.search(r"(?im)^\s*data_", text):
         raise StructureFileError(name, "not a CIF file (no data_ block)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             cif = CifFile.from_str(text)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise StructureFileError(name, f"not a valid CIF file ({_exc_kind(exc)})") from None
+    skipped = sum("possible issue in cif file" in str(w.message).lower() for w in caught)
+    if skipped:
+        raise StructureFileError(name, f"{skipped} line(s) the CIF parser could not interpret (a broken loop or "
+                                       "stray text); not read, to avoid a silent misread")
     items: list[FileItem] = []
     for header, block in cif.data.items():
         data = block.data
@@ -577,20 +592,19 @@ def _cif_block(block, header: str, has_sites: bool) -> FileItem:
     problem = _cif_cell_problem(data) or (_cif_sites_problem(data) if has_sites else "no atom sites")
     if problem:
         return FileItem(header, error=problem)
-    noted: list[str] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             parser = CifParser.from_str(str(block))
             structs = parser.parse_structures(primitive=False, on_error="raise")
-        noted = [str(w.message).splitlines()[0] for w in caught]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError) as exc:
         return FileItem(header, error=f"pymatgen could not build the structure ({_exc_kind(exc)})")
-    serious = [m for m in noted if not any(b in m.lower() for b in _BENIGN_CIF_WARNINGS)
-               and not m.lower().startswith("issues encountered")]
-    serious = [m for m in serious if "default value of primitive" not in m]
+    noted = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+    noted = list(dict.fromkeys(m.strip() for m in [*noted, *getattr(parser, "warnings", [])]
+                               if m.strip() and not m.startswith("Issues encountered while parsing CIF")))
+    serious = [m for m in noted if not any(b in m.lower() for b in _BENIGN_CIF_WARNINGS)]
     if serious:
-        return FileItem(header, error=f"read with a warning: {_short(serious[0], 160)}")
+        return FileItem(header, error=f"pymatgen warns: {_short(serious[0].splitlines()[0], 160)}")
     if len(structs) != 1:
         return FileItem(header, error=f"{len(structs)} structures in one block")
-    return FileItem(header, structs[0], warnings=[_short(m, 160) for m in noted])
+    return FileItem(header, structs[0], warnings=[_short(m.splitlines()[0], 160) for m in noted])
