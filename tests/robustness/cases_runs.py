@@ -4,10 +4,10 @@ result cache.
 A run that cannot succeed must be refused before any work with one message naming the input (the run folder,
 the spec key, the file) and the problem; a run that fails must exit non-zero and never leave a previous run's
 report looking like its own; a damaged cache is never trusted. Most cases are refused in the run's preflight;
-one runs a real tiny campaign (CHGNet, two user structures, DFT off): ``hull.references: auto`` with a
-Materials Project key whose query fails -- no mock: the Materials Project cannot be reached from here (without
-network the query fails at name resolution; with network the made-up key is refused), which is exactly the
-failing-key path.
+two run a real tiny campaign (CHGNet, two user structures, DFT off): one in a messy folder (an earlier report,
+a stale lock, a corrupt cache), one with ``hull.references: auto`` and a Materials Project key whose query
+fails -- no mock: the Materials Project cannot be reached from here (without network the query fails at name
+resolution; with network the made-up key is refused), which is exactly the failing-key path.
 """
 
 from __future__ import annotations
@@ -323,30 +323,42 @@ def _report_corrupt_store(tmp: Path, _):
 
 # ---- the one real campaign: auto references, a failing MP key --------------------------------------------------
 
-def _auto_fallback(tmp: Path, _):
-    """``hull.references: auto`` with a key whose query fails, in a folder with an earlier run's report, a stale
-    lock of a dead process and a corrupt cache.sqlite: the run must use the full offline hull and say why."""
-    os.environ["MP_API_KEY"] = FAKE_KEY
-    d = tmp / "run"
-    _previous_run(d)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (d / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "earlier"}))
-    (d / "cache.sqlite").write_bytes(b"garbage, not sqlite " * 100)
-    # an empty MP cache of its own: no entries cached by an earlier session can stand in for the query
-    rc, out, err = _run(_spec(tmp, references="auto", cache_dir="mp-cache"), d)
-    report = json.loads((d / "report.json").read_text())
-    return out, err, report, sorted(p.name for p in d.glob("cache.sqlite.corrupt-*"))
+def _campaign(messy: bool):
+    """A real tiny campaign. ``messy=False``: ``hull.references: auto`` with a key whose query fails, in a fresh
+    folder: the run must use the full offline hull and say why in the report's header. ``messy=True``: offline
+    references, in a folder with an earlier run's report, a stale lock of a dead process and a corrupt
+    cache.sqlite: the run must go on (the lock taken over, the cache moved aside) and show only its own rows."""
+
+    def run(tmp: Path, _):
+        d = tmp / "run"
+        if messy:
+            _no_key()
+            _previous_run(d)
+            dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True)
+            (d / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                                 "since": "earlier"}))
+            (d / "cache.sqlite").write_bytes(b"garbage, not sqlite " * 100)
+            spec = _spec(tmp)
+        else:
+            os.environ["MP_API_KEY"] = FAKE_KEY
+            # an empty MP cache of its own: no entries cached by an earlier session can stand in for the query
+            spec = _spec(tmp, references="auto", cache_dir="mp-cache")
+        _, out, err = _run(spec, d)
+        report = json.loads((d / "report.json").read_text())
+        return messy, out, err, report, sorted(p.name for p in d.glob("cache.sqlite.corrupt-*"))
+
+    return run
 
 
-def _check_fallback(value) -> str | None:
-    out, err, report, moved = value
+def _check_campaign(value) -> str | None:
+    messy, out, err, report, moved = value
     if FAKE_KEY in out + err + json.dumps(report):
         return "the Materials Project key was printed"
     header = next((line for line in out.splitlines() if line.startswith("hull reference:")), "")
-    if "offline" not in header or "MP query failed" not in header:
+    if not messy and ("offline" not in header or "MP query failed" not in header):
         return f"the report header does not say the references are offline because the MP query failed: {header!r}"
-    rows = {r["id"]: r for r in report["rows"]}
-    if any("stale-row" in i for i in rows):
+    if any("stale-row" in r["id"] for r in report["rows"]) or "stale-row" in out:
         return "the earlier run's report rows are shown"
     al = [r for r in report["rows"] if r.get("formula") == "Al" and r.get("status") == "ok"]
     if not al or al[0]["e_above_hull"] is None or abs(al[0]["e_above_hull"]) > 0.005:
@@ -354,7 +366,7 @@ def _check_fallback(value) -> str | None:
     lial = [r for r in report["rows"] if r.get("formula") == "LiAl" and r.get("status") == "ok"]
     if not lial or lial[0]["e_form_per_atom"] is None or lial[0]["e_form_per_atom"] > -0.02:
         return f"LiAl's formation energy is not negative against the offline hull: {lial[:1]}"
-    if not moved:
+    if messy and not moved:
         return "the corrupt cache.sqlite was not moved aside"
     return None
 
@@ -395,6 +407,9 @@ CASES: list[Case] = [
          quick=True, seconds=30),
     Case(id="runs-cache-value-undecodable", group=GROUP, run=_tampered("undecodable"), expect="ok",
          check=_check_miss, quick=True, seconds=30),
-    Case(id="runs-auto-mp-fails-offline-hull", group=GROUP, run=_auto_fallback, expect="ok", check=_check_fallback,
-         seconds=240, mem_gb=4.0, note="no mock: the MP query fails for real (no network here / a made-up key)"),
+    Case(id="runs-auto-mp-fails-offline-hull", group=GROUP, run=_campaign(messy=False), expect="ok",
+         check=_check_campaign, seconds=240, mem_gb=4.0,
+         note="no mock: the MP query fails for real (no network here / a made-up key)"),
+    Case(id="runs-rerun-in-messy-folder", group=GROUP, run=_campaign(messy=True), expect="ok", check=_check_campaign,
+         seconds=240, mem_gb=4.0),
 ]
