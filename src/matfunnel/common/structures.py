@@ -45,9 +45,18 @@ def as_structure(obj: Any, label: str | None = None) -> Structure:
         except Exception as exc:  # noqa: BLE001 - any malformed document: one error naming it
             raise StructureError(name, f"not a pymatgen Structure document ({type(exc).__name__}: {exc})") \
                 from exc
-    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_cell"):
+    if is_atoms(obj):
         return _from_atoms(obj, name)
     raise StructureError(name, f"expected a pymatgen Structure, its dict or ASE Atoms, got {type(obj).__name__}")
+
+
+def is_atoms(obj: Any) -> bool:
+    """Whether ``obj`` is an ASE ``Atoms`` (subclasses such as pymatgen's ``MSONAtoms`` included)."""
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        return False
+    return isinstance(obj, Atoms)
 
 
 def _from_atoms(atoms: Any, name: str) -> Structure:

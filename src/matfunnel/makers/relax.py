@@ -12,7 +12,7 @@ from pymatgen.core import Structure
 
 from matfunnel.common.cache import active_cache, result_key
 from matfunnel.common.errors import StructureError
-from matfunnel.common.structures import as_structure
+from matfunnel.common.structures import as_structure, is_atoms
 from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
@@ -62,7 +62,7 @@ def portable_inputs(structures):
         return structures
     out = []
     for i, s in enumerate(structures):
-        if type(s).__name__ == "Atoms" and hasattr(s, "get_cell"):
+        if is_atoms(s):
             try:
                 s = as_structure(s, f"{s.get_chemical_formula()}#{i}")
             except StructureError as exc:

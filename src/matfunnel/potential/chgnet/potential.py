@@ -116,6 +116,10 @@ def auto_threads(max_threads: int | None = None) -> int:
 
 
 _PER_ATOM = ("forces", "magmoms")
+#: the tensor-level ``evaluate`` (the engine's step, after its inputs were admitted against the budget) refuses
+#: only a graph this many times over the single-structure budget: a runaway (a cell squeezed or clustered during
+#: a run), not a structure the chunked path can still carry
+RUNAWAY = 4
 #: how a refusal over the memory budget starts (a resource limit: retryable on a larger machine)
 _OVER_BUDGET = "too large for the memory budget:"
 
@@ -271,7 +275,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         """Results of the structures ``idx`` into ``results``; a batch out of memory is split until it fits."""
         try:
             out, errs = self._run(*self._arrays([structures[k] for k in idx]), compute_stress=True,
-                                  check_distances=True)
+                                  check_distances=True, item_limit=self.single_item_limit())
         except Exception as exc:  # noqa: BLE001 - only allocation failures are handled; others re-raised
             if not is_memory_failure(exc):
                 raise
@@ -318,8 +322,8 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         return {"error": str(err)}
 
     # ---- the engine ------------------------------------------------------------------------
-    def _run(self, frac, lat, z, n, *, compute_stress: bool, check_distances: bool = False
-             ) -> tuple[dict[str, Tensor], list[str | None]]:
+    def _run(self, frac, lat, z, n, *, compute_stress: bool, check_distances: bool = False,
+             item_limit: int | None = None) -> tuple[dict[str, Tensor], list[str | None]]:
         """Run one batch (tensors, any device).
 
         Returns the outputs over the whole batch and one error message (or None) per structure; rows of failed
@@ -333,13 +337,13 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         n_struct = len(counts)
         try:
             graph = build_graph(frac, lat, z, n, cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff,
-                                max_items=self.single_item_limit())
+                                max_items=item_limit or RUNAWAY * self.single_item_limit())
         except GraphTooLarge as exc:  # counted before the angles exist: refuse those structures, run the others
             errs0: list[str | None] = [
                 None if k < 0 else f"{_OVER_BUDGET} {k:,} graph items, which need about "
                 f"{k * self.retained_bytes_per_item() / 2**30:.1f} GiB against the memory budget of "
                 f"{self.memory_budget / 2**30:.1f} GiB" for k in exc.items]
-            return self._without(errs0, frac, lat, z, n, counts, compute_stress)
+            return self._without(errs0, frac, lat, z, n, counts, compute_stress, item_limit)
         deg = graph.degree()
         isolated = torch.zeros(n_struct, dtype=torch.float64, device=deg.device).index_add_(
             0, graph.batch, (deg == 0).to(torch.float64))
@@ -356,7 +360,7 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
             elif dmin_l[k] < MIN_DISTANCE:
                 errs[k] = f"atoms closer than {MIN_DISTANCE} A (minimum distance {dmin_l[k]:.3f} A)"
         if any(e is not None for e in errs):
-            return self._without(errs, frac, lat, z, n, counts, compute_stress)
+            return self._without(errs, frac, lat, z, n, counts, compute_stress, item_limit)
         chunk = self.chunk_for(2 * graph.n_edges, graph.n_angles)
         with _gc_paused():  # the autograd graph's many small objects otherwise trigger collections mid-pass
             out = self.model(graph, compute_stress=compute_stress, chunk=chunk)
@@ -365,8 +369,8 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         res["min_distance"] = dmin
         return res, errs
 
-    def _without(self, errs: list[str | None], frac, lat, z, n, counts: list[int], compute_stress: bool
-                 ) -> tuple[dict[str, Tensor], list[str | None]]:
+    def _without(self, errs: list[str | None], frac, lat, z, n, counts: list[int], compute_stress: bool,
+                 item_limit: int | None) -> tuple[dict[str, Tensor], list[str | None]]:
         """Outputs of a batch whose structures with an error in ``errs`` are left out (NaN rows) and the rest run."""
         dev = self.device
         keep = [k for k, e in enumerate(errs) if e is None]
@@ -374,7 +378,8 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         errs = list(errs)
         if keep:
             rows = _rows(counts, keep, dev)
-            sub, sub_errs = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress)
+            sub, sub_errs = self._run(frac[rows], lat[keep], z[rows], n[keep], compute_stress=compute_stress,
+                                      item_limit=item_limit)
             keep_t = torch.as_tensor(keep, device=dev)
             for q, v in sub.items():
                 out[q].index_copy_(0, rows if q in _PER_ATOM else keep_t, v.to(out[q].dtype))
@@ -435,9 +440,8 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         vols = vol.tolist()
         for b, row in enumerate(checks):
             bad = [m for m, flag in zip(messages, row, strict=True) if flag]
-            over = None if bad else self.budget_problem(counts[b], vols[b])
-            if bad or over:
-                errors[b] = f"batch[{b}]: {'; '.join(bad) if bad else _OVER_BUDGET + ' ' + str(over)}"
+            if bad:
+                errors[b] = f"batch[{b}]: {'; '.join(bad)}"
             else:
                 good.append(b)
         safe_cell = torch.where(torch.isfinite(cell) & (vol >= 1e-3)[:, None, None], cell,
