@@ -314,6 +314,15 @@ def _run_evil(tmp: Path, path: Path):
         raise
 
 
+def _deep_tree(tmp: Path) -> Path:
+    d = tmp / "inputs"
+    _write(d, "level1/good.cif", _cif_text(li2o()))
+    _write(d, "level1/level2/level3/level4/deep.cif", _cif_text(li2o()))
+    (d / "loop").symlink_to(d)  # a link back to the folder itself
+    (d / "level1" / "up").symlink_to(tmp)  # and one out of it
+    return d
+
+
 def _many_files(tmp: Path) -> Path:
     d = tmp / "many"
     d.mkdir()
@@ -392,6 +401,21 @@ def _check_mixed_job(doc) -> str | None:
     return None
 
 
+def _all_bad_spec(tmp: Path) -> Path:
+    _write(tmp, "inputs/nocell.cif", _cif_block("nocell", _li2o_sites(), cell=False))
+    _write(tmp, "inputs/dummy.vasp", _poscar_text(li2o()).replace("Li O", "Li Qq", 1))
+    spec = {"name": "allbad", "chemsys": "Li-O",
+            "candidates": {"sources": ["user"], "structures": ["inputs"], "max_candidates": 2},
+            "hull": {"references": "offline", "competing_max_sites": 2}, "dft": {"engine": "none"}}
+    return _write(tmp, "spec.yaml", json.dumps(spec))
+
+
+def _run_cli(tmp: Path, spec: Path):
+    from harness import cli
+
+    return cli(["run", str(spec), "--run-dir", str(tmp / "run")])
+
+
 # -- the corpus --------------------------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -430,6 +454,9 @@ CASES: list[Case] = [
     Case(id="files-candidates-job-mixed", group=GROUP, setup=_mixed_job_setup, seconds=60,
          run=_candidates_job, expect="ok", check=_check_mixed_job,
          note="a user file with an unknown species must not kill the candidates job"),
+    Case(id="files-cli-every-file-bad", group=GROUP, setup=_all_bad_spec, run=_run_cli, expect="error",
+         match=("nocell.cif", "_cell_length", "dummy.vasp", "element"), seconds=120,
+         note="matfunnel run with user structures only, every file bad: one error naming each file"),
     # unknown / dummy species
     _bad("cif-dummy-X", "dummy.cif", _cif_block("dummy", [("X1", "X", 0, 0, 0), ("Li1", "Li", 0.5, 0.5, 0.5)]),
          "element"),
@@ -502,6 +529,10 @@ CASES: list[Case] = [
          expect="error", match=("structure.cif", "not a CIF"), quick=True, seconds=30,
          note="the error must not quote the linked file"),
     # folders
+    Case(id="files-folder-deep-tree", group=GROUP, setup=_deep_tree, quick=True, seconds=30,
+         run=lambda tmp, d: load_user_structures(d), expect="ok",
+         check=_mixed({"good.cif": li2o()}, {"level3": ("deeper",)}),
+         note="scan bounded in depth, a symlink loop and a link out of the folder not followed"),
     Case(id="files-dir-named-cif", group=GROUP, setup=lambda tmp: (tmp / "looks_like.cif").mkdir() or
          tmp / "looks_like.cif", run=lambda tmp, p: _strict([p]), expect="error",
          match=("looks_like.cif", "no structure files"), quick=True, seconds=30),
