@@ -521,6 +521,8 @@ CASES: list[Case] = [
          match=("huge.cif", "too large"), quick=True, seconds=30),
     Case(id="files-gzip-bomb", group=GROUP, setup=_gzip_bomb, run=lambda tmp, p: _strict([p]), expect="error",
          match=("bomb.cif.gz", "too large"), quick=True, seconds=30),
+    _bad("gzip-truncated", "cut.cif.gz", gzip.compress(_cif_text(li2o()).encode())[:-200], "truncated",
+         note="a cut download must not load as the atoms before the cut"),
     Case(id="files-fifo", group=GROUP, setup=_fifo, run=lambda tmp, p: _strict([p]), expect="error",
          match=("pipe.cif", "regular file"), quick=True, seconds=15, note="opening a FIFO would block forever"),
     Case(id="files-missing", group=GROUP, run=lambda tmp, _: _strict([tmp / "nowhere.cif"]), expect="error",

@@ -25,8 +25,6 @@ from matfunnel.common.errors import StructureError
 from matfunnel.common.readers import MAX_FILE_BYTES, StructureFileError, read_structure_file, structure_format
 from matfunnel.potential.validate import validate_structure
 
-#: file suffixes picked up when scanning a folder (plus names containing POSCAR/CONTCAR, and ``.gz`` of them)
-STRUCTURE_SUFFIXES = (".cif", ".json", ".vasp", ".poscar")
 #: most structure files taken from one folder
 MAX_FOLDER_FILES = 1000
 #: most folder entries looked at while scanning one folder (all levels together)

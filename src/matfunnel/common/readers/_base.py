@@ -106,6 +106,8 @@ def _gunzip(data: bytes, name: str, max_bytes: int) -> bytes:
         raise StructureFileError(name, "not a valid gzip file") from None
     if len(out) > max_bytes:
         raise StructureFileError(name, f"file too large once decompressed (over {max_bytes:,} bytes)")
+    if not d.eof:
+        raise StructureFileError(name, "truncated gzip file (the compressed data ends early)")
     return out
 
 
