@@ -358,6 +358,26 @@ def _symmetry_bomb() -> str:
             " _atom_site_fract_z\n" + sites)
 
 
+def _many_blocks() -> str:
+    one = _cif_block("b{}", [("Li1", "Li", 0, 0, 0), ("O1", "O", 0.5, 0.5, 0.5)])
+    return "\n".join(one.replace("b{}", f"b{i}") for i in range(1500))
+
+
+def _block_flood() -> str:
+    sites = [(f"C{i}", "C", round(0.013 * i, 4), round(0.029 * i % 1, 4), round(0.007 * i, 4)) for i in range(30)]
+    one = _cif_block("f{}", sites).replace("'P 1'", "'F m -3 m'").replace(
+        "loop_\n _symmetry_equiv_pos_as_xyz\n 'x, y, z'\n", "").replace("4.61", "300.0")
+    return "\n".join(one.replace("f{}", f"f{i}") for i in range(100))
+
+
+def _huge_folder(tmp: Path) -> Path:
+    d = tmp / "crowded"
+    d.mkdir()
+    for i in range(20_500):
+        (d / f"n{i}.txt").touch()
+    return d
+
+
 def _fifo(tmp: Path) -> Path:
     path = tmp / "pipe.cif"
     os.mkfifo(path)
@@ -493,6 +513,9 @@ CASES: list[Case] = [
     _bad("cif-overlapping-atoms", "overlap.cif",
          _cif_block("ov", [("Li1", "Li", 0, 0, 0), ("O1", "O", 0.01, 0, 0)]), "closer than"),
     _bad("cif-symmetry-bomb", "bomb.cif", _symmetry_bomb(), "atom", note="3000 sites x 192 operations"),
+    _bad("cif-many-blocks", "blocks.cif", _many_blocks(), "data blocks", "limit"),
+    _bad("cif-block-flood", "flood.cif", _block_flood(), "positions", "limit",
+         note="100 blocks of 30 sites x 192 operations: each under the block limit, far over in all"),
     _bad("poscar-named-cif", "misnamed.cif", _poscar_text(li2o()), "not a CIF"),
     # JSON
     Case(id="files-json-module-import", group=GROUP, setup=lambda tmp: _evil_module(tmp, nested=False),
@@ -535,6 +558,9 @@ CASES: list[Case] = [
          run=lambda tmp, d: load_user_structures(d), expect="ok",
          check=_mixed({"good.cif": li2o()}, {"level3": ("deeper",)}),
          note="scan bounded in depth, a symlink loop and a link out of the folder not followed"),
+    Case(id="files-folder-huge-listing", group=GROUP, setup=_huge_folder, run=lambda tmp, d: _strict([d]),
+         expect="error", match=("crowded", "entries"), quick=True, seconds=60,
+         note="20,500 entries: the scan stops at its cap instead of listing them all"),
     Case(id="files-dir-named-cif", group=GROUP, setup=lambda tmp: (tmp / "looks_like.cif").mkdir() or
          tmp / "looks_like.cif", run=lambda tmp, p: _strict([p]), expect="error",
          match=("looks_like.cif", "no structure files"), quick=True, seconds=30),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from os import PathLike
 from pathlib import Path
 
@@ -49,9 +50,9 @@ class _Source:
     name: str  # how messages name the file
 
 
-def _folder_error(name: str, problem: str) -> dict:
-    return {"file": name, "index": None, "label": name, "block": None,
-            "error": str(StructureFileError(name, problem))}
+def _folder_error(name: str, problem: str, what: str = "folder") -> dict:
+    """The error record of a folder (or of an entry of it that was not read)."""
+    return {"file": name, "index": None, "label": name, "block": None, "error": f"{what} {name!r}: {problem}"}
 
 
 def _scan_folder(folder: Path, errors: list[dict], max_files: int) -> list[_Source]:
@@ -65,13 +66,14 @@ def _scan_folder(folder: Path, errors: list[dict], max_files: int) -> list[_Sour
     while stack:
         here, depth = stack.pop()
         try:
-            entries = sorted(os.scandir(here), key=lambda e: e.name, reverse=True)
+            with os.scandir(here) as it:  # never list more than the cap allows, however large the folder
+                entries = sorted(islice(it, MAX_FOLDER_ENTRIES - seen + 1), key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            skipped.append(_folder_error(_display(label, folder, here), f"folder cannot be read ({exc.strerror})"))
+            skipped.append(_folder_error(_display(label, folder, here), f"cannot be read ({exc.strerror})"))
             continue
         seen += len(entries)
         if seen > MAX_FOLDER_ENTRIES:
-            errors.append(_folder_error(label, f"folder holds more than {MAX_FOLDER_ENTRIES:,} entries; not scanned "
+            errors.append(_folder_error(label, f"holds more than {MAX_FOLDER_ENTRIES:,} entries; not scanned "
                                                "(give the structure files or a smaller folder)"))
             return []
         for entry in entries:
@@ -82,7 +84,7 @@ def _scan_folder(folder: Path, errors: list[dict], max_files: int) -> list[_Sour
             if entry.is_symlink():
                 if not _inside(path, root):
                     if structure_format(path) is not None:
-                        skipped.append(_folder_error(shown, "symbolic link to outside the folder, not followed"))
+                        skipped.append(_folder_error(shown, "a link to outside the folder, not followed", "file"))
                     continue
                 if path.is_dir():
                     continue  # a link to a folder inside this one: scanned there
@@ -90,18 +92,18 @@ def _scan_folder(folder: Path, errors: list[dict], max_files: int) -> list[_Sour
                 if depth < MAX_FOLDER_DEPTH:
                     stack.append((path, depth + 1))
                 else:
-                    skipped.append(_folder_error(shown, f"subfolder deeper than {MAX_FOLDER_DEPTH} levels, "
+                    skipped.append(_folder_error(shown, f"deeper than {MAX_FOLDER_DEPTH} levels, "
                                                         "not scanned"))
                 continue
             if structure_format(path) is not None:
                 found.append(_Source(path, shown))
     if len(found) > max_files:
-        errors.append(_folder_error(label, f"folder holds {len(found):,} structure files (limit {max_files:,}); "
+        errors.append(_folder_error(label, f"holds {len(found):,} structure files (limit {max_files:,}); "
                                            "give a smaller folder or the files themselves"))
         return []
     errors.extend(sorted(skipped, key=lambda e: e["file"]))
     if not found:
-        errors.append(_folder_error(label, "folder holds no structure files (.cif, .json, .vasp, .poscar, "
+        errors.append(_folder_error(label, "holds no structure files (.cif, .json, .vasp, .poscar, "
                                            "POSCAR or CONTCAR in the name)"))
     return sorted(found, key=lambda s: s.name)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from matfunnel.common.readers._base import (
     MAX_FILE_BYTES,
+    MAX_FILE_POSITIONS,
     MAX_GENERATED_POSITIONS,
     MAX_JSON_DEPTH,
     MAX_LINE_CHARS,
@@ -46,6 +47,7 @@ from matfunnel.common.readers.poscar import read_poscar
 __all__ = [
     "ALLOWED_CLASSES",
     "MAX_FILE_BYTES",
+    "MAX_FILE_POSITIONS",
     "MAX_GENERATED_POSITIONS",
     "MAX_JSON_DEPTH",
     "MAX_LINE_CHARS",

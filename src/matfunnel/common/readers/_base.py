@@ -24,6 +24,8 @@ MAX_LINE_CHARS = 4096
 #: most atom positions a CIF block's sites and symmetry operations may generate (pymatgen's de-duplication is
 #: quadratic in them: 6000 take it about 20 s; 3000 sites in F m -3 m would take hours)
 MAX_GENERATED_POSITIONS = 6_000
+#: the same for all the blocks of one CIF file together
+MAX_FILE_POSITIONS = 2 * MAX_GENERATED_POSITIONS
 #: deepest nesting of a JSON document
 MAX_JSON_DEPTH = 64
 

@@ -8,8 +8,10 @@ import warnings
 
 from matfunnel.common.readers._base import (
     ELEMENTS,
+    MAX_FILE_POSITIONS,
     MAX_GENERATED_POSITIONS,
     MAX_SITES,
+    MAX_STRUCTURES,
     FileItem,
     StructureFileError,
     exc_kind,
@@ -61,8 +63,11 @@ def read_cif(text: str, name: str) -> list[FileItem]:
     """
     from pymatgen.io.cif import CifFile
 
-    if not re.search(r"(?im)^\s*data_", text):
+    n_blocks = len(re.findall(r"(?im)^\s*data_", text))
+    if not n_blocks:
         raise StructureFileError(name, "not a CIF file (no data_ block)")
+    if n_blocks > MAX_STRUCTURES:
+        raise StructureFileError(name, f"{n_blocks:,} data blocks in one file (limit {MAX_STRUCTURES:,})")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -73,6 +78,10 @@ def read_cif(text: str, name: str) -> list[FileItem]:
     if skipped:
         raise StructureFileError(name, f"{skipped} line(s) the CIF parser could not interpret (a broken loop or "
                                        "stray text); not read, to avoid a silent misread")
+    total = sum(_block_positions(block.data) for block in cif.data.values())
+    if total > MAX_FILE_POSITIONS:
+        raise StructureFileError(name, f"its blocks' sites and symmetry operations would generate {total:,} atom "
+                                       f"positions (limit {MAX_FILE_POSITIONS:,} per file)")
     items: list[FileItem] = []
     for header, block in cif.data.items():
         data = block.data
@@ -147,6 +156,14 @@ def _cif_sites_problem(data: dict) -> str | None:
         if two not in ELEMENTS and two[:1] not in ELEMENTS:
             return f"atom site {i + 1}: {short(str(sym))} is not a chemical element"
     return None
+
+
+def _block_positions(data: dict) -> int:
+    """How many atom positions a block's sites and symmetry operations would generate (before any check)."""
+    col = data.get("_atom_site_fract_x", data.get("_atom_site_cartn_x"))
+    if col is None:
+        return 0
+    return (len(col) if isinstance(col, list) else 1) * _cif_symop_count(data)
 
 
 def _cif_symop_count(data: dict) -> int:
