@@ -548,6 +548,8 @@ CASES: list[Case] = [
          note="a cut download must not load as the atoms before the cut"),
     Case(id="files-fifo", group=GROUP, setup=_fifo, run=lambda tmp, p: _strict([p]), expect="error",
          match=("pipe.cif", "regular file"), quick=True, seconds=15, note="opening a FIFO would block forever"),
+    Case(id="files-nul-in-path", group=GROUP, run=lambda tmp, _: _strict([str(tmp / "bad\x00name.cif")]),
+         expect="error", match=("name.cif", "not a valid path"), quick=True, seconds=30),
     Case(id="files-missing", group=GROUP, run=lambda tmp, _: _strict([tmp / "nowhere.cif"]), expect="error",
          match=("nowhere.cif", "not found"), quick=True, seconds=30),
     Case(id="files-explicit-symlink-system-file", group=GROUP, setup=_explicit_symlink, run=_run_explicit_symlink,

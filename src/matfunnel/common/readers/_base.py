@@ -70,6 +70,8 @@ def read_text(path: Path, name: str, max_bytes: int = MAX_FILE_BYTES) -> str:
         raise StructureFileError(name, "file not found (or a broken link)") from None
     except OSError as exc:
         raise StructureFileError(name, f"cannot be inspected ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL byte in the path
+        raise StructureFileError(name, "not a valid path (it contains a NUL byte)") from None
     if stat.S_ISDIR(st.st_mode):
         raise StructureFileError(name, "is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
