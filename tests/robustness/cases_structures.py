@@ -76,6 +76,29 @@ def dense_grid(label: str = "densegrid"):
     return _s(np.eye(3) * n * d, ["C"] * len(grid), grid, label)
 
 
+def cluster_in_box(label: str = "cluster"):
+    """343 C atoms on a 1.1 A grid in one corner of a 40 A box: a low mean density hides a dense cluster.
+
+    The estimate from the mean density is small; the exact graph (2.5 million angles) is what must be refused.
+    """
+    n, d, box = 7, 1.1, 40.0
+    grid = np.array([[i, j, k] for i in range(n) for j in range(n) for k in range(n)], dtype=float) * d
+    return _s(np.eye(3) * box, ["C"] * len(grid), grid, label, cart=True)
+
+
+def check_resource_failure(words: tuple[str, ...]):
+    """check of a relaxation document refused for memory: named, said, and marked as retryable."""
+    def check(value) -> str | None:
+        d = value[-1]
+        problem = _doc_error(d, words)
+        if problem:
+            return problem
+        if not (d.get("data") or {}).get("potential_error"):
+            return "a refusal for memory is not marked retryable (a rerun with more memory may pass)"
+        return None
+    return check
+
+
 def big_si(reps: tuple[int, int, int], label: str):
     """A diamond-Si supercell (8 atoms per conventional cell)."""
     from pymatgen.core import Lattice, Structure
@@ -492,6 +515,9 @@ CASES: list[Case] = [
     C("skew-1deg-relax-batched", _skew_relax_batched, expect="ok",
       check=check_final_failure(("skew1deg", "density")), quick=True),
     C("dense-grid-predict", predict_one(dense_grid), match=("densegrid", "memory"), quick=True),
+    C("cluster-in-box-predict", predict_one(cluster_in_box), match=("cluster", "memory"), quick=True),
+    C("cluster-in-box-relax", relax_batched_one(cluster_in_box, "cluster"), expect="ok",
+      check=check_resource_failure(("cluster", "memory"))),
     C("skew-short-image-predict", predict_one(skew_short_image), match=("skewimg", "closer than"), quick=True),
     C("skew-short-image-ase-lj", predict_one(skew_short_image), setup=lj_ase, match=("skewimg", "closer than"),
       quick=True),

@@ -119,7 +119,7 @@ _PER_ATOM = ("forces", "magmoms")
 #: the tensor-level ``evaluate`` (the engine's step, after its inputs were admitted against the budget) refuses
 #: only a graph this many times over the single-structure budget: a runaway (a cell squeezed or clustered during
 #: a run), not a structure the chunked path can still carry
-RUNAWAY = 4
+RUNAWAY = 2
 #: how a refusal over the memory budget starts (a resource limit: retryable on a larger machine)
 _OVER_BUDGET = "too large for the memory budget:"
 
