@@ -336,6 +336,29 @@ def relax_twice_cached(tmp: Path, _prepared):
     return first, second
 
 
+def lonely(label: str = "lonely"):
+    """Fe and O 13 A apart in a 15 A box: neither has a neighbour within CHGNet's 6 A (found on its graph)."""
+    return _s(np.eye(3) * 15.0, ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], label)
+
+
+def relax_lonely_twice(tmp: Path, _prepared):
+    first = relax_docs([lonely(), si()], tmp=tmp, cache=True)
+    second = relax_docs([lonely(), si()], tmp=tmp, cache=True)
+    return first, second
+
+
+def check_lonely_cached(value) -> str | None:
+    first, second = value
+    problem = _doc_error(first[0], ("lonely", "no neighbour"))
+    if problem:
+        return problem
+    if (first[0].get("data") or {}).get("potential_error"):
+        return "a structure rejected for its geometry is marked as a retryable potential failure"
+    if not (second[0].get("cached") and second[1].get("cached")):
+        return "a rerun computes a final rejection again (it is not kept by the result cache)"
+    return None
+
+
 def check_cached_failure(value) -> str | None:
     first, second = value
     problem = check_final_failure(("overlap03", "closer than"))(first)
@@ -573,6 +596,7 @@ CASES: list[Case] = [
     C("overlap-relax-final", relax_batched_one(overlap_pair, "overlap03"), expect="ok",
       check=check_final_failure(("overlap03", "closer than"))),
     C("overlap-relaxmaker-cached", relax_twice_cached, expect="ok", check=check_cached_failure),
+    C("isolated-relaxmaker-cached", relax_lonely_twice, expect="ok", check=check_lonely_cached),
     # legitimate edge cases: correct numbers, not a rejection
     C("skewed-equivalent-cell", predict_pair(si, si_skewed_equivalent), expect="ok", check=pair_equal()),
     C("left-handed-cell", predict_pair(si, si_left_handed), expect="ok", check=pair_equal()),
