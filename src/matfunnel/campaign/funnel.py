@@ -90,7 +90,7 @@ class FunnelMaker(Maker):
             relax=batched,
             references=ReferencesMaker(references=h.references, competing_max_sites=h.competing_max_sites,
                                        relax=batched),
-            hull=HullMaker(model=model, cache_dir=h.cache_dir),
+            hull=HullMaker(model=model, cache_dir=spec.cache_dir_path()),
             phonon_gate=PhononGateMaker.from_options(spec.phonons, model, pot.device, pot.kwargs),
             dft_gate=DftGateMaker(engine=d.engine, threshold=d.threshold, max_candidates=d.max_candidates,
                                   max_sites=d.max_sites, preset=d.preset, settings=dict(d.settings),

@@ -187,6 +187,22 @@ def decide_references(spec: CampaignSpec) -> tuple[str, str, list[str]]:
     return mode, why, problems
 
 
+def check_user_structures(spec: CampaignSpec) -> list[str]:
+    """The user's structure files, read as the candidates stage reads them: a problem only if none is usable.
+
+    Bad files among good ones are not a problem here: the candidates stage records them and goes on.
+    """
+    if "user" not in spec.candidates.sources or not spec.candidates.structures:
+        return []
+    from matfunnel.candidates.sources import UserStructuresError, load_user_structures
+
+    try:
+        load_user_structures(spec.structure_paths())
+    except UserStructuresError as exc:
+        return [f"candidates.structures: {exc}"]
+    return []
+
+
 def preflight(spec: CampaignSpec, run_dir: str | Path) -> tuple[str, str]:
     """Every check before a run; return the hull references ``(mode, why)`` (see :func:`decide_references`).
 
@@ -194,7 +210,7 @@ def preflight(spec: CampaignSpec, run_dir: str | Path) -> tuple[str, str]:
     ------
     PreflightError
         Listing every problem found: run folder, other campaign, device, potential and its elements,
-        hull references.
+        user structure files (when none is usable), hull references.
     """
     from matfunnel.common.store import StoreError, check_store
 
@@ -209,6 +225,7 @@ def preflight(spec: CampaignSpec, run_dir: str | Path) -> tuple[str, str]:
     problems += device_problems
     if not device_problems:
         problems += check_potential(spec)
+    problems += check_user_structures(spec)
     mode, why, ref_problems = decide_references(spec)
     problems += ref_problems
     if problems:

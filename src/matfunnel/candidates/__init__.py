@@ -1,6 +1,7 @@
 """Candidates stage of the discovery funnel: pure functions over pymatgen objects.
 
 * :func:`load_user_structures` -- CIF/POSCAR/JSON files or folders -> ``(structures, errors)``
+  (:class:`UserStructuresError` when none is usable)
 * :func:`parse_chemsys` -- ``"Li-Mn-O"`` -> ``["Li", "Mn", "O"]`` (``ValueError`` on bad input)
 * :func:`generate_candidates` -- AFLOW prototypes + user structures, substituted into the system
   with ICSD-mined probabilities, filtered, de-duplicated and capped -> :class:`CandidateSet`
@@ -20,7 +21,7 @@ from matfunnel.candidates.prototypes import (
     get_prototype,
     load_aflow_prototypes,
 )
-from matfunnel.candidates.sources import load_user_structures
+from matfunnel.candidates.sources import UserStructuresError, load_user_structures
 from matfunnel.candidates.substitution import (
     SubstitutionTable,
     default_table,
@@ -32,6 +33,7 @@ __all__ = [
     "CandidateSet",
     "Prototype",
     "SubstitutionTable",
+    "UserStructuresError",
     "candidate_id",
     "competing_phase_structures",
     "dedupe_ranked",
