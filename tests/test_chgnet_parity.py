@@ -249,7 +249,8 @@ def test_bad_input_is_reported_per_structure(rng, ours32):
     out = ours32.predict([good, isolated, nan, alien, good], errors="record")
     assert [("error" in r) for r in out] == [False, True, True, True, False]
     assert "lonely" in out[1]["error"]
-    assert abs(out[0]["energy"] - out[4]["energy"]) < 1e-6
+    # the same structure at two places of one float32 batch: equal to float32 rounding of the total (4 ulp)
+    assert abs(out[0]["energy"] - out[4]["energy"]) <= 4 * np.spacing(np.float32(abs(out[0]["energy"])))
 
 
 def test_wrong_checkpoint_is_refused(tmp_path):

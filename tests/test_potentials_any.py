@@ -184,7 +184,7 @@ def test_results_record_the_model(sevennet):
     assert info["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     s = Structure(Lattice.cubic(4.05), ["Al"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     maker = RelaxMaker(potential="sevennet-0", potential_kwargs={"calibrate": False}, progress=False)
-    (doc,) = RelaxMaker.make.original(maker, [s])
+    (doc,) = RelaxMaker.relax_job.original(maker, [s])
     assert doc["error"] is None and doc["model"] == info
     ours = load_potential("chgnet-0.3.0").model_info()
     other = load_potential("chgnet-reference").model_info()
