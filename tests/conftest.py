@@ -16,24 +16,32 @@ import pytest
 os.environ["MATFUNNEL_CACHE"] = tempfile.mkdtemp(prefix="matfunnel-cache-")
 atexit.register(shutil.rmtree, os.environ["MATFUNNEL_CACHE"], ignore_errors=True)
 
-# The whole suite runs under a resident-memory cap (tests/memory_watchdog.py), so a regression that allocates
+# Every test runs under a resident-memory allowance (tests/memory_watchdog.py), so a regression that allocates
 # without bound (a memory bomb through the neighbour graph, say) fails instead of taking the machine down:
-# MemoryError in the test above the cap, the test process killed above 1.5 x the cap. Subprocesses are not
+# MemoryError in the test that grows its process by more than TEST_MEMORY_GB (a test that needs more says so with
+# @pytest.mark.memory_gb(N)), the test process killed above 3/4 of the machine's memory. Subprocesses are not
 # watched (the robustness corpus caps its children's address space itself).
-SUITE_MEMORY_CAP_GB = 8
+TEST_MEMORY_GB = 6
 
 
 def _start_watchdog(gb: float):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from memory_watchdog import MemoryWatchdog
+    from memory_watchdog import MemoryWatchdog, physical_memory
 
-    phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return MemoryWatchdog(int(min(gb * 2**30, 0.5 * phys))).start()
+    return MemoryWatchdog(int(gb * 2**30), int(0.75 * physical_memory())).start()
 
 
-WATCHDOG = _start_watchdog(SUITE_MEMORY_CAP_GB)
+WATCHDOG = _start_watchdog(TEST_MEMORY_GB)
+
+
+@pytest.fixture(autouse=True)
+def _memory_allowance(request):
+    """Give each test its allowance above what the process holds when it starts."""
+    marker = request.node.get_closest_marker("memory_gb")
+    WATCHDOG.start_test(int(marker.args[0] * 2**30) if marker else None)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,9 @@
 
 The GPU run kit (``benchmarks/gpu_check.py``, used by ``benchmarks/gpu_suite.sh`` on a lent CUDA machine) is
 smoke-tested here on the CPU so that it does not rot between GPU sessions; CI has no GPU.
+
+Each script runs single-threaded (``OMP_NUM_THREADS=1``), so the module starts them all at once, two at a time
+(the machine's two cores), and each test waits for its own script's output.
 """
 
 from __future__ import annotations
@@ -10,9 +13,28 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+HAS_PHONON_REFS = (ROOT.parent / "shared/data/phonons/pbe-reference/mp-1883").is_dir()
+
+#: every script this module runs, by test; started together when the module's first test asks for one
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    "gpu_check": ("benchmarks/gpu_check.py", "--device", "cpu", "--relax-like", "4", "--sizes", "64", "--largest",
+                  "128", "--relax", "3", "--relax-steps", "3", "--profile"),
+    "phonon": ("benchmarks/phonon_throughput.py", "--refs", "mp-1883", "--repeat", "1", "--relax", "3"),
+    "relax_processes": ("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "4", "--max-steps", "6",
+                        "--no-ase", "--no-chgnet", "--processes", "2", "--threads", "1"),
+    "potential": ("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
+                  "--repeats", "2", "--ref-batch-size", "2", "--seed", "3"),
+    "relax": ("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "3", "--ref-n", "2", "--max-steps", "8",
+              "--no-chgnet"),
+    "engine_overhead": ("benchmarks/engine_overhead.py", "--n", "60", "--max-atoms", "600", "--repeats", "1",
+                        "--max-steps", "20"),
+}
 
 
 def _run(*args: str) -> str:
@@ -22,9 +44,22 @@ def _run(*args: str) -> str:
     return out.stdout
 
 
-def test_gpu_check_runs_on_cpu():
-    out = _run("benchmarks/gpu_check.py", "--device", "cpu", "--relax-like", "4", "--sizes", "64", "--largest", "128",
-               "--relax", "3", "--relax-steps", "3", "--profile")
+@pytest.fixture(scope="module")
+def started():
+    """Every script of :data:`SCRIPTS` running, two at a time, longest first; ``{name: Future[stdout]}``."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    runs: dict[str, Future] = {name: pool.submit(_run, *args) for name, args in SCRIPTS.items()
+                               if name != "phonon" or HAS_PHONON_REFS}
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _output(started, name: str) -> str:
+    return started[name].result(timeout=900)
+
+
+def test_gpu_check_runs_on_cpu(started):
+    out = _output(started, "gpu_check")
     # one row per batch with items and timings, the breakdown table, the profile, the relax profile, the largest cell
     row = re.search(r"rocksalt 64\s+(\d+)\s+([\d,]+)\s", out)
     assert row and int(row.group(1)) > 16 and int(row.group(2).replace(",", "")) > 10 * int(row.group(1))
@@ -35,28 +70,25 @@ def test_gpu_check_runs_on_cpu():
     assert re.search(r"^\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out.split("largest structure")[1], re.M)
 
 
-def test_relax_benchmark_reports_rates_and_agreement():
-    out = _run("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "3", "--ref-n", "2", "--max-steps", "8",
-               "--no-chgnet")
+def test_relax_benchmark_reports_rates_and_agreement(started):
+    out = _output(started, "relax")
     assert re.search(r"batched: 3 structures in .* structures/s", out)
     assert re.search(r"batched: [\d,]+ atom-steps/s", out)
     assert "(a) and (b) run on the first 2 structures" in out
     assert re.search(r"ase: 2 structures in", out) and re.search(r"speed-up batched / ase: [\d.]+x", out)
 
 
-def test_relax_benchmark_in_several_engine_processes():
+def test_relax_benchmark_in_several_engine_processes(started):
     """--processes: the batched engine in two processes at once (every other structure each) gives the same
     relaxations as one process, and the combined rate is reported."""
-    out = _run("benchmarks/relax_throughput.py", "--device", "cpu", "--n", "4", "--max-steps", "6", "--no-ase",
-               "--no-chgnet", "--processes", "2", "--threads", "1")
+    out = _output(started, "relax_processes")
     assert re.search(r"batched in 2 processes sharing the device: 4 structures in [\d.]+ s = [\d,]+/h", out)
     de = re.search(r"one process vs 2: \|dE\| max ([\d.]+) meV/atom", out)
     assert de and float(de.group(1)) < 0.01, out
 
 
-def test_engine_overhead_benchmark_reports_host_time():
-    out = _run("benchmarks/engine_overhead.py", "--n", "60", "--max-atoms", "600", "--repeats", "1",
-               "--max-steps", "20")
+def test_engine_overhead_benchmark_reports_host_time(started):
+    out = _output(started, "engine_overhead")
     ratio = re.search(r"pymatgen ([\d.]+) ms, SiteTable ([\d.]+) ms: ([\d.]+)x", out)
     assert ratio and float(ratio.group(3)) > 0  # documents checked equal inside the script
     run = re.search(r"run 1: .* (\d+) iterations, (\d+) structure-steps; engine host time ([\d.]+) ms per structure",
@@ -64,20 +96,17 @@ def test_engine_overhead_benchmark_reports_host_time():
     assert run and int(run.group(1)) > 1 and int(run.group(2)) >= 60 and float(run.group(3)) > 0
 
 
-def test_phonon_benchmark_compares_symmetric_relaxations():
-    import pytest
-
-    if not (ROOT.parent / "shared/data/phonons/pbe-reference/mp-1883").is_dir():
+def test_phonon_benchmark_compares_symmetric_relaxations(started):
+    if not HAS_PHONON_REFS:
         pytest.skip("no shared DFT phonon references beside the repository")
-    out = _run("benchmarks/phonon_throughput.py", "--refs", "mp-1883", "--repeat", "1", "--relax", "3")
+    out = _output(started, "phonon")
     assert re.search(r"symmetric relaxation of 3 reference cells .* speed-up [\d.]+x", out)
     agree = re.search(r"\|dE\| max ([\d.e+-]+) meV/atom, .* identical step counts (\d+)/3; converged batched 3", out)
     assert agree and float(agree.group(1)) < 0.1 and int(agree.group(2)) >= 2, out
 
 
-def test_potential_benchmark_reports_ratio_and_agreement():
-    out = _run("benchmarks/potential_throughput.py", "--n", "6", "--supercells", "", "--scaling", "8",
-               "--repeats", "2", "--ref-batch-size", "2", "--seed", "3")
+def test_potential_benchmark_reports_ratio_and_agreement(started):
+    out = _output(started, "potential")
     assert re.search(r"chgnet CHGNet \(reference\)\s+[\d.]+\s+[\d.]+", out)
     assert re.search(r"speed-up: [\d.]+x wall", out)
     assert re.search(r"adjacent pairs: median [\d.]+x, range [\d.]+-[\d.]+x", out)

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"engine"},                                     # batched relaxation and MD on a potential
     {"makers"},                                     # jobflow makers around the engine
     {"candidates", "hull", "dft", "phonons"},       # the stages
-    {"benchmark"},                                  # external benchmarks and the funnel's self-scoring
+    {"benchmark", "train"},                         # external benchmarks and self-scoring; fine-tuning
     {"campaign"},                                   # wiring of the stages, I/O
     {"cli"},                                        # the command line
 ]

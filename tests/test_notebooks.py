@@ -21,6 +21,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
         pytest.skip(f"no shared data at {SHARED} (set MATFUNNEL_SHARED)")
     monkeypatch.setenv("MATFUNNEL_SHARED", str(SHARED))
     monkeypatch.setenv("MATFUNNEL_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("MATFUNNEL_NOTEBOOK_REFS", "2")  # the notebook's default compares 3 references
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
