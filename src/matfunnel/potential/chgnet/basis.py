@@ -8,8 +8,9 @@ radial basis needs one extra ``cos``), which matters on the CPU where these are 
 
 The forwards and the autograd versions share one implementation of the formulas, so the outputs are
 bitwise the same; the gradients agree to rounding (tested in
-``tests/test_chgnet_basis.py``). With frequencies that require gradients (training) the model keeps
-the autograd versions.
+``tests/test_chgnet_basis.py``). With frequencies that require gradients (training), and within
+:func:`~matfunnel.potential.chgnet.mode.plain_autograd` (whose backward must be differentiable), the model
+keeps the autograd versions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from matfunnel.potential.chgnet.mode import is_plain
 
 
 def _envelope(x: Tensor, p: int) -> Tensor:
@@ -99,14 +102,20 @@ class _Angular(torch.autograd.Function):
 
 
 def radial(d: Tensor, freq: Tensor, cutoff: float, p: int) -> Tensor:
-    """The radial basis (rows of ``d``, one column per frequency); fused backward unless ``freq`` is trained."""
-    if freq.requires_grad:
+    """The radial basis (rows of ``d``, one column per frequency); fused backward unless ``freq`` is trained.
+
+    Autograd through the formulas (:func:`radial_reference`) in plain mode.
+    """
+    if freq.requires_grad or is_plain():
         return radial_reference(d, freq, cutoff, p)
     return _Radial.apply(d, freq, cutoff, p)
 
 
 def angular(cos: Tensor, freq: Tensor) -> Tensor:
-    """The angular Fourier basis (1 + 2 len(freq) columns); fused backward unless ``freq`` is trained."""
-    if freq.requires_grad:
+    """The angular Fourier basis (1 + 2 len(freq) columns); fused backward unless ``freq`` is trained.
+
+    Autograd through the formulas (:func:`angular_reference`) in plain mode.
+    """
+    if freq.requires_grad or is_plain():
         return angular_reference(cos, freq)
     return _Angular.apply(cos, freq)

@@ -15,7 +15,9 @@ The kernels are C++ compiled on first use with the system's ``g++`` (``-O3 -marc
 into a cache folder (``MATFUNNEL_EXT_DIR``, default ``~/.cache/matfunnel/ext``) keyed by the source, the
 compiler and the CPU, and loaded with ctypes; they run on the OpenMP thread pool torch already uses.
 Without a compiler, or with ``MATFUNNEL_CPU_KERNELS=0``, everything runs on the pure-torch path, which
-gives the same numbers (tested in ``tests/test_chgnet_cpu_ops.py``).
+gives the same numbers (tested in ``tests/test_chgnet_cpu_ops.py``). Within
+:func:`~matfunnel.potential.chgnet.mode.plain_autograd` the model's kernels are off too (:func:`enabled` is False:
+their backward passes are not differentiable); graph construction still uses the sorts and the neighbour search.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from matfunnel.potential.chgnet.mode import is_plain
 
 _SRC = Path(__file__).with_name("_cpu_kernels.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -138,8 +142,8 @@ def available(device) -> bool:
 
 
 def enabled(x: Tensor) -> bool:
-    """True when the fused float32 kernels apply to tensors like ``x`` (float32 on the CPU)."""
-    return x.dtype == torch.float32 and available(x.device)
+    """True when the fused float32 kernels apply to tensors like ``x`` (float32 on the CPU, not in plain mode)."""
+    return x.dtype == torch.float32 and available(x.device) and not is_plain()
 
 
 def _ptr(t: Tensor | None) -> int | None:

@@ -14,6 +14,12 @@ directed edges and angles once per forward and shared by all blocks; the first-b
 terms of an angle are added per directed bond and then expanded. On CUDA the gathers, segment sums
 and the gated tail (layer norms, activations, weighting, aggregation) run as Triton kernels
 (:mod:`.triton_ops`).
+
+For training, ``forward(..., create_graph=True)`` runs every op as plain differentiable torch
+(:func:`.mode.plain_autograd`: no custom Function or kernel, whose backward passes are not differentiable) and
+returns outputs attached to the graph, so that a loss on energies, forces and stress backpropagates to the
+parameters (double backward through the forces). Site energies are summed per structure in float64: the
+energies are float64 in every dtype (a float32 sum over hundreds of atoms drifts by microvolts per atom).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 from matfunnel.common.units import EV_A3_TO_GPA
 from matfunnel.potential.chgnet import basis, cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import GraphBatch, argsort_stable
+from matfunnel.potential.chgnet.mode import is_plain, plain_autograd
 from matfunnel.potential.chgnet.ops import Index, gather, gather_sum, scatter
 
 
@@ -74,7 +81,8 @@ class _Gated(nn.Module):
         """``build(self)``, cached under ``name`` until one of this module's (frozen) parameters changes version.
 
         The kernels' layouts of the weights are built once, not on every call (an in-place change through
-        ``.data`` does not bump the version and is not seen).
+        ``.data`` does not bump the version and is not seen). Only the kernels' paths use it, and those are off
+        in plain mode and for trained weights, so no cached layout carries an autograd graph.
         """
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         cache = self.__dict__.setdefault("_frozen", {})
@@ -86,9 +94,10 @@ class _Gated(nn.Module):
     def message(self, pre: Tensor, w: Tensor | None = None, seg: Index | None = None) -> Tensor:
         """``finish(pre) * w``, summed into the segments of the sorted index ``seg`` when given.
 
-        On CUDA this is one Triton kernel from the pre-norm ``[core | gate]`` (forward and backward).
+        On CUDA this is one Triton kernel from the pre-norm ``[core | gate]`` (forward and backward), unless
+        the weights are trained (the kernel gives no gradient of the layer norms' parameters).
         """
-        if triton_ops.enabled(pre):
+        if triton_ops.enabled(pre) and not self.ln_core.weight.requires_grad:
             if self.hidden:
                 w2, b2 = self.frozen("triton", lambda m: (torch.block_diag(m.w2_core, m.w2_gate),
                                                           torch.cat([m.b2_core, m.b2_gate])))
@@ -252,12 +261,29 @@ class _Plan:
                             for lo, hi in _bounds(g.n_angles, chunk)]
 
 
+def _in_mode(fn):
+    """``fn``, run in plain mode when called from plain mode.
+
+    A checkpoint's recomputation (in the backward pass, possibly on another thread) then takes the same path as
+    the forward did.
+    """
+    if not is_plain():
+        return fn
+
+    def plain_fn(*args):
+        with plain_autograd():
+            return fn(*args)
+
+    return plain_fn
+
+
 def _run_parts(fn, parts: list, per_part: list) -> Tensor:
     """Sum of fn(part, x) over parts; with several parts, activations are recomputed in backward."""
     if len(parts) == 1:
         return fn(parts[0], per_part[0])
     from torch.utils.checkpoint import checkpoint
 
+    fn = _in_mode(fn)
     total = None
     for part, x in zip(parts, per_part, strict=False):
         out = checkpoint(fn, part, x, use_reentrant=False)
@@ -271,6 +297,7 @@ def _run_parts_cat(fn, parts: list, per_part: list) -> Tensor:
         return fn(parts[0], per_part[0])
     from torch.utils.checkpoint import checkpoint
 
+    fn = _in_mode(fn)
     return torch.cat([checkpoint(fn, p, x, use_reentrant=False) for p, x in zip(parts, per_part, strict=False)])
 
 
@@ -315,13 +342,43 @@ class CHGNetModel(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = True,
         chunk: int | None = None,
+        create_graph: bool = False,
     ) -> dict[str, Tensor]:
-        """Energies (B,) eV, forces (N, 3) eV/A, stress (B, 3, 3) GPa, magmoms (N,) mu_B."""
+        """Energies, forces, stress and magmoms of the structures of ``g``.
+
+        Parameters
+        ----------
+        g
+            The batched graph (:func:`~matfunnel.potential.chgnet.graph.build_graph`).
+        compute_forces, compute_stress
+            Whether to return forces / stress (gradients of the energy).
+        chunk
+            Split the edge and angle work into chunks of this many items whose activations are recomputed in
+            the backward pass (bounded memory); None: one pass.
+        create_graph
+            Training: run in plain mode (:func:`~matfunnel.potential.chgnet.mode.plain_autograd`, entered here),
+            differentiate the forces and stress with ``create_graph=True`` and return every output attached to
+            the autograd graph, so that a loss on them backpropagates to the parameters (those the caller set
+            ``requires_grad``). Default: inference, fast kernels, detached outputs.
+
+        Returns
+        -------
+        dict[str, Tensor]
+            ``energy`` (B,) eV, float64 (site energies summed in float64); ``magmoms`` (N,) mu_B,
+            ``forces`` (N, 3) eV/A and ``stress`` (B, 3, 3) GPa in the model's dtype.
+        """
+        if create_graph:
+            with plain_autograd():
+                return self._forward(g, compute_forces, compute_stress, chunk, True)
+        return self._forward(g, compute_forces, compute_stress, chunk, False)
+
+    def _forward(self, g: GraphBatch, compute_forces: bool, compute_stress: bool, chunk: int | None,
+                 create_graph: bool) -> dict[str, Tensor]:
         cfg = self.cfg
         dtype = self.atom_embedding.dtype
         n_struct = g.n_structures
         need_grad = compute_forces or compute_stress
-        with torch.enable_grad() if need_grad else torch.no_grad():
+        with torch.enable_grad() if need_grad or create_graph else torch.no_grad():
             # geometry (positions, distances, angles, bases) in float64: acos near collinear bonds
             # amplifies float32 rounding; features are then cast to the model dtype
             gdt = torch.float64
@@ -380,17 +437,20 @@ class CHGNetModel(nn.Module):
             for layer in self.readout[:-1]:
                 h = F.silu(layer(h))
             site = self.readout[-1](h).squeeze(1) + self.atom_ref[g.atomic_numbers - 1]
-            energy = scatter(site, plan.atom_struct)
+            # summed in float64: a float32 sum over a structure's atoms drifts with its size
+            energy = scatter(site.to(torch.float64), plan.atom_struct)
             assert magmom is not None  # set by the last block before the final atom conv
-            out = {"energy": energy.detach(), "magmoms": magmom.detach()}
+            out = {"energy": energy, "magmoms": magmom}
             if need_grad:
                 inputs = [t for t, want in ((pos, compute_forces), (strain, compute_stress)) if want]
-                grads = list(torch.autograd.grad(energy.sum(), inputs))
+                grads = list(torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph))
                 if compute_forces:
                     out["forces"] = (-grads.pop(0)).to(dtype)
                 if compute_stress:
                     vol = torch.linalg.det(lattice).abs()
                     out["stress"] = (grads.pop(0) * (EV_A3_TO_GPA / vol)[:, None, None]).to(dtype)
+        if not create_graph:
+            out = {k: v.detach() for k, v in out.items()}
         return out
 
     def _bond_angle(self, k, h, bond_s, angle, plan: _Plan, bw_angle, last):

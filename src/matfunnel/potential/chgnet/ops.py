@@ -12,6 +12,9 @@ already), and
 
 For a sorted index both directions are a single pass without any permutation. On CUDA (float32) the
 segment sums and the multi-term gathers run as Triton kernels (:mod:`~matfunnel.potential.chgnet.triton_ops`).
+
+Within :func:`~matfunnel.potential.chgnet.mode.plain_autograd` the three functions are plain ``index_select`` /
+``index_add`` (differentiable backward passes, for a loss on forces or stress), on any device and dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor
 
 from matfunnel.potential.chgnet import cpu_ops, triton_ops
 from matfunnel.potential.chgnet.graph import argsort_stable
+from matfunnel.potential.chgnet.mode import is_plain
 
 
 class Index:
@@ -116,21 +120,30 @@ class _GatherSum(torch.autograd.Function):
 
 
 def gather(x: Tensor, ix: Index) -> Tensor:
-    """``x[ix.idx]``; backward is a segment sum."""
-    if not x.requires_grad:
+    """``x[ix.idx]``; backward is a segment sum (``index_add`` in plain mode)."""
+    if not x.requires_grad or is_plain():
         return x.index_select(0, ix.idx)
     return _Gather.apply(x, ix)
 
 
 def scatter(x: Tensor, ix: Index) -> Tensor:
     """Rows of ``x`` summed into ``ix.n`` rows at ``ix.idx``; backward is a gather."""
+    if is_plain():
+        return x.new_zeros((ix.n, *x.shape[1:])).index_add(0, ix.idx, x)
     if not x.requires_grad:
         return _segsum(x, ix)
     return _Scatter.apply(x, ix)
 
 
 def gather_sum(pairs: list[tuple[Tensor, Index]], dense: Tensor | None = None) -> Tensor:
-    """``sum(x[ix.idx] for x, ix in pairs) + dense`` in one buffer."""
+    """``sum(x[ix.idx] for x, ix in pairs) + dense`` in one buffer (separate differentiable ops in plain mode)."""
+    if is_plain():
+        out = dense
+        for x, ix in pairs:
+            term = x.index_select(0, ix.idx)
+            out = term if out is None else out + term
+        assert out is not None, "gather_sum needs at least one pair"
+        return out
     xs = [x for x, _ in pairs]
     ixs = [ix for _, ix in pairs]
     return _GatherSum.apply(ixs, dense, *xs)

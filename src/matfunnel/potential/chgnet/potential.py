@@ -388,7 +388,8 @@ class ChgnetPotential(calibration.MemoryCalibrated, ItemBudget, Potential):
         return out, errs
 
     def _nan_outputs(self, n_struct: int, n_total: int, compute_stress: bool, dev) -> dict[str, Tensor]:
-        out = {"energy": torch.full((n_struct,), math.nan, dtype=self.dtype, device=dev),
+        # energies are float64 in every dtype (the model sums site energies in float64)
+        out = {"energy": torch.full((n_struct,), math.nan, dtype=torch.float64, device=dev),
                "forces": torch.full((n_total, 3), math.nan, dtype=self.dtype, device=dev),
                "magmoms": torch.full((n_total,), math.nan, dtype=self.dtype, device=dev),
                "min_distance": torch.full((n_struct,), math.nan, dtype=torch.float64, device=dev)}
