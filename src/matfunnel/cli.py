@@ -231,6 +231,33 @@ def cmd_potentials(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Fine-tune as a spec says (``torchrun --nproc_per_node N -m matfunnel.cli train ...``: N processes)."""
+    from matfunnel.train.data import TrainingDataError
+    from matfunnel.train.run import init_distributed, run_training
+    from matfunnel.train.spec import TrainSpecError, load_spec
+    from matfunnel.train.trainer import FineTuneError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        spec = load_spec(args.spec)
+        rank = init_distributed()
+        result = run_training(spec, args.out, progress=not args.quiet and rank == 0)
+    except (TrainSpecError, TrainingDataError, FineTuneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if rank:
+        return 0
+    before, after = result.metrics["before"] or {}, result.metrics["after"] or {}
+    print(f"checkpoint {result.checkpoint} (epoch {result.metrics['epoch']}, training set {result.dataset_hash[:12]})")
+    for key, unit in (("energy", "meV/atom"), ("forces", "meV/A"), ("stress", "GPa"), ("magmoms", "muB")):
+        b, a = before.get(f"{key}_mae"), after.get(f"{key}_mae")
+        if b is not None and b == b:
+            print(f"  validation {key} MAE: {b:.4g} -> {a:.4g} {unit}")
+    print(f"log: {result.folder / 'log.csv'}, curves: {result.folder / 'curves.png'}")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     """Measure (``--force``) or show this device's memory model for batch sizing."""
     from matfunnel.potential import calibration, load_potential
@@ -283,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("potentials", help="list the potentials: ready, or what each still needs")
     pl.set_defaults(func=cmd_potentials)
+
+    t = sub.add_parser("train", help="fine-tune a potential from a spec (see matfunnel.train.spec)")
+    t.add_argument("spec")
+    t.add_argument("--out", default=None, help="run folder (default: the spec's out, else runs/fine-tune)")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("calibrate", help="measure this device's memory per work item for batch sizing (cached)")
     c.add_argument("--potential", default="chgnet-0.3.0")

@@ -153,6 +153,44 @@ class DftDoc(StageDocument):
     runs: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class FineTuneDoc(StageDocument):
+    """A fine-tuning run's outcome (:class:`matfunnel.train.maker.FineTuneMaker`).
+
+    Attributes
+    ----------
+    base
+        The potential it started from (``"chgnet-0.3.0"``).
+    checkpoint
+        The fine-tuned checkpoint: ``load_potential(base, checkpoint=checkpoint)``.
+    folder
+        The content-addressed run folder (logs, curves, state).
+    key
+        The run's content address (data, settings and starting model).
+    dataset_hash
+        The training frames' hash.
+    n_train, n_val
+        Frames used for training and validation.
+    metrics
+        Validation MAEs and loss before and after (``{"before": ..., "after": ..., "epoch": ...}``).
+    references
+        Change of each element's reference energy by the refit (eV/atom).
+    data_errors
+        Frames left out, each ``"<file>#<frame>: problem"``.
+    """
+
+    base: str
+    checkpoint: str
+    folder: str
+    key: str
+    dataset_hash: str
+    n_train: int = 0
+    n_val: int = 0
+    metrics: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+    data_errors: list[str] = field(default_factory=list)
+
+
 def as_doc[D: StageDocument](cls: type[D], obj: Any) -> D:
     """``obj`` as a ``cls`` document: itself, or built from its dict (as stored, with or without ``@class``)."""
     return obj if isinstance(obj, cls) else cls.from_dict(dict(obj))

@@ -135,7 +135,8 @@ def _chgnet_ours(device: str, **kw) -> Potential:
     from matfunnel.potential.chgnet.potential import ChgnetPotential
 
     pot = ChgnetPotential(device=device, **kw)
-    pot.weights_file = str(_chgnet_weights())  # the 0.3.0 file our modules' weights are mapped from
+    # the file our modules' weights come from: a fine-tuned checkpoint, else the wheel's 0.3.0 file
+    pot.weights_file = str(kw.get("checkpoint") or _chgnet_weights())
     return pot
 
 

@@ -7,6 +7,7 @@ listing every problem.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 from collections.abc import Callable
 from pathlib import Path
@@ -145,13 +146,80 @@ def map_state_dict(state: dict[str, Tensor], model: CHGNetModel) -> dict[str, Te
     return out
 
 
-def load_checkpoint(path: str | Path | None = None, *, version: str = "0.3.0") -> CHGNetModel:
-    """Build a :class:`CHGNetModel` with the weights from ``path`` (default: the chgnet wheel's)."""
-    path = Path(path) if path is not None else checkpoint_path(version)
+#: the format tag of checkpoints written by matfunnel (fine-tuned models): our own parameter names
+NATIVE_FORMAT = "matfunnel-chgnet/1"
+
+
+def save_native(model: CHGNetModel, path: str | Path, meta: dict) -> Path:
+    """Write ``model`` as a matfunnel CHGNet checkpoint (parameters in float32, our names) with ``meta``.
+
+    Parameters
+    ----------
+    model
+        The model to save (any device and dtype).
+    path
+        The file to write; it is written to a temporary name first and renamed, so a crash never leaves half
+        a checkpoint under ``path``.
+    meta
+        JSON-like provenance (base model, training set hash, metrics, ...), stored under ``"meta"``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+    blob = {"format": NATIVE_FORMAT, "config": dataclasses.asdict(model.cfg), "state_dict": state, "meta": meta}
+    tmp = path.with_name(path.name + ".part")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_native_meta(path: str | Path) -> dict:
+    """The ``meta`` record of a matfunnel checkpoint; :class:`CheckpointError` for any other file."""
+    raw = _read(Path(path))
+    if not (isinstance(raw, dict) and raw.get("format") == NATIVE_FORMAT):
+        raise CheckpointError(f"{path} is not a matfunnel CHGNet checkpoint (format {NATIVE_FORMAT!r})")
+    return dict(raw.get("meta") or {})
+
+
+def _read(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def _load_native(raw: dict, path: Path) -> CHGNetModel:
+    cfg_d = raw.get("config")
+    if not isinstance(cfg_d, dict):
+        raise CheckpointError(f"{path}: matfunnel checkpoint without its config")
+    try:
+        cfg = Config(**{**cfg_d, "mlp_hidden_dims": tuple(cfg_d.get("mlp_hidden_dims", (64, 64, 64)))})
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: config does not fit this CHGNet ({exc})") from exc
+    model = CHGNetModel(cfg)
+    try:
+        model.load_state_dict(raw["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: parameters do not fit this CHGNet ({exc})") from exc
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path | None = None, *, version: str = "0.3.0") -> CHGNetModel:
+    """Build a :class:`CHGNetModel` with the weights from ``path`` (default: the chgnet wheel's).
+
+    ``path`` may be a chgnet checkpoint (its state dict is mapped onto our parameters) or a matfunnel
+    checkpoint written by :func:`save_native` (a fine-tuned model).
+    """
+    path = Path(path) if path is not None else checkpoint_path(version)
+    raw = _read(path)
+    if isinstance(raw, dict) and raw.get("format") == NATIVE_FORMAT:
+        return _load_native(raw, path)
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict) or "state_dict" not in raw:

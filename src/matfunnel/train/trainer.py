@@ -1,0 +1,415 @@
+"""Fine-tune our CHGNet on energies, forces, stresses and magnetic moments (:func:`fine_tune`).
+
+Forces and stresses in the loss need the derivative of a derivative (the model's forces are gradients of its
+energy), so training runs the model in its plain-autograd mode (:func:`matfunnel.potential.chgnet.mode`), where
+every op has a differentiable backward; validation runs the fast inference path.
+
+A run lives in one folder:
+
+``state.pt``
+    the model, the optimizer and the logs after the last finished epoch: a rerun with the same data and
+    settings resumes after it (nothing finished is recomputed), a rerun with other data or settings is refused;
+``checkpoint.pt``
+    the best model so far by validation loss (the last one without validation frames), a matfunnel CHGNet
+    checkpoint with its training set's hash and metrics (:func:`matfunnel.potential.chgnet.weights.save_native`),
+    loadable everywhere as ``load_potential("chgnet-0.3.0", checkpoint=...)``;
+``log.csv``, ``steps.csv``, ``curves.png``
+    the loss log per epoch (epoch 0: before training) and per step, and its curves;
+``result.json``
+    written last: a finished run is returned from it as it is.
+
+Data-parallel training: start the processes with ``torchrun`` (or any launcher that initialises
+``torch.distributed``); each takes a size-balanced shard of every global batch (:mod:`matfunnel.train.batches`),
+the gradients are summed over the processes, and the loss curve equals one process's to round-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from matfunnel.potential.chgnet.graph import build_graph
+from matfunnel.potential.chgnet.model import CHGNetModel
+from matfunnel.potential.chgnet.weights import load_checkpoint, save_native
+from matfunnel.train.batches import FrameTensors, epoch_batches, shard, to_tensors
+from matfunnel.train.config import TrainConfig
+from matfunnel.train.data import dataset_hash
+from matfunnel.train.frames import Frame
+from matfunnel.train.log import Progress, write_logs
+from matfunnel.train.loss import TERMS, label_counts, shard_loss
+from matfunnel.train.optim import make_optimizer
+from matfunnel.train.references import refit_references
+
+BASES: tuple[str, ...] = ("chgnet-0.3.0",)
+"""The potentials :func:`fine_tune` starts from."""
+
+#: MAE units in the logs: energy per atom and forces in milli-units
+_MAE_SCALE = {"energy": 1000.0, "forces": 1000.0, "stress": 1.0, "magmoms": 1.0}
+
+
+class FineTuneError(RuntimeError):
+    """A fine-tuning run cannot start or go on (the message names the folder and the problem)."""
+
+
+@dataclass
+class FineTuneResult:
+    """What a fine-tuning run produced.
+
+    Attributes
+    ----------
+    folder
+        The run folder.
+    checkpoint
+        The fine-tuned checkpoint (best by validation loss).
+    dataset_hash
+        :func:`matfunnel.train.data.dataset_hash` of the training frames.
+    metrics
+        ``{"before": ..., "after": ...}``: validation MAEs (energy meV/atom, forces meV/Å, stress GPa,
+        magmoms μB) and loss before training and of the checkpoint; ``"epoch"``: the checkpoint's epoch.
+    references
+        The change of each element's reference energy by the refit (eV/atom; empty unless ``energy: refit``).
+    epochs
+        The per-epoch log rows.
+    """
+
+    folder: Path
+    checkpoint: Path
+    dataset_hash: str
+    metrics: dict[str, Any]
+    references: dict[str, float] = field(default_factory=dict)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able fields."""
+        return {"folder": str(self.folder), "checkpoint": str(self.checkpoint), "dataset_hash": self.dataset_hash,
+                "metrics": self.metrics, "references": self.references, "epochs": self.epochs}
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the processes (in place; unchanged with one process)."""
+    import torch.distributed as dist
+
+    if _world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _world()[1] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the run folder (rank 0 only): two runs never write one folder."""
+    if _world()[0] != 0:
+        yield
+        return
+    with open(folder / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FineTuneError(f"{folder}: another process is fine-tuning in this folder") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------ model passes
+def _trainable(model: CHGNetModel, freeze: Sequence[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if not any(n.startswith(f) for f in freeze)]
+
+
+def _forward(model: CHGNetModel, members: Sequence[FrameTensors], *, terms: Sequence[str],
+             create_graph: bool) -> dict[str, Tensor]:
+    """The model's outputs for ``members`` (one graph), differentiable with ``create_graph``."""
+    cfg = model.cfg
+    dev = model.atom_ref.device
+    graph = build_graph(torch.cat([t.frac for t in members]).to(dev), torch.stack([t.lattice for t in members]).to(dev),
+                        torch.cat([t.numbers for t in members]).to(dev),
+                        torch.tensor([t.n_atoms for t in members], device=dev),
+                        cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
+    return model(graph, compute_forces="forces" in terms, compute_stress="stress" in terms,
+                 create_graph=create_graph)
+
+
+def _evaluate(model: CHGNetModel, tensors: Sequence[FrameTensors], config: TrainConfig) -> dict[str, float]:
+    """Validation loss and MAEs of ``tensors`` (fast inference path; sharded over the processes)."""
+    rank, world = _world()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    counts = label_counts(tensors)
+    mine = list(range(rank, len(tensors), world))
+    acc = torch.zeros(1 + 2 * len(TERMS), dtype=torch.float64)
+    for lo in range(0, len(mine), config.batch_size):
+        members = [tensors[i] for i in mine[lo:lo + config.batch_size]]
+        out = _forward(model, members, terms=("energy", "forces", "stress", "magmoms"), create_graph=False)
+        loss, sums = shard_loss(members, out, counts, config)
+        acc[0] += float(loss)
+        for k, term in enumerate(TERMS):
+            acc[1 + 2 * k] += sums.get(term, 0.0)
+            acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
+    _all_sum(acc)
+    row: dict[str, float] = {"loss": float(acc[0])}
+    for k, term in enumerate(TERMS):
+        n = float(acc[2 + 2 * k])
+        row[f"{term}_mae"] = float(acc[1 + 2 * k]) / n * _MAE_SCALE[term] if n else math.nan
+    return row
+
+
+def _energies(model: CHGNetModel, tensors: Sequence[FrameTensors], batch_size: int) -> list[float]:
+    """The model's total energies of ``tensors`` (sharded over the processes, summed back)."""
+    rank, world = _world()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    energies = torch.zeros(len(tensors), dtype=torch.float64)
+    mine = list(range(rank, len(tensors), world))
+    for lo in range(0, len(mine), batch_size):
+        idx = mine[lo:lo + batch_size]
+        out = _forward(model, [tensors[i] for i in idx], terms=(), create_graph=False)
+        energies[idx] = out["energy"].detach().to("cpu", torch.float64)
+    return _all_sum(energies).tolist()
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_key(train_hash: str, val_hash: str, config: TrainConfig, base: str, checkpoint: str | None) -> str:
+    """The content address of a run: its data, settings and starting model (a sha256, hex)."""
+    start = None
+    if checkpoint is not None:
+        from matfunnel.potential.provenance import file_sha256
+
+        start = file_sha256(checkpoint)
+    blob = json.dumps({"train": train_hash, "val": val_hash, "config": config.as_dict(), "base": base,
+                       "start": start, "format": 1}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _row(epoch: int, steps: int, seconds: float, lr: float, train: dict[str, float] | None,
+         val: dict[str, float] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch, "steps": steps, "seconds": round(seconds, 3), "lr": lr}
+    for split, values in (("train", train), ("val", val)):
+        for key, value in (values or {}).items():
+            row[f"{split}_{key}"] = None if value is None or math.isnan(value) else value
+    return row
+
+
+def fine_tune(train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, folder: str | Path, *,
+              base: str = "chgnet-0.3.0", checkpoint: str | None = None, progress: bool = True) -> FineTuneResult:
+    """Fine-tune ``base`` (or the checkpoint ``checkpoint`` of it) on ``train``, validating on ``val``.
+
+    Parameters
+    ----------
+    train, val
+        Training and validation frames (``val`` may be empty: the last model is kept).
+    config
+        The settings (:class:`TrainConfig`).
+    folder
+        The run folder (created; see the module docstring for what it holds).
+    base
+        The potential's name (:data:`BASES`).
+    checkpoint
+        Start from this checkpoint of ``base`` instead of its published weights.
+    progress
+        Show a progress line on stderr (rank 0).
+
+    Returns
+    -------
+    FineTuneResult
+        The checkpoint, the dataset hash, and the metrics before and after.
+
+    Raises
+    ------
+    FineTuneError
+        An unknown base, no training frames, a folder that holds another run, or a folder in use.
+    """
+    if base not in BASES:
+        raise FineTuneError(f"fine-tuning starts from one of {', '.join(BASES)}, not {base!r}")
+    if not train:
+        raise FineTuneError(f"{folder}: no training frames")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_hash, val_hash = dataset_hash(train), dataset_hash(val)
+    key = run_key(train_hash, val_hash, config, base, checkpoint)
+    rank, _ = _world()
+    done = folder / "result.json"
+    if done.is_file():
+        stored = json.loads(done.read_text())
+        if stored.get("key") == key:
+            return _result_from(stored)
+        raise FineTuneError(f"{folder} holds a finished fine-tuning run with other data or settings; "
+                            f"use another folder")
+    with _folder_lock(folder):
+        result = _run(train, val, config, folder, key, base, checkpoint, train_hash, progress and rank == 0)
+    _barrier()
+    return result
+
+
+def _result_from(stored: dict[str, Any]) -> FineTuneResult:
+    return FineTuneResult(folder=Path(stored["folder"]), checkpoint=Path(stored["checkpoint"]),
+                          dataset_hash=stored["dataset_hash"], metrics=stored["metrics"],
+                          references=stored.get("references", {}), epochs=stored.get("epochs", []))
+
+
+def _run(train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, folder: Path, key: str, base: str,
+         checkpoint: str | None, train_hash: str, progress: bool) -> FineTuneResult:
+    rank, world = _world()
+    dtype = {"float32": torch.float32, "float64": torch.float64}[config.dtype]
+    model = load_checkpoint(checkpoint).to(device=config.device, dtype=dtype)
+    tensors = [to_tensors(f) for f in train]
+    val_tensors = [to_tensors(f) for f in val]
+    named = _trainable(model, config.freeze)
+    optimizer = make_optimizer(config.optimizer, [p for _, p in named], lr=config.lr, **config.optimizer_kwargs)
+    state_path = folder / "state.pt"
+    state: dict[str, Any] | None = None
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("key") != key:
+            raise FineTuneError(f"{folder} holds a fine-tuning run with other data or settings; use another folder")
+    if state is None:
+        references = {}
+        if config.energy == "refit":
+            with_e = [i for i, t in enumerate(tensors) if t.energy is not None]
+            predicted = _energies(model, [tensors[i] for i in with_e], config.batch_size)
+            references = refit_references(model, [train[i] for i in with_e], predicted)
+        before = _evaluate(model, val_tensors, config) if val_tensors else None
+        train0 = _evaluate(model, tensors, config)
+        state = {"key": key, "epoch": 0, "references": references, "before": before,
+                 "epochs": [_row(0, 0, 0.0, config.lr, train0, before)], "steps": [], "best": None}
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+    costs = [float(t.n_atoms) for t in tensors]
+    n_steps = sum(len(epoch_batches(len(tensors), config.batch_size, config.seed, e))
+                  for e in range(state["epoch"] + 1, config.epochs + 1))
+    bar = Progress(n_steps, enabled=progress)
+    terms = config.terms()
+    step = len(state["steps"])
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        acc = torch.zeros(1 + 2 * len(TERMS), dtype=torch.float64)
+        for batch in epoch_batches(len(tensors), config.batch_size, config.seed, epoch):
+            counts = label_counts([tensors[i] for i in batch])
+            members = [tensors[i] for i in shard(batch, costs, world)[rank]]
+            loss_value, sums = _step(model, named, optimizer, members, counts, config, terms)
+            step += 1
+            state["steps"].append({"epoch": epoch, "step": step, "loss": loss_value,
+                                   "seconds": round(time.perf_counter() - t0, 3)})
+            acc[0] += loss_value
+            for k, term in enumerate(TERMS):
+                acc[1 + 2 * k] += sums.get(term, 0.0)
+                acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
+            bar.update(f"epoch {epoch}/{config.epochs} loss {loss_value:.4g}")
+        _all_sum(acc[1:])
+        n_batches = len(epoch_batches(len(tensors), config.batch_size, config.seed, epoch))
+        train_row = {"loss": float(acc[0]) / n_batches}
+        for k, term in enumerate(TERMS):
+            n = float(acc[2 + 2 * k])
+            train_row[f"{term}_mae"] = float(acc[1 + 2 * k]) / n * _MAE_SCALE[term] if n else math.nan
+        val_row = _evaluate(model, val_tensors, config) if val_tensors else None
+        seconds = time.perf_counter() - t0
+        state["epochs"].append(_row(epoch, n_batches, seconds, config.lr, train_row, val_row))
+        score = (val_row or train_row)["loss"]
+        improved = state["best"] is None or score < state["best"]["loss"] or not val_tensors
+        if improved:
+            state["best"] = {"loss": score, "epoch": epoch, "val": val_row}
+        state["epoch"] = epoch
+        if rank == 0:
+            if improved:
+                save_native(model, folder / "checkpoint.pt", _meta(state, config, base, checkpoint, train_hash, val))
+            state["model"] = model.state_dict()
+            state["optim"] = optimizer.state_dict()
+            _save_state(state_path, state)
+            write_logs(folder, state["epochs"], state["steps"])
+        _barrier()
+    bar.close()
+    if state["best"] is None:  # nothing left to train (epochs already done): keep the stored checkpoint
+        raise FineTuneError(f"{folder}: no epoch was run and no checkpoint is stored")
+    result = FineTuneResult(folder=folder, checkpoint=folder / "checkpoint.pt", dataset_hash=train_hash,
+                            metrics=_metrics(state), references=state["references"], epochs=state["epochs"])
+    if rank == 0:
+        write_logs(folder, state["epochs"], state["steps"])
+        tmp = folder / "result.json.part"
+        tmp.write_text(json.dumps({"key": key, **result.as_dict()}, indent=1, default=_json_default))
+        tmp.replace(folder / "result.json")
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def _metrics(state: dict[str, Any]) -> dict[str, Any]:
+    best = state["best"]
+    return {"before": state["before"], "after": best["val"], "epoch": best["epoch"], "best_loss": best["loss"]}
+
+
+def _meta(state: dict[str, Any], config: TrainConfig, base: str, checkpoint: str | None, train_hash: str,
+          val: Sequence[Frame]) -> dict[str, Any]:
+    return {"base": base, "start_checkpoint": checkpoint, "dataset_hash": train_hash,
+            "val_dataset_hash": dataset_hash(val), "config": config.as_dict(), "references": state["references"],
+            "metrics": _metrics(state), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _step(model: CHGNetModel, named: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+          members: Sequence[FrameTensors], counts: dict[str, int], config: TrainConfig,
+          terms: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """One optimizer step on this process's shard; returns the global batch's loss and this shard's error sums."""
+    params = [p for _, p in named]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    sums: dict[str, float] = {}
+    loss_t = torch.zeros((), dtype=torch.float64)
+    if members:
+        out = _forward(model, members, terms=terms, create_graph=True)
+        loss, sums = shard_loss(members, out, counts, config)
+        loss.backward()
+        loss_t = loss.detach().cpu()
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    if _world()[1] > 1:
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss_t.reshape(1).to(grads[0])])
+        _all_sum(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        loss_t = flat[-1].to(torch.float64)
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    return float(loss_t), sums
