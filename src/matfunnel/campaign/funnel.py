@@ -12,9 +12,11 @@ Swap a stage by changing a field, e.g. ``dataclasses.replace(funnel, dft_gate=Df
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from jobflow import Flow, Maker
+from jobflow import Flow, Job, Maker
 
+from matfunnel.campaign.loop import LOOP_TRAIN_DEFAULTS, LoopMaker, loop_round
 from matfunnel.campaign.report import ReportMaker
 from matfunnel.campaign.spec import CampaignSpec, SpecError
 from matfunnel.candidates.chemsys import parse_chemsys
@@ -24,6 +26,7 @@ from matfunnel.hull.maker import HullMaker
 from matfunnel.makers.relax import BatchedRelaxMaker, RelaxMaker
 from matfunnel.phonons.gate import PhononGateMaker
 from matfunnel.potential import DEFAULT_POTENTIAL, UnknownPotential, check_potential_name
+from matfunnel.train.maker import FineTuneMaker
 
 
 @dataclass
@@ -48,6 +51,8 @@ class FunnelMaker(Maker):
         Which candidates go to DFT, and the DFT hull.
     report
         The table, JSON and hull plot.
+    loop
+        Optional rounds of fine-tuning on the DFT results and re-screening (:mod:`matfunnel.campaign.loop`).
     """
 
     name: str = "campaign"
@@ -58,6 +63,7 @@ class FunnelMaker(Maker):
     phonon_gate: PhononGateMaker = field(default_factory=PhononGateMaker)
     dft_gate: DftGateMaker = field(default_factory=DftGateMaker)
     report: ReportMaker = field(default_factory=lambda: ReportMaker(potential=DEFAULT_POTENTIAL))
+    loop: LoopMaker = field(default_factory=LoopMaker)
 
     @classmethod
     def from_spec(cls, spec: CampaignSpec, out_dir: str | None = None,
@@ -96,6 +102,9 @@ class FunnelMaker(Maker):
                                   max_sites=d.max_sites, preset=d.preset, settings=dict(d.settings),
                                   result_cache=result_cache),
             report=ReportMaker(campaign=spec.name, potential=model, out_dir=out_dir),
+            loop=LoopMaker(rounds=spec.loop.rounds, budget=spec.loop.budget, fine_tune=FineTuneMaker(
+                base=model, settings={**LOOP_TRAIN_DEFAULTS, **spec.loop.fine_tune}, val_fraction=0.0,
+                require=["forces"], root=str(Path(out_dir or ".").resolve() / "fine-tune"))),
         )
 
     def make(self, chemsys: str) -> Flow:
@@ -109,8 +118,14 @@ class FunnelMaker(Maker):
         report = self.report.make(cands.output, relaxed.output, hull.output, dft.output, phonons.output)
         for j in (relaxed, refs):
             j.update_metadata({"category": "gpu"}, dynamic=False)
-        return Flow([cands, relaxed, refs, hull, phonons, dft, report], output=report.output,
-                    name=f"matfunnel {self.name}")
+        jobs: list[Flow | Job] = [cands, relaxed, refs, hull, phonons, dft, report]
+        if self.loop.rounds > 0:
+            # after the first report (so that it exists even when a later round fails)
+            rounds = loop_round(self, self.loop, 1, cands.output, [dft.output], [hull.output], [relaxed.output],
+                                phonons.output, [], chemsys, after=report.output)
+            jobs.append(rounds)
+            return Flow(jobs, output=rounds.output, name=f"matfunnel {self.name}")
+        return Flow(jobs, output=report.output, name=f"matfunnel {self.name}")
 
 
 def resolve(spec: CampaignSpec) -> CampaignSpec:

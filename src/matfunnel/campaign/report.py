@@ -153,7 +153,8 @@ def write_report(report: dict, hull: HullDoc, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "report.csv", "json": out_dir / "report.json", "png": out_dir / "hull.png"}
     with paths["csv"].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        extra = [c for c in ("dft_round",) if any(c in r for r in report["rows"])]  # a loop's rounds
+        w = csv.DictWriter(fh, fieldnames=COLUMNS + extra)
         w.writeheader()
         w.writerows(report["rows"])
     tmp = paths["json"].with_name(paths["json"].name + ".part")  # never a half-written report.json
@@ -210,4 +211,26 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
             f"DFT: {report['dft_engine']} for e_above_hull <= {report['dft_threshold']} eV/atom\n")
     errors = [f"  {r['id']}: {r['error']}" for r in rows if r.get("error")]
     tail = ("\nproblems:\n" + "\n".join(errors)) if errors else ""
-    return head + "\n".join(lines) + tail
+    return head + "\n".join(lines) + tail + format_loop(report)
+
+
+def format_loop(report: dict) -> str:
+    """The loop's rounds (``report["loop"]``) as text lines; empty without a loop."""
+    loop = report.get("loop")
+    if not loop:
+        return ""
+
+    def pair(r: dict, key: str, unit: str) -> str:
+        b, a = r.get(f"{key}_before"), r.get(f"{key}_after")
+        return f"{'-' if b is None else b} -> {'-' if a is None else a} {unit}"
+
+    out = [f"\nloop: {len(loop['rounds'])} round(s) after the first pass ({loop.get('stopped', '')})"]
+    for r in loop["rounds"]:
+        sent = [cid for cid, dec in r.get("decisions", {}).items() if dec == "to DFT"]
+        out.append(f"  round {r['round']}: fine-tuned on {r['n_frames']} DFT frames -> {r['checkpoint']}")
+        out.append(f"    MLIP vs DFT before -> after: forces {pair(r, 'forces_mae', 'meV/A')}, stress "
+                   f"{pair(r, 'stress_mae', 'GPa')}, e_above_hull {pair(r, 'e_hull_mae', 'eV/atom')} "
+                   f"({r.get('n_dft_checked', 0)} DFT-checked)")
+        out.append(f"    gate: {len(sent)} to DFT ({', '.join(sent) or 'none'}), budget left {r.get('budget_left')}, "
+                   f"hit rate {r.get('hit_rate')}")
+    return "\n".join(out)

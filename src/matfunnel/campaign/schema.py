@@ -189,6 +189,14 @@ class DftSchema(StrictOptions):
     settings: Any
 
 
+class LoopSchema(StrictOptions):
+    """``loop``: rounds of fine-tuning on the DFT results and re-screening (``fine_tune`` checked below)."""
+
+    rounds: Annotated[int, Field(ge=0, le=20)]
+    budget: Annotated[int, Field(ge=0, le=10_000)] | None
+    fine_tune: Annotated[dict[str, Any], _none_is_empty(dict)]
+
+
 class CampaignSchema(StrictOptions):
     """A whole campaign spec (see the module doc for the ranges)."""
 
@@ -200,7 +208,9 @@ class CampaignSchema(StrictOptions):
     hull: HullSchema
     phonons: PhononGateSchema
     dft: DftSchema
+    loop: LoopSchema
     base_dir: str
+
 
 
 def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSchema | None, list[str]]:
@@ -229,7 +239,37 @@ def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSche
         checked = CampaignSchema.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
         return None, describe(exc, CampaignSchema, top="campaign spec") + problems
+    if checked.loop.rounds > 0:
+        problems += check_loop(checked)
     if problems:
         return None, problems
     checked.dft.settings = settings
     return checked, []
+
+
+def check_loop(checked: CampaignSchema) -> list[str]:
+    """Problems of a spec's ``loop`` (its base potential, DFT, and ``fine_tune``: TrainConfig keys)."""
+    import dataclasses
+
+    from matfunnel.campaign.loop import LOOP_TRAIN_DEFAULTS
+    from matfunnel.train.config import TrainConfig
+    from matfunnel.train.trainer import BASES
+
+    if (checked.potential.name or BASES[0]) not in BASES:
+        return [f"loop: fine-tuning starts from {', '.join(BASES)}, not {checked.potential.name!r}"]
+    if checked.dft.engine == "none":
+        return ["loop: needs DFT results to fine-tune on (dft.engine is none)"]
+    settings, engine = checked.loop.fine_tune, checked.dft.engine
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        return [f"loop.fine_tune: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"]
+    try:
+        config = TrainConfig(**{**LOOP_TRAIN_DEFAULTS, **settings})
+    except (TypeError, ValueError) as exc:
+        return [f"loop.fine_tune: {exc}"]
+    if engine == "gpaw" and config.energy != "forces_only":
+        return [f"loop.fine_tune.energy: GPAW energies are not on the Materials Project scale of the hull's "
+                f"references; a loop with GPAW trains on forces and stresses only (energy: forces_only, "
+                f"not {config.energy})"]
+    return []

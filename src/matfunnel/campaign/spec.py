@@ -88,6 +88,15 @@ class DftOptions:
 
 
 @dataclass
+class LoopOptions:
+    """``loop``: see :class:`~matfunnel.campaign.loop.LoopMaker` (``fine_tune``: TrainConfig keys)."""
+
+    rounds: int = 0
+    budget: int | None = None
+    fine_tune: dict = field(default_factory=dict)
+
+
+@dataclass
 class CampaignSpec:
     """A campaign: the chemical system and one typed section per stage."""
 
@@ -99,6 +108,7 @@ class CampaignSpec:
     hull: HullOptions = field(default_factory=HullOptions)
     phonons: PhononGateOptions = field(default_factory=PhononGateOptions)  # optional gate before DFT
     dft: DftOptions = field(default_factory=DftOptions)
+    loop: LoopOptions = field(default_factory=LoopOptions)  # optional: fine-tune on DFT, re-screen
     base_dir: str = "."  # folder of the spec file: relative paths resolve against it
 
     def as_dict(self) -> dict:
@@ -211,4 +221,5 @@ def _parse(d: Any, base_dir: str | Path, origin: str, from_file: bool = False) -
 
 
 SECTIONS: dict[str, type] = {"candidates": CandidateOptions, "potential": PotentialOptions, "relax": RelaxOptions,
-                             "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions}
+                             "hull": HullOptions, "phonons": PhononGateOptions, "dft": DftOptions,
+                             "loop": LoopOptions}

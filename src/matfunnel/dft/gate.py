@@ -20,6 +20,7 @@ from matfunnel.common.structures import as_structure
 #: the DFT codes a campaign can use (``none``: the gate decides, nothing runs)
 ENGINES = ("gpaw", "vasp", "none")
 TO_DFT = "to DFT"
+DONE = "checked by DFT in an earlier round"
 
 
 def _entry_dict(obj) -> dict:
@@ -46,6 +47,11 @@ class DftGateMaker(Maker):
         GPAW settings: a preset (``quick``, ``standard``) and overrides.
     result_cache
         SQLite file of finished GPAW runs (None: ``MATFUNNEL_RESULT_CACHE`` if set).
+    exclude
+        Candidates DFT has checked already (a later round of a campaign's loop): never sent again.
+    phase_structures
+        ``{phase id: structure dict}`` used for the competing phases instead of the hull's (a later round of a
+        loop keeps the first round's, so each competing phase's DFT runs once per campaign).
     """
 
     name: str = "dft gate"
@@ -56,6 +62,8 @@ class DftGateMaker(Maker):
     preset: str = "quick"
     settings: dict = field(default_factory=dict)
     result_cache: str | None = None
+    exclude: list[str] = field(default_factory=list)
+    phase_structures: dict = field(default_factory=dict)
 
     def decisions(self, candidate_docs: list, hull: HullDoc | dict,
                   phonons: PhononGateDoc | dict | None = None) -> dict[str, str]:
@@ -64,10 +72,13 @@ class DftGateMaker(Maker):
         rows = as_doc(HullDoc, hull).row_by_id()
         decisions: dict[str, str] = {}
         eligible = []
+        done = set(self.exclude)
         for d in candidate_docs:
             cid = d["label"]
             row = rows.get(cid)
-            if row is None or row.get("e_above_hull") is None:
+            if cid in done:
+                decisions[cid] = DONE
+            elif row is None or row.get("e_above_hull") is None:
                 decisions[cid] = "skipped: " + ((row or {}).get("error") or d.get("error") or "no hull energy")
             elif not d.get("converged"):
                 decisions[cid] = "skipped: MLIP relaxation not converged"
@@ -109,7 +120,8 @@ class DftGateMaker(Maker):
         rows = hull.row_by_id()
         comp_ids = [pid for cid in chosen for pid in competing_for(rows[cid], hull, elements)]
         plan = plan_dft_runs([(cid, as_structure(structures[cid], cid)) for cid in chosen],
-                             [(pid, as_structure(hull.phases[pid], pid)) for pid in dict.fromkeys(comp_ids)])
+                             [(pid, as_structure(self.phase_structures.get(pid) or hull.phases[pid], pid))
+                              for pid in dict.fromkeys(comp_ids)])
         jobs = []
         for sid, s in plan["runs"]:
             j = gpaw_job(s.as_dict(), settings, sid, self.result_cache)
@@ -173,9 +185,9 @@ def gpaw_hull_job(results: list, plan: dict, decisions: dict, threshold: float |
     from matfunnel.dft.dft_hull import dft_hull_from_results, expand_results
 
     cand, comp = expand_results(results, plan)
-    compact = [{k: v for k, v in r.items() if k != "forces"} for r in results]
+    # the runs keep their forces and stress: they are the labels a campaign's loop fine-tunes on
     return DftDoc(engine="gpaw", threshold=threshold, decisions=decisions, results=dft_hull_from_results(cand, comp),
-                  runs=compact)
+                  runs=list(results))
 
 
 @job(name="dft hull")

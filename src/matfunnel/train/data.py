@@ -310,6 +310,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def frame_to_doc(frame: Frame) -> dict[str, Any]:
+    """The JSON frame document of ``frame`` (what :func:`write_json` writes and :func:`frame_from_doc` reads)."""
+    f = frame
+    return {"structure": f.structure.as_dict(), "energy": f.energy,
+            "forces": None if f.forces is None else np.asarray(f.forces).tolist(),
+            "stress": None if f.stress is None else np.asarray(f.stress).tolist(),
+            "magmoms": None if f.magmoms is None else np.asarray(f.magmoms).tolist(),
+            "code": f.code, "info": _plain(f.info)}
+
+
 def write_json(frames: Iterable[Frame], path: str | os.PathLike) -> Path:
     """Write ``frames`` as a JSON frame list that :func:`read_json` reads (gzip-compressed when ``.gz``).
 
@@ -325,11 +335,7 @@ def write_json(frames: Iterable[Frame], path: str | os.PathLike) -> Path:
     Path
         The file written.
     """
-    docs = [{"structure": f.structure.as_dict(), "energy": f.energy,
-             "forces": None if f.forces is None else np.asarray(f.forces).tolist(),
-             "stress": None if f.stress is None else np.asarray(f.stress).tolist(),
-             "magmoms": None if f.magmoms is None else np.asarray(f.magmoms).tolist(),
-             "code": f.code, "info": _plain(f.info)} for f in frames]
+    docs = [frame_to_doc(f) for f in frames]
     path = Path(path)
     text = json.dumps({"frames": docs})
     if path.name.lower().endswith(".gz"):
@@ -502,7 +508,7 @@ def read_store_dft(store: Any) -> tuple[list[Frame], list[TrainingDataError]]:
             cid = (doc.get("metadata") or {}).get("candidate_id")
             source = f"{where}#{cid + ':' if cid else ''}{doc.get('name') or doc.get('uuid')}"
         try:
-            frame = _gpaw_frame(out, source) if code == "gpaw" else _taskdoc_frame(out, source)
+            frame = frame_from_gpaw(out, source) if code == "gpaw" else _taskdoc_frame(out, source)
         except ValueError as exc:
             errors.append(TrainingDataError(source, str(exc)))
             continue
@@ -533,7 +539,8 @@ def _query(store: Any, criteria: dict) -> list[dict]:
     return list(store.query(criteria, sort={"completed_at": 1}, **kwargs))
 
 
-def _gpaw_frame(rec: dict, source: str) -> Frame:
+def frame_from_gpaw(rec: dict, source: str) -> Frame:
+    """A frame from one GPAW run record (:func:`matfunnel.dft.run_gpaw`); ValueError for a failed run."""
     if rec.get("error"):
         raise ValueError(f"the DFT run failed: {str(rec['error'])[:300]}")
     if rec.get("structure") is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matfunnel.train.data import load_frames
 from matfunnel.train.frames import TrainingDataError
-from matfunnel.train.spec import TrainSpec, split_frames
+from matfunnel.train.spec import TrainSpec, cap_groups, split_frames
 from matfunnel.train.trainer import FineTuneResult, fine_tune
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,16 @@ def init_distributed() -> int:
 
 def load_split(spec: TrainSpec) -> tuple[list, list, list[TrainingDataError]]:
     """The training and validation frames of ``spec``, and the errors of the frames left out."""
-    train, errors = load_frames(spec.data.train, require=spec.data.require)
+    data, seed = spec.data, spec.settings.seed
+    train, errors = load_frames(data.train, require=data.require)
     val: list = []
-    if spec.data.val:
-        val, val_errors = load_frames(spec.data.val, require=spec.data.require)
+    if data.val:
+        val, val_errors = load_frames(data.val, require=data.require)
         errors += val_errors
-    elif spec.data.val_fraction > 0:
-        train, val = split_frames(train, spec.data.val_fraction, spec.data.split_by, spec.settings.seed)
-    return train, val, errors
+    elif data.val_fraction > 0:
+        train, val = split_frames(train, data.val_fraction, data.split_by, seed)
+    return (cap_groups(train, data.max_per_group, data.split_by, seed),
+            cap_groups(val, data.max_per_group, data.split_by, seed), errors)
 
 
 def run_training(spec: TrainSpec, out: str | Path | None = None, *, progress: bool = True) -> FineTuneResult:

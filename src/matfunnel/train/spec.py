@@ -10,6 +10,7 @@
       val_fraction: 0.2            # hold out this fraction of the training materials
       split_by: material           # material (info.material_id, else the file) or frame
       require: [forces]            # labels every frame must have
+      max_per_group: null          # at most this many frames per material (seeded pick), e.g. of a phonopy set
     settings:                      # TrainConfig: epochs, batch_size, optimizer, lr, energy, weights, ...
       epochs: 5
     out: runs/ft                   # the run folder (the CLI's --out wins)
@@ -49,6 +50,7 @@ class DataSpec:
     val_fraction: float = 0.0
     split_by: str = "material"
     require: list[str] = field(default_factory=lambda: ["forces"])
+    max_per_group: int | None = None
 
 
 @dataclass
@@ -122,6 +124,11 @@ def _parse_data(raw: Any, base: Path, problems: list[str]) -> DataSpec:
     ds.split_by = raw.get("split_by", "material")
     if ds.split_by not in SPLITS:
         problems.append(f"data.split_by: must be one of {', '.join(SPLITS)}")
+    cap = raw.get("max_per_group")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        problems.append(f"data.max_per_group: must be a positive integer or null, got {cap!r}")
+    else:
+        ds.max_per_group = cap
     req = raw.get("require", ["forces"])
     if not isinstance(req, list) or any(r not in LABELS for r in req):
         problems.append(f"data.require: a list of labels from {', '.join(LABELS)}")
@@ -162,6 +169,19 @@ def group_of(frame: Frame, split_by: str) -> str:
         return frame.source
     material = frame.info.get("material_id")
     return str(material) if material else frame.source.split("#")[0]
+
+
+def cap_groups(frames: Sequence[Frame], cap: int | None, split_by: str = "material",
+               seed: int = 0) -> list[Frame]:
+    """At most ``cap`` frames of each group (a seeded pick, in the frames' order); all with ``cap`` None."""
+    if cap is None:
+        return list(frames)
+    by_group: dict[str, list[int]] = {}
+    for i, f in enumerate(frames):
+        by_group.setdefault(group_of(f, split_by), []).append(i)
+    rng = np.random.default_rng(seed)
+    keep = {int(i) for idx in by_group.values() for i in (idx if len(idx) <= cap else rng.choice(idx, cap, False))}
+    return [f for i, f in enumerate(frames) if i in keep]
 
 
 def split_frames(frames: Sequence[Frame], fraction: float, split_by: str = "material",
