@@ -279,49 +279,71 @@ def _result_from(stored: dict[str, Any]) -> FineTuneResult:
                           references=stored.get("references", {}), epochs=stored.get("epochs", []))
 
 
-def _run(train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, folder: Path, key: str, base: str,
-         checkpoint: str | None, train_hash: str, progress: bool) -> FineTuneResult:
-    rank, world = _world()
-    dtype = {"float32": torch.float32, "float64": torch.float64}[config.dtype]
-    model = load_checkpoint(checkpoint).to(device=config.device, dtype=dtype)
-    tensors = [to_tensors(f) for f in train]
-    val_tensors = [to_tensors(f) for f in val]
-    named = _trainable(model, config.freeze)
-    optimizer = make_optimizer(config.optimizer, [p for _, p in named], lr=config.lr, **config.optimizer_kwargs)
-    state_path = folder / "state.pt"
-    state: dict[str, Any] | None = None
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state.get("key") != key:
-            raise FineTuneError(f"{folder} holds a fine-tuning run with other data or settings; use another folder")
-    if state is None:
-        references = {}
+def _mae_row(acc: Tensor, loss: float) -> dict[str, float]:
+    """Loss and per-term MAEs from an accumulator ``[loss, (abs error sum, count) per term]``."""
+    row = {"loss": loss}
+    for k, term in enumerate(TERMS):
+        n = float(acc[2 + 2 * k])
+        row[f"{term}_mae"] = float(acc[1 + 2 * k]) / n * _MAE_SCALE[term] if n else math.nan
+    return row
+
+
+class _Run:
+    """One fine-tuning run in its folder: the model, the optimizer, the frames and the state saved per epoch."""
+
+    def __init__(self, train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, folder: Path, key: str,
+                 base: str, checkpoint: str | None, train_hash: str):
+        self.config, self.folder, self.key, self.base, self.checkpoint = config, folder, key, base, checkpoint
+        self.train_hash, self.val = train_hash, val
+        self.rank, self.world = _world()
+        dtype = {"float32": torch.float32, "float64": torch.float64}[config.dtype]
+        self.model = load_checkpoint(checkpoint).to(device=config.device, dtype=dtype)
+        self.frames = train
+        self.tensors = [to_tensors(f) for f in train]
+        self.val_tensors = [to_tensors(f) for f in val]
+        self.named = _trainable(self.model, config.freeze)
+        self.optimizer = make_optimizer(config.optimizer, [p for _, p in self.named], lr=config.lr,
+                                        **config.optimizer_kwargs)
+        self.costs = [float(t.n_atoms) for t in self.tensors]
+        self.state = self._load_or_start()
+
+    def _load_or_start(self) -> dict[str, Any]:
+        """The saved state (model and optimizer restored), or the state before training (after a refit)."""
+        path = self.folder / "state.pt"
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if state.get("key") != self.key:
+                raise FineTuneError(f"{self.folder} holds a fine-tuning run with other data or settings; "
+                                    f"use another folder")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optim"])
+            return state
+        config, references = self.config, {}
         if config.energy == "refit":
-            with_e = [i for i, t in enumerate(tensors) if t.energy is not None]
-            predicted = _energies(model, [tensors[i] for i in with_e], config.batch_size)
-            references = refit_references(model, [train[i] for i in with_e], predicted)
-        before = _evaluate(model, val_tensors, config) if val_tensors else None
-        train0 = _evaluate(model, tensors, config)
-        state = {"key": key, "epoch": 0, "references": references, "before": before,
-                 "epochs": [_row(0, 0, 0.0, config.lr, train0, before)], "steps": [], "best": None}
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
-    costs = [float(t.n_atoms) for t in tensors]
-    n_steps = sum(len(epoch_batches(len(tensors), config.batch_size, config.seed, e))
-                  for e in range(state["epoch"] + 1, config.epochs + 1))
-    bar = Progress(n_steps, enabled=progress)
-    terms = config.terms()
-    step = len(state["steps"])
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            with_e = [i for i, t in enumerate(self.tensors) if t.energy is not None]
+            predicted = _energies(self.model, [self.tensors[i] for i in with_e], config.batch_size)
+            references = refit_references(self.model, [self.frames[i] for i in with_e], predicted)
+        before = _evaluate(self.model, self.val_tensors, config) if self.val_tensors else None
+        train0 = _evaluate(self.model, self.tensors, config)
+        return {"key": self.key, "epoch": 0, "references": references, "before": before,
+                "epochs": [_row(0, 0, 0.0, config.lr, train0, before)], "steps": [], "best": None}
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of ``epoch``."""
+        return epoch_batches(len(self.tensors), self.config.batch_size, self.config.seed, epoch)
+
+    def epoch(self, epoch: int, bar: Progress) -> None:
+        """Train one epoch, validate, and save the state (and the checkpoint when it improved)."""
+        config, state = self.config, self.state
         t0 = time.perf_counter()
         acc = torch.zeros(1 + 2 * len(TERMS), dtype=torch.float64)
-        for batch in epoch_batches(len(tensors), config.batch_size, config.seed, epoch):
-            counts = label_counts([tensors[i] for i in batch])
-            members = [tensors[i] for i in shard(batch, costs, world)[rank]]
-            loss_value, sums = _step(model, named, optimizer, members, counts, config, terms)
-            step += 1
-            state["steps"].append({"epoch": epoch, "step": step, "loss": loss_value,
+        batches = self.batches(epoch)
+        for batch in batches:
+            counts = label_counts([self.tensors[i] for i in batch])
+            members = [self.tensors[i] for i in shard(batch, self.costs, self.world)[self.rank]]
+            loss_value, sums = _step(self.model, self.named, self.optimizer, members, counts, config,
+                                     config.terms())
+            state["steps"].append({"epoch": epoch, "step": len(state["steps"]) + 1, "loss": loss_value,
                                    "seconds": round(time.perf_counter() - t0, 3)})
             acc[0] += loss_value
             for k, term in enumerate(TERMS):
@@ -329,38 +351,48 @@ def _run(train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, fold
                 acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
             bar.update(f"epoch {epoch}/{config.epochs} loss {loss_value:.4g}")
         _all_sum(acc[1:])
-        n_batches = len(epoch_batches(len(tensors), config.batch_size, config.seed, epoch))
-        train_row = {"loss": float(acc[0]) / n_batches}
-        for k, term in enumerate(TERMS):
-            n = float(acc[2 + 2 * k])
-            train_row[f"{term}_mae"] = float(acc[1 + 2 * k]) / n * _MAE_SCALE[term] if n else math.nan
-        val_row = _evaluate(model, val_tensors, config) if val_tensors else None
-        seconds = time.perf_counter() - t0
-        state["epochs"].append(_row(epoch, n_batches, seconds, config.lr, train_row, val_row))
+        train_row = _mae_row(acc, float(acc[0]) / len(batches))
+        val_row = _evaluate(self.model, self.val_tensors, config) if self.val_tensors else None
+        state["epochs"].append(_row(epoch, len(batches), time.perf_counter() - t0, config.lr, train_row, val_row))
         score = (val_row or train_row)["loss"]
-        improved = state["best"] is None or score < state["best"]["loss"] or not val_tensors
+        improved = state["best"] is None or score < state["best"]["loss"] or not self.val_tensors
         if improved:
             state["best"] = {"loss": score, "epoch": epoch, "val": val_row}
         state["epoch"] = epoch
-        if rank == 0:
+        if self.rank == 0:
             if improved:
-                save_native(model, folder / "checkpoint.pt", _meta(state, config, base, checkpoint, train_hash, val))
-            state["model"] = model.state_dict()
-            state["optim"] = optimizer.state_dict()
-            _save_state(state_path, state)
-            write_logs(folder, state["epochs"], state["steps"])
+                save_native(self.model, self.folder / "checkpoint.pt",
+                            _meta(state, config, self.base, self.checkpoint, self.train_hash, self.val))
+            state["model"] = self.model.state_dict()
+            state["optim"] = self.optimizer.state_dict()
+            _save_state(self.folder / "state.pt", state)
+            write_logs(self.folder, state["epochs"], state["steps"])
         _barrier()
+
+    def finish(self) -> FineTuneResult:
+        """The result, also written to ``result.json`` (rank 0)."""
+        state, folder = self.state, self.folder
+        if state["best"] is None:
+            raise FineTuneError(f"{folder}: no epoch was run and no checkpoint is stored")
+        result = FineTuneResult(folder=folder, checkpoint=folder / "checkpoint.pt", dataset_hash=self.train_hash,
+                                metrics=_metrics(state), references=state["references"], epochs=state["epochs"])
+        if self.rank == 0:
+            write_logs(folder, state["epochs"], state["steps"])
+            tmp = folder / "result.json.part"
+            tmp.write_text(json.dumps({"key": self.key, **result.as_dict()}, indent=1, default=_json_default))
+            tmp.replace(folder / "result.json")
+        return result
+
+
+def _run(train: Sequence[Frame], val: Sequence[Frame], config: TrainConfig, folder: Path, key: str, base: str,
+         checkpoint: str | None, train_hash: str, progress: bool) -> FineTuneResult:
+    run = _Run(train, val, config, folder, key, base, checkpoint, train_hash)
+    todo = range(run.state["epoch"] + 1, config.epochs + 1)
+    bar = Progress(sum(len(run.batches(e)) for e in todo), enabled=progress)
+    for epoch in todo:
+        run.epoch(epoch, bar)
     bar.close()
-    if state["best"] is None:  # nothing left to train (epochs already done): keep the stored checkpoint
-        raise FineTuneError(f"{folder}: no epoch was run and no checkpoint is stored")
-    result = FineTuneResult(folder=folder, checkpoint=folder / "checkpoint.pt", dataset_hash=train_hash,
-                            metrics=_metrics(state), references=state["references"], epochs=state["epochs"])
-    if rank == 0:
-        write_logs(folder, state["epochs"], state["steps"])
-        tmp = folder / "result.json.part"
-        tmp.write_text(json.dumps({"key": key, **result.as_dict()}, indent=1, default=_json_default))
-        tmp.replace(folder / "result.json")
-    return result
+    return run.finish()
 
 
 def _json_default(value: Any) -> Any:
