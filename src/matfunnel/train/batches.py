@@ -29,6 +29,7 @@ class FrameTensors:
     forces: Tensor | None
     stress: Tensor | None
     magmoms: Tensor | None
+    baseline: tuple[Tensor, Tensor, Tensor] | None = None  # (frac, lattice, numbers) of the undisplaced cell
 
     @property
     def n_atoms(self) -> int:
@@ -48,7 +49,14 @@ def to_tensors(frame: Frame) -> FrameTensors:
         lattice=torch.tensor(np.asarray(s.lattice.matrix, dtype=np.float64)),
         numbers=torch.tensor(np.asarray(s.atomic_numbers, dtype=np.int64)),
         energy=None if frame.energy is None else float(frame.energy),
-        forces=opt(frame.forces), stress=opt(frame.stress), magmoms=opt(frame.magmoms))
+        forces=opt(frame.forces), stress=opt(frame.stress), magmoms=opt(frame.magmoms),
+        baseline=None if frame.baseline is None else _geometry(frame.baseline))
+
+
+def _geometry(s) -> tuple[Tensor, Tensor, Tensor]:
+    return (torch.tensor(np.asarray(s.frac_coords, dtype=np.float64)),
+            torch.tensor(np.asarray(s.lattice.matrix, dtype=np.float64)),
+            torch.tensor(np.asarray(s.atomic_numbers, dtype=np.int64)))
 
 
 def epoch_batches(n_frames: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

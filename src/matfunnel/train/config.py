@@ -58,6 +58,9 @@ class TrainConfig:
         Clip the global gradient norm to this (None: no clipping).
     freeze
         Parameter name prefixes that are not trained (e.g. ``["atom_embedding"]``).
+    force_baseline
+        For frames with a baseline (phonopy displacements), fit the model's force *differences* to the undisplaced
+        cell (see :class:`~matfunnel.train.frames.Frame`); costs one more cell per displaced one.
     """
 
     epochs: int = 5
@@ -74,6 +77,7 @@ class TrainConfig:
     device: str = "cpu"
     max_grad_norm: float | None = None
     freeze: list[str] = field(default_factory=list)
+    force_baseline: bool = False
 
     def __post_init__(self) -> None:
         """Check every value; one :class:`ValueError` lists all problems."""
@@ -97,6 +101,8 @@ class TrainConfig:
         for key, w in dataclasses.asdict(self.weights).items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
                 problems.append(f"weights.{key} must be a number >= 0, got {w!r}")
+        if not isinstance(self.force_baseline, bool):
+            problems.append(f"force_baseline must be true or false, got {self.force_baseline!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if not self.huber_delta > 0:

@@ -424,6 +424,9 @@ def _phonopy_frames(ph: Any, name: str, material_id: str, calculator: str,
     if not forces_list:
         return [], [TrainingDataError(name, "the displacement dataset is empty")]
     code = "vasp" if calculator == "vasp" else "unknown"
+    ideal = ph.supercell
+    baseline = Structure(Lattice(np.asarray(ideal.cell, dtype=float) * units.distance_to_A), list(ideal.symbols),
+                         np.asarray(ideal.scaled_positions, dtype=float))
     frames: list[Frame] = []
     errors: list[TrainingDataError] = []
     for i, cell in enumerate(ph.supercells_with_displacements):
@@ -442,7 +445,8 @@ def _phonopy_frames(ph: Any, name: str, material_id: str, calculator: str,
         frames.append(Frame(structure=structure,
                             energy=None if energy is None else float(energy) * units.energy_to_eV,
                             forces=forces, stress=None, magmoms=None, source=source, code=code,
-                            info={"material_id": material_id, "phonopy_calculator": calculator, **moved[i]}))
+                            info={"material_id": material_id, "phonopy_calculator": calculator, **moved[i]},
+                            baseline=baseline))
     return frames, errors
 
 

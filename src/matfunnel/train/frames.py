@@ -39,6 +39,10 @@ class Frame:
     code
         The code whose energy scale the energy is on (``"vasp"``, ``"gpaw"``, ``"unknown"``): energies from
         different codes are not comparable (see :mod:`matfunnel.train.references`).
+    baseline
+        The undisplaced cell of a displaced one (phonopy data: its DFT forces are zero), or None. With
+        ``TrainConfig.force_baseline`` the model's forces on it are subtracted from its forces on ``structure``,
+        so the loss sees the force constants and not the model's residual forces at the DFT geometry.
     """
 
     structure: Structure
@@ -49,6 +53,7 @@ class Frame:
     source: str = ""
     code: str = "unknown"
     info: dict = field(default_factory=dict)
+    baseline: Structure | None = None
 
     @property
     def n_atoms(self) -> int:

@@ -144,16 +144,37 @@ def _trainable(model: CHGNetModel, freeze: Sequence[str]) -> list[tuple[str, tor
 
 
 def _forward(model: CHGNetModel, members: Sequence[FrameTensors], *, terms: Sequence[str],
-             create_graph: bool) -> dict[str, Tensor]:
-    """The model's outputs for ``members`` (one graph), differentiable with ``create_graph``."""
+             create_graph: bool, baseline: bool = False) -> dict[str, Tensor]:
+    """The model's outputs for ``members`` (one graph), differentiable with ``create_graph``.
+
+    With ``baseline``, the members that have a baseline cell get their forces minus the model's forces on it
+    (both cells in the same graph batch).
+    """
     cfg = model.cfg
     dev = model.atom_ref.device
-    graph = build_graph(torch.cat([t.frac for t in members]).to(dev), torch.stack([t.lattice for t in members]).to(dev),
-                        torch.cat([t.numbers for t in members]).to(dev),
-                        torch.tensor([t.n_atoms for t in members], device=dev),
+    cells = [(t.frac, t.lattice, t.numbers) for t in members]
+    extra = [t.baseline for t in members if baseline and t.baseline is not None] if "forces" in terms else []
+    cells += [c for c in extra if c is not None]
+    graph = build_graph(torch.cat([c[0] for c in cells]).to(dev), torch.stack([c[1] for c in cells]).to(dev),
+                        torch.cat([c[2] for c in cells]).to(dev),
+                        torch.tensor([len(c[2]) for c in cells], device=dev),
                         cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
-    return model(graph, compute_forces="forces" in terms, compute_stress="stress" in terms,
-                 create_graph=create_graph)
+    out = model(graph, compute_forces="forces" in terms, compute_stress="stress" in terms,
+                create_graph=create_graph)
+    if not extra:
+        return out
+    n_members, n_atoms = len(members), sum(t.n_atoms for t in members)
+    forces, offset, base = out["forces"][:n_atoms], 0, n_atoms
+    pieces = []
+    for t in members:
+        own = forces[offset:offset + t.n_atoms]
+        if t.baseline is not None:
+            own = own - out["forces"][base:base + t.n_atoms]
+            base += t.n_atoms
+        pieces.append(own)
+        offset += t.n_atoms
+    trimmed = {k: v[:n_members] for k, v in out.items() if k in ("energy", "stress")}
+    return {**trimmed, "forces": torch.cat(pieces), "magmoms": out["magmoms"][:n_atoms]}
 
 
 def _evaluate(model: CHGNetModel, tensors: Sequence[FrameTensors], config: TrainConfig) -> dict[str, float]:
@@ -166,7 +187,8 @@ def _evaluate(model: CHGNetModel, tensors: Sequence[FrameTensors], config: Train
     acc = torch.zeros(1 + 2 * len(TERMS), dtype=torch.float64)
     for lo in range(0, len(mine), config.batch_size):
         members = [tensors[i] for i in mine[lo:lo + config.batch_size]]
-        out = _forward(model, members, terms=("energy", "forces", "stress", "magmoms"), create_graph=False)
+        out = _forward(model, members, terms=("energy", "forces", "stress", "magmoms"), create_graph=False,
+                       baseline=config.force_baseline)
         loss, sums = shard_loss(members, out, counts, config)
         acc[0] += float(loss)
         for k, term in enumerate(TERMS):
@@ -424,7 +446,7 @@ def _step(model: CHGNetModel, named: list[tuple[str, torch.nn.Parameter]], optim
     sums: dict[str, float] = {}
     loss_t = torch.zeros((), dtype=torch.float64)
     if members:
-        out = _forward(model, members, terms=terms, create_graph=True)
+        out = _forward(model, members, terms=terms, create_graph=True, baseline=config.force_baseline)
         loss, sums = shard_loss(members, out, counts, config)
         loss.backward()
         loss_t = loss.detach().cpu()
