@@ -10,6 +10,10 @@ A potential is named by one string, the same in a flow spec, a maker and on the 
   callable is the model class), run through :class:`~matfunnel.potential.torchsim.TorchSimPotential`;
 * ``ase:MODULE:CALLABLE``: ``CALLABLE(**kwargs)`` returns an ASE calculator, run one structure at a time
   through :class:`~matfunnel.potential.ase_calculator.AseCalculatorPotential`.
+* ``committee:NAME,NAME,...``: each NAME any of the above (no committees), at least two, all different; a
+  :class:`~matfunnel.potential.committee.CommitteePotential` whose ``predict`` carries every member's energy and
+  their spread, and which relaxes with one member (keyword arguments ``relax_with=NAME`` or index, default the
+  first, and ``members_kwargs={NAME: {...}}``, each member's own keyword arguments).
 
 Keyword arguments travel beside the name (``potential: {name: ..., kwargs: {...}}`` in a spec,
 ``potential_kwargs`` in the makers, ``--potential-kwargs JSON`` on the command line).
@@ -33,6 +37,8 @@ from matfunnel.potential.base import Potential
 ENTRY_POINT_GROUP = "matfunnel.potentials"
 #: spec-string prefixes for user models
 PREFIXES = ("torchsim", "ase")
+#: the prefix of committee names (``committee:NAME,NAME,...``)
+COMMITTEE = "committee"
 
 
 class UnknownPotential(ValueError):
@@ -277,11 +283,94 @@ def _import_target(target: str, name: str):
     return obj
 
 
+def committee_members(name: str) -> list[str]:
+    """The member names of the committee name ``committee:NAME,NAME,...`` (each checked, nothing loaded).
+
+    Raises
+    ------
+    UnknownPotential
+        Fewer than two members, an empty or repeated member, a committee as a member, or a member name that does
+        not resolve (the message names the committee, the member and the member's own error).
+    """
+    prefix, _, target = name.partition(":")
+    if prefix != COMMITTEE:
+        raise UnknownPotential(f"{name!r} is not a committee name ('{COMMITTEE}:NAME,NAME,...')")
+    members = [m.strip() for m in target.split(",")]
+    example = f"e.g. '{COMMITTEE}:chgnet-0.3.0,sevennet-0'"
+    if any(not m for m in members):
+        raise UnknownPotential(f"committee {name!r}: an empty member name; separate the members' names by single "
+                               f"commas, {example}")
+    if len(members) < 2:
+        raise UnknownPotential(f"committee {name!r}: a committee needs at least 2 members, got {len(members)} "
+                               f"({members[0]!r}); {example}")
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise UnknownPotential(f"committee {name!r}: member {repeated[0]!r} appears {members.count(repeated[0])} "
+                               "times; each member may appear once")
+    for m in members:
+        if m.partition(":")[0] == COMMITTEE:
+            raise UnknownPotential(f"committee {name!r}: member {m!r} is a committee; members must be single models")
+        try:
+            resolve(m)
+        except UnknownPotential as exc:
+            raise UnknownPotential(f"committee {name!r}: member {m!r}: {exc}") from None
+    return members
+
+
+def _committee_entry(name: str) -> PotentialEntry:
+    members = committee_members(name)
+
+    def factory(device: str, *, relax_with: int | str | None = None, members_kwargs: dict | None = None,
+                **kwargs) -> Potential:
+        from matfunnel.potential.committee import CommitteePotential, primary_index
+
+        if kwargs:
+            raise PotentialArguments(
+                f"committee {name!r} takes relax_with (a member's name or index) and members_kwargs "
+                f"({{member: {{keyword arguments}}}}), not {sorted(kwargs)}; give a member's own arguments as "
+                f"members_kwargs={{{members[0]!r}: {{...}}}}")
+        per_member = dict(members_kwargs or {})
+        unknown = sorted(str(k) for k in per_member if k not in members)
+        if unknown or not all(isinstance(v, dict) for v in per_member.values()):
+            raise PotentialArguments(f"committee {name!r}: members_kwargs must map member names {members} to dicts "
+                                     f"of keyword arguments; got {per_member!r}")
+        try:
+            primary = primary_index(relax_with, members)
+        except ValueError as exc:
+            raise PotentialArguments(f"committee {name!r}: {exc}") from None
+        found = [resolve(m) for m in members]
+        for m, entry in zip(members, found, strict=True):  # every member's packages and weights before loading any
+            try:
+                missing = entry.missing_packages()
+                if missing:
+                    raise ModuleNotFoundError(
+                        f"potential {m!r} needs the Python package(s) {', '.join(missing)}; install them "
+                        f"(pip install {' '.join(PIP_NAMES.get(p, p) for p in missing)})")
+                if "checkpoint" not in per_member.get(m, {}):
+                    entry.check_weights()
+            except (WeightsMissing, ModuleNotFoundError) as exc:
+                raise type(exc)(f"committee {name!r}: member {m!r}: {exc}") from exc
+        loaded = []
+        for m, entry in zip(members, found, strict=True):
+            try:
+                loaded.append(entry.load(device, **per_member.get(m, {})))
+            except (WeightsMissing, ModuleNotFoundError, PotentialArguments, UnknownPotential) as exc:
+                raise type(exc)(f"committee {name!r}: member {m!r}: {exc}") from exc
+            except Exception as exc:
+                exc.add_note(f"(while loading member {m!r} of committee {name!r})")
+                raise
+        return CommitteePotential(loaded, members, name=name, relax_with=primary)
+
+    return PotentialEntry(name, factory, f"committee of {', '.join(members)}", source="committee")
+
+
 def resolve(name: str) -> PotentialEntry:
-    """The entry for ``name``: registered, plug-in, or a ``torchsim:``/``ase:`` spec string."""
+    """The entry for ``name``: registered, plug-in, a ``torchsim:``/``ase:`` spec string, or a committee name."""
     if not isinstance(name, str) or not name.strip():
         raise UnknownPotential(f"a potential name must be a non-empty string, not {name!r}")
     prefix, sep, target = name.partition(":")
+    if sep and prefix == COMMITTEE:
+        return _committee_entry(name)
     if sep and prefix in PREFIXES:
         make = _import_target(target, name)
         if prefix == "torchsim":
@@ -299,7 +388,8 @@ def resolve(name: str) -> PotentialEntry:
     if name not in known:
         raise UnknownPotential(
             f"unknown potential {name!r}; available: {', '.join(sorted(known))}, or a user model as "
-            "'torchsim:MODULE:CALLABLE' / 'ase:MODULE:CALLABLE' (see 'matfunnel potentials')")
+            "'torchsim:MODULE:CALLABLE' / 'ase:MODULE:CALLABLE', or a committee 'committee:NAME,NAME,...' "
+            "(see 'matfunnel potentials')")
     return known[name]
 
 
@@ -324,6 +414,11 @@ def describe() -> list[PotentialRow]:
         except Exception:  # noqa: BLE001
             w = None
         rows.append(PotentialRow(name, e.status(), e.summary, e.source, str(w) if w else None))
+    rows.append(PotentialRow(
+        f"{COMMITTEE}:NAME,NAME,...", "ready when every member is",
+        "a committee of the names above: predict gives every member's energy, their mean and spread per atom; "
+        "relaxes with the first member (relax_with=NAME picks another; members_kwargs={NAME: {...}})",
+        "matfunnel"))
     return rows
 
 
