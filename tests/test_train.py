@@ -287,3 +287,38 @@ def test_force_baseline_subtracts_the_undisplaced_cell():
     np.testing.assert_allclose(out["forces"].numpy(), displaced["forces"] - ideal["forces"], atol=1e-8)
     plain = _forward(model, [to_tensors(frame)], terms=("forces",), create_graph=False, baseline=False)
     np.testing.assert_allclose(plain["forces"].numpy(), displaced["forces"], atol=1e-8)
+
+
+def test_matris_fine_tunes_and_its_checkpoint_loads(synthetic, tmp_path):
+    """Our MatRIS trains with forces and stress in the loss (a small random model: no published weights here)."""
+    from matfunnel.potential.matris.config import MatrisConfig
+    from matfunnel.potential.matris.model import MatrisModel
+    from matfunnel.potential.matris.weights import save_native
+
+    torch.manual_seed(0)
+    cfg = MatrisConfig(num_layers=2, node_feat_dim=16, edge_feat_dim=16, three_body_feat_dim=16,
+                       mlp_hidden_dims=(16,), num_radial=5, num_angular=5, max_l=2, max_n=2)
+    start = save_native(MatrisModel(cfg), tmp_path / "start.pt", {"note": "random weights, for the test"})
+    config = _config(epochs=3, lr=3e-3, energy="as_is")
+    result = fine_tune(synthetic[:5], synthetic[5:], config, tmp_path / "matris", base="matris-10m-oam",
+                       checkpoint=str(start), progress=False)
+    rows = result.epochs
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result.metrics["after"]["loss"] < result.metrics["before"]["loss"]
+    assert read_native_meta_matris(result.checkpoint)["dataset_hash"] == dataset_hash(synthetic[:5])
+    pot = load_potential("matris-10m-oam", checkpoint=str(result.checkpoint), dtype="float64", calibrate=False)
+    from matfunnel.train.models import forward, load
+
+    model = load("matris-10m-oam", str(result.checkpoint)).to(torch.float64)
+    s = synthetic[5].structure
+    direct = forward(model, [(torch.tensor(s.frac_coords), torch.tensor(s.lattice.matrix),
+                              torch.tensor(s.atomic_numbers))], forces=True, stress=True, create_graph=False)
+    got = pot.predict([s])[0]
+    assert got["energy"] == pytest.approx(float(direct["energy"][0]), abs=1e-6)
+    np.testing.assert_allclose(got["forces"], direct["forces"].numpy(), atol=1e-6)
+
+
+def read_native_meta_matris(path):
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert blob["format"] == "matfunnel-matris/1"
+    return blob["meta"]

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from matfunnel.potential.chgnet.model import CHGNetModel
 from matfunnel.train.frames import Frame
+from matfunnel.train.models import Trainable, references
 
 ENERGY_MODES: tuple[str, ...] = ("refit", "as_is", "forces_only")
 """The ways a fine-tuning run treats energies (see the module docstring)."""
@@ -44,13 +44,14 @@ def composition_matrix(frames: Sequence[Frame], n_elements: int) -> np.ndarray:
     return counts
 
 
-def refit_references(model: CHGNetModel, frames: Sequence[Frame], predicted: Sequence[float]) -> dict[str, float]:
+def refit_references(model: Trainable, frames: Sequence[Frame], predicted: Sequence[float]) -> dict[str, float]:
     """Shift ``model.atom_ref`` so that the model's energies best match the frames' energies; in place.
 
     Parameters
     ----------
     model
-        A CHGNet model (:class:`matfunnel.potential.chgnet.model.CHGNetModel`): its ``atom_ref`` is changed.
+        A CHGNet or MatRIS model: its per-element reference energies (:func:`matfunnel.train.models.references`)
+        are changed.
     frames
         The training frames that have energies.
     predicted
@@ -67,7 +68,7 @@ def refit_references(model: CHGNetModel, frames: Sequence[Frame], predicted: Seq
         raise ValueError(f"{len(frames)} frames but {len(predicted)} predicted energies")
     if not frames:
         return {}
-    atom_ref: torch.Tensor = model.atom_ref
+    atom_ref: torch.Tensor = references(model)
     counts = composition_matrix(frames, int(atom_ref.shape[0]))
     present = np.flatnonzero(counts.sum(0))
     n_atoms = counts.sum(1)

@@ -39,9 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from matfunnel.potential.chgnet.graph import build_graph
-from matfunnel.potential.chgnet.model import CHGNetModel
-from matfunnel.potential.chgnet.weights import load_checkpoint, save_native
+from matfunnel.train import models
 from matfunnel.train.batches import FrameTensors, epoch_batches, shard, to_tensors
 from matfunnel.train.config import TrainConfig
 from matfunnel.train.data import dataset_hash
@@ -51,8 +49,8 @@ from matfunnel.train.loss import TERMS, label_counts, shard_loss
 from matfunnel.train.optim import make_optimizer
 from matfunnel.train.references import refit_references
 
-BASES: tuple[str, ...] = ("chgnet-0.3.0",)
-"""The potentials :func:`fine_tune` starts from."""
+BASES: tuple[str, ...] = models.bases()
+"""The potentials :func:`fine_tune` starts from (:mod:`matfunnel.train.models`)."""
 
 #: MAE units in the logs: energy per atom and forces in milli-units
 _MAE_SCALE = {"energy": 1000.0, "forces": 1000.0, "stress": 1.0, "magmoms": 1.0}
@@ -139,28 +137,21 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ model passes
-def _trainable(model: CHGNetModel, freeze: Sequence[str]) -> list[tuple[str, torch.nn.Parameter]]:
+def _trainable(model: models.Trainable, freeze: Sequence[str]) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if not any(n.startswith(f) for f in freeze)]
 
 
-def _forward(model: CHGNetModel, members: Sequence[FrameTensors], *, terms: Sequence[str],
+def _forward(model: models.Trainable, members: Sequence[FrameTensors], *, terms: Sequence[str],
              create_graph: bool, baseline: bool = False) -> dict[str, Tensor]:
     """The model's outputs for ``members`` (one graph), differentiable with ``create_graph``.
 
     With ``baseline``, the members that have a baseline cell get their forces minus the model's forces on it
     (both cells in the same graph batch).
     """
-    cfg = model.cfg
-    dev = model.atom_ref.device
     cells = [(t.frac, t.lattice, t.numbers) for t in members]
     extra = [t.baseline for t in members if baseline and t.baseline is not None] if "forces" in terms else []
     cells += [c for c in extra if c is not None]
-    graph = build_graph(torch.cat([c[0] for c in cells]).to(dev), torch.stack([c[1] for c in cells]).to(dev),
-                        torch.cat([c[2] for c in cells]).to(dev),
-                        torch.tensor([len(c[2]) for c in cells], device=dev),
-                        cutoff=cfg.atom_graph_cutoff, bond_cutoff=cfg.bond_graph_cutoff)
-    out = model(graph, compute_forces="forces" in terms, compute_stress="stress" in terms,
-                create_graph=create_graph)
+    out = models.forward(model, cells, forces="forces" in terms, stress="stress" in terms, create_graph=create_graph)
     if not extra:
         return out
     n_members, n_atoms = len(members), sum(t.n_atoms for t in members)
@@ -177,7 +168,7 @@ def _forward(model: CHGNetModel, members: Sequence[FrameTensors], *, terms: Sequ
     return {**trimmed, "forces": torch.cat(pieces), "magmoms": out["magmoms"][:n_atoms]}
 
 
-def _evaluate(model: CHGNetModel, tensors: Sequence[FrameTensors], config: TrainConfig) -> dict[str, float]:
+def _evaluate(model: models.Trainable, tensors: Sequence[FrameTensors], config: TrainConfig) -> dict[str, float]:
     """Validation loss and MAEs of ``tensors`` (fast inference path; sharded over the processes)."""
     rank, world = _world()
     for p in model.parameters():
@@ -202,7 +193,7 @@ def _evaluate(model: CHGNetModel, tensors: Sequence[FrameTensors], config: Train
     return row
 
 
-def _energies(model: CHGNetModel, tensors: Sequence[FrameTensors], batch_size: int) -> list[float]:
+def _energies(model: models.Trainable, tensors: Sequence[FrameTensors], batch_size: int) -> list[float]:
     """The model's total energies of ``tensors`` (sharded over the processes, summed back)."""
     rank, world = _world()
     for p in model.parameters():
@@ -319,7 +310,7 @@ class _Run:
         self.train_hash, self.val = train_hash, val
         self.rank, self.world = _world()
         dtype = {"float32": torch.float32, "float64": torch.float64}[config.dtype]
-        self.model = load_checkpoint(checkpoint).to(device=config.device, dtype=dtype)
+        self.model = models.load(base, checkpoint).to(device=config.device, dtype=dtype)
         self.frames = train
         self.tensors = [to_tensors(f) for f in train]
         self.val_tensors = [to_tensors(f) for f in val]
@@ -383,7 +374,7 @@ class _Run:
         state["epoch"] = epoch
         if self.rank == 0:
             if improved:
-                save_native(self.model, self.folder / "checkpoint.pt",
+                models.save(self.model, self.folder / "checkpoint.pt",
                             _meta(state, config, self.base, self.checkpoint, self.train_hash, self.val))
             state["model"] = self.model.state_dict()
             state["optim"] = self.optimizer.state_dict()
@@ -435,7 +426,7 @@ def _meta(state: dict[str, Any], config: TrainConfig, base: str, checkpoint: str
             "metrics": _metrics(state), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _step(model: CHGNetModel, named: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+def _step(model: models.Trainable, named: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
           members: Sequence[FrameTensors], counts: dict[str, int], config: TrainConfig,
           terms: Sequence[str]) -> tuple[float, dict[str, float]]:
     """One optimizer step on this process's shard; returns the global batch's loss and this shard's error sums."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,8 +227,54 @@ def map_state_dict(state: dict[str, Tensor], model: MatrisModel) -> dict[str, Te
     return out
 
 
+#: the format tag of MatRIS checkpoints written by matfunnel (fine-tuned models): our own parameter names
+NATIVE_FORMAT = "matfunnel-matris/1"
+
+
+def save_native(model: MatrisModel, path: str | Path, meta: dict) -> Path:
+    """Write ``model`` as a matfunnel MatRIS checkpoint (float32, our names, its config) with ``meta``; atomically.
+
+    Parameters
+    ----------
+    model
+        The model.
+    path
+        The file (written under a temporary name first, then renamed).
+    meta
+        JSON-like provenance (base model, training set hash, metrics), stored under ``"meta"``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    import dataclasses
+
+    path = Path(path)
+    state = {k: (v.detach().to("cpu", torch.float32).clone() if v.is_floating_point() else v.detach().cpu().clone())
+             for k, v in model.state_dict().items()}
+    blob = {"format": NATIVE_FORMAT, "config": dataclasses.asdict(model.cfg), "state_dict": state, "meta": meta}
+    tmp = path.with_name(path.name + ".part")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _native_model(ckpt: dict) -> MatrisModel:
+    try:
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt["config"].items()}
+        cfg = MatrisConfig(**values)
+        model = MatrisModel(cfg)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, KeyError, RuntimeError) as exc:
+        raise MatrisCheckpointError(f"matfunnel MatRIS checkpoint does not fit this MatRIS ({exc})") from exc
+    return model.eval()
+
+
 def model_from_dict(ckpt: dict) -> MatrisModel:
-    """Build our model from a MatRIS checkpoint dict (``config`` + ``state_dict``)."""
+    """Build our model from a MatRIS checkpoint dict (``config`` + ``state_dict``; or one :func:`save_native` wrote)."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == NATIVE_FORMAT:
+        return _native_model(ckpt)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
