@@ -322,3 +322,18 @@ def read_native_meta_matris(path):
     blob = torch.load(path, map_location="cpu", weights_only=True)
     assert blob["format"] == "matfunnel-matris/1"
     return blob["meta"]
+
+
+def test_matris_direct_readouts_train(synthetic, tmp_path):
+    """MatRIS's direct force and stress heads (no derivative of the energy: FastCHGNet's idea) train too."""
+    from matfunnel.potential.matris.config import MatrisConfig
+    from matfunnel.potential.matris.model import MatrisModel
+    from matfunnel.potential.matris.weights import save_native
+
+    torch.manual_seed(1)
+    cfg = MatrisConfig(num_layers=2, node_feat_dim=16, edge_feat_dim=16, three_body_feat_dim=16,
+                       mlp_hidden_dims=(16,), num_radial=5, num_angular=5, max_l=2, max_n=2, is_conservation=False)
+    start = save_native(MatrisModel(cfg), tmp_path / "direct.pt", {})
+    result = fine_tune(synthetic[:5], [], _config(epochs=3, lr=3e-3, energy="as_is"), tmp_path / "run",
+                       base="matris-10m-oam", checkpoint=str(start), progress=False)
+    assert result.epochs[-1]["train_forces_mae"] < result.epochs[0]["train_forces_mae"]
