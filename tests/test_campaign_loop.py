@@ -34,6 +34,8 @@ def test_loop_spec_is_checked():
         CampaignSpec.from_dict({"chemsys": "Al-Li", "loop": {"rounds": 1, "fine_tune": {"energy": "refit"}}})
     with pytest.raises(SpecError, match="unknown key"):
         CampaignSpec.from_dict({"chemsys": "Al-Li", "loop": {"rounds": 1, "fine_tune": {"learning_rate": 1}}})
+    with pytest.raises(SpecError, match="fine-tunes on the GPAW results"):
+        CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"engine": "vasp"}, "loop": {"rounds": 1}})
     spec = CampaignSpec.from_dict({"chemsys": "Al-Li", "loop": {"rounds": 2, "budget": 3}})
     assert spec.loop.rounds == 2 and spec.loop.budget == 3
 

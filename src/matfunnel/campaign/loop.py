@@ -16,9 +16,9 @@ The loop stops early when the budget is spent or no DFT result exists to train o
 the funnel's table with the last round's hull and every round's DFT results, plus ``report["loop"]`` (and
 ``loop.csv``).
 
-Energies: GPAW's PAW energies are not on the Materials Project's scale the hull's references use, so a loop
-with GPAW trains on forces and stresses only (``energy: forces_only``, the default; the spec refuses other
-energy modes with GPAW). VASP results (MP-compatible) may also train energies (``energy: as_is``).
+Energies: GPAW's PAW energies are not on the Materials Project's scale the hull's references use, so the loop
+trains on forces and stresses only (``energy: forces_only``, the default; the spec refuses other energy modes).
+The loop runs with GPAW; a VASP campaign's task documents are read from its store by ``matfunnel train``.
 
 Everything a round computes is identified by its inputs (relaxations and GPAW runs in the run's result cache,
 fine-tuning runs by their content address): a campaign killed in any round resumes where it was.

@@ -257,8 +257,9 @@ def check_loop(checked: CampaignSchema) -> list[str]:
 
     if (checked.potential.name or BASES[0]) not in BASES:
         return [f"loop: fine-tuning starts from {', '.join(BASES)}, not {checked.potential.name!r}"]
-    if checked.dft.engine == "none":
-        return ["loop: needs DFT results to fine-tune on (dft.engine is none)"]
+    if checked.dft.engine != "gpaw":
+        return [f"loop: fine-tunes on the GPAW results of the campaign (dft.engine is {checked.dft.engine}); "
+                f"VASP task documents in a store are read by 'matfunnel train' (data.train: the run folder)"]
     settings, engine = checked.loop.fine_tune, checked.dft.engine
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
