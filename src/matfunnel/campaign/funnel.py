@@ -100,7 +100,7 @@ class FunnelMaker(Maker):
             phonon_gate=PhononGateMaker.from_options(spec.phonons, model, pot.device, pot.kwargs),
             dft_gate=DftGateMaker(engine=d.engine, threshold=d.threshold, max_candidates=d.max_candidates,
                                   max_sites=d.max_sites, preset=d.preset, settings=dict(d.settings),
-                                  result_cache=result_cache),
+                                  result_cache=result_cache, rule=d.rule, k=d.k, min_probability=d.min_probability),
             report=ReportMaker(campaign=spec.name, potential=model, out_dir=out_dir),
             loop=LoopMaker(rounds=spec.loop.rounds, budget=spec.loop.budget, fine_tune=FineTuneMaker(
                 base=model, settings={**LOOP_TRAIN_DEFAULTS, **spec.loop.fine_tune}, val_fraction=0.0,

@@ -21,6 +21,9 @@ COLUMNS = [
     "dft_e_form_per_atom",
     "status", "error",
 ]
+#: the columns of a committee campaign (``potential: committee:...``), after :data:`COLUMNS`: only where a row has
+#: them, so a single potential's report.csv keeps exactly :data:`COLUMNS`
+COMMITTEE_COLUMNS = ["e_above_hull_mean", "e_above_hull_std", "gate_probability"]
 
 
 def _spacegroup(struct) -> str | None:
@@ -88,6 +91,7 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
     ph_docs = {r.get("label"): r for r in phonons.results}
     dft_rows = {r.get("id"): r for r in dft.results}
     provenance = {p.get("candidate_id"): p for p in candidates.provenance}
+    scores = getattr(dft, "scores", {}) or {}
     rows = []
     for d in candidate_docs:
         cid = d["label"]
@@ -103,6 +107,14 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
             status = "failed"
         else:
             status = "ok"
+        committee = {}
+        if h.get("e_above_hull_members") is not None:  # a committee's hull row: the members' mean and spread
+            committee = {"e_above_hull_mean": _round(h.get("e_above_hull_mean")),
+                         "e_above_hull_std": _round(h.get("e_above_hull_std")),
+                         "e_above_hull_members": {m: _round(v) for m, v in h["e_above_hull_members"].items()},
+                         "gate_probability": _round(scores.get(cid, {}).get("probability"))}
+            if h.get("committee_errors"):
+                committee["committee_errors"] = h["committee_errors"]
         rows.append({
             "id": cid,
             "formula": d.get("formula"),
@@ -121,6 +133,7 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
             "dft_e_form_per_atom": _round(x.get("dft_e_form_per_atom")),
             "status": status,
             "error": error,
+            **committee,
         })
     for err in candidates.errors:  # inputs rejected before any GPU time
         label = err.get("label") or err.get("file") or "input"
@@ -137,6 +150,7 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
         "reference_note": reference_note,
         "dft_engine": dft.engine,
         "dft_threshold": dft.threshold,
+        **({"dft_rule": dft.rule, "dft_rule_parameters": dft.rule_parameters} if dft.rule != "plain" else {}),
         "candidate_stats": candidates.stats,
         "rows": rows,
         # the funnel scores itself: MLIP-predicted stable vs DFT stable for the DFT-checked rows
@@ -153,8 +167,9 @@ def write_report(report: dict, hull: HullDoc, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "report.csv", "json": out_dir / "report.json", "png": out_dir / "hull.png"}
     with paths["csv"].open("w", newline="") as fh:
-        extra = [c for c in ("dft_round",) if any(c in r for r in report["rows"])]  # a loop's rounds
-        w = csv.DictWriter(fh, fieldnames=COLUMNS + extra)
+        # a loop's rounds, a committee's spread: only where present (a plain campaign's columns stay COLUMNS)
+        extra = [c for c in ("dft_round", *COMMITTEE_COLUMNS) if any(c in r for r in report["rows"])]
+        w = csv.DictWriter(fh, fieldnames=COLUMNS + extra, extrasaction="ignore")
         w.writeheader()
         w.writerows(report["rows"])
     tmp = paths["json"].with_name(paths["json"].name + ".part")  # never a half-written report.json
@@ -190,6 +205,8 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
     """A fixed-width text table of the report for the terminal."""
     rows = report["rows"][:max_rows] if max_rows else report["rows"]
     cols = ["id", "formula", "spacegroup", "mlip_e_per_atom", "e_form_per_atom", "e_above_hull"]
+    if any(r.get("e_above_hull_std") is not None for r in rows):  # a committee: the members' mean and spread
+        cols += ["e_above_hull_mean", "e_above_hull_std"]
     if any(r.get("phonons") for r in rows):  # the phonon gate ran
         cols += ["phonons", "omega_max_thz"]
     cols += ["gate", "dft_e_above_hull", "status"]
@@ -208,10 +225,25 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
     head = (f"campaign {report['name']} ({report['chemsys']}), potential {report['potential']}\n"
             f"hull reference: {report['reference']}"
             + (f" ({report['reference_note']})" if report.get("reference_note") else "") + "\n"
-            f"DFT: {report['dft_engine']} for e_above_hull <= {report['dft_threshold']} eV/atom\n")
+            + gate_line(report) + "\n")
     errors = [f"  {r['id']}: {r['error']}" for r in rows if r.get("error")]
     tail = ("\nproblems:\n" + "\n".join(errors)) if errors else ""
     return head + "\n".join(lines) + tail + format_loop(report)
+
+
+def gate_line(report: dict) -> str:
+    """The header line that says which candidates the DFT gate sends (its rule and numbers)."""
+    engine, t = report["dft_engine"], report["dft_threshold"]
+    rule, p = report.get("dft_rule", "plain"), report.get("dft_rule_parameters") or {}
+    if rule == "mean_k_sigma":
+        return (f"DFT: {engine} for e_above_hull_mean - {p.get('k')}*e_above_hull_std <= {t} eV/atom "
+                f"(rule mean_k_sigma)")
+    if rule == "probability":
+        return f"DFT: {engine} for P(e_above_hull <= {t} eV/atom) >= {p.get('min_probability')} (rule probability)"
+    if rule == "budget":
+        return (f"DFT: {engine} for the most likely within {t} eV/atom, in order of P (rule budget, "
+                f"P >= {p.get('budget_min_probability')})")
+    return f"DFT: {engine} for e_above_hull <= {t} eV/atom"
 
 
 def format_loop(report: dict) -> str:

@@ -22,7 +22,9 @@ integer, ``true`` not a number; an integer is accepted where a number is due. Th
 - ``dft``: ``engine`` one of :data:`~matfunnel.dft.gate.ENGINES`; ``threshold`` in [-1, 5] eV/atom (a
   negative one sends only candidates below the hull; under -1 eV/atom it is a mistake); ``max_candidates``
   0-10000; ``max_sites`` null or 1-10000; ``preset`` and ``settings``:
-  :func:`~matfunnel.dft.settings.check_gpaw_options`.
+  :func:`~matfunnel.dft.settings.check_gpaw_options`; ``rule`` one of :data:`~matfunnel.dft.gate.RULES`
+  (a rule other than ``plain`` needs a committee potential, ``potential.name: committee:A,B``); ``k`` in
+  [0, 10]; ``min_probability`` in (0, 1).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from pymatgen.core.periodic_table import Element
 from matfunnel.candidates.generate import SOURCES
 from matfunnel.candidates.maker import REFERENCE_MODES
 from matfunnel.common.validation import StrictOptions, ValidationError, describe, one_of
-from matfunnel.dft.gate import ENGINES
+from matfunnel.dft.gate import ENGINES, RULES
 from matfunnel.dft.settings import check_gpaw_options
+from matfunnel.makers.relax import is_committee
 from matfunnel.phonons.gate import PhononGateSchema
 
 #: the most elements a chemical system may have
@@ -187,6 +190,9 @@ class DftSchema(StrictOptions):
     max_sites: Annotated[int, Field(ge=1, le=10_000)] | None
     preset: Any
     settings: Any
+    rule: Annotated[str, AfterValidator(one_of(RULES))]
+    k: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
+    min_probability: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
 class LoopSchema(StrictOptions):
@@ -239,6 +245,9 @@ def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSche
         checked = CampaignSchema.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
         return None, describe(exc, CampaignSchema, top="campaign spec") + problems
+    if checked.dft.rule != "plain" and not is_committee(checked.potential.name or ""):
+        problems.append(f"dft.rule: {checked.dft.rule} needs a committee potential (potential: committee:A,B), "
+                        f"not {checked.potential.name or 'the default potential'!r}")
     if checked.loop.rounds > 0:
         problems += check_loop(checked)
     if problems:

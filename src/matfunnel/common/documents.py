@@ -144,6 +144,14 @@ class DftDoc(StageDocument):
         One DFT hull row per candidate computed (``id``, ``dft_e_above_hull``, ...).
     runs
         Compact records of every DFT calculation (candidates and competing phases).
+    rule
+        The gate's rule (``plain``, ``mean_k_sigma``, ``probability``, ``budget``; see
+        :class:`~matfunnel.dft.gate.DftGateMaker`).
+    rule_parameters
+        The rule's parameters (``k``, ``min_probability``, ...); empty under ``plain``.
+    scores
+        ``{candidate id: {"rule", "mean", "sigma", "probability", "value", "spread"}}``: the numbers each candidate
+        was decided by (empty under ``plain``).
     """
 
     engine: str
@@ -151,6 +159,9 @@ class DftDoc(StageDocument):
     decisions: dict[str, str] = field(default_factory=dict)
     results: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
+    rule: str = "plain"
+    rule_parameters: dict = field(default_factory=dict)
+    scores: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,8 +8,10 @@ candidate and the competing phases its hull needs, for a self-consistent DFT hul
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobflow import Flow, Maker, Response, job
 
@@ -21,6 +23,42 @@ from matfunnel.common.structures import as_structure
 ENGINES = ("gpaw", "vasp", "none")
 TO_DFT = "to DFT"
 DONE = "checked by DFT in an earlier round"
+#: the gate's rules (see :class:`DftGateMaker`)
+RULES = ("plain", "mean_k_sigma", "probability", "budget")
+#: eV/atom: the smallest spread the probability rules divide by (a committee that agrees exactly)
+SIGMA_FLOOR = 1e-3
+#: the ``budget`` rule considers only candidates at least this likely to be within the threshold
+BUDGET_MIN_PROBABILITY = 0.01
+
+
+def within_probability(mean: float, sigma: float | None, threshold: float) -> float:
+    """P(e_above_hull <= threshold) for a normal of ``mean`` and ``sigma`` (floored at :data:`SIGMA_FLOOR`).
+
+    Without a spread (``sigma`` None) the probability is 1 when ``mean <= threshold``, else 0.
+    """
+    if sigma is None:
+        return 1.0 if mean <= threshold else 0.0
+    z = (threshold - mean) / max(float(sigma), SIGMA_FLOOR)
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, Any]:
+    """The numbers a rule decides one hull row by.
+
+    ``mean`` is the committee's mean energy above hull (the row's ``e_above_hull`` where it has none), ``sigma``
+    their spread (None without), ``probability`` P(e_hull <= threshold) (:func:`within_probability`), ``value``
+    the number compared with the threshold (``mean - k*sigma`` for ``mean_k_sigma``, else ``e_above_hull``) and
+    ``spread`` whether the row had one (a rule falls back to plain without).
+    """
+    sigma = row.get("e_above_hull_std")
+    mean = row.get("e_above_hull_mean")
+    if mean is None or sigma is None:
+        mean, sigma = row["e_above_hull"], None
+    mean = float(mean)
+    value = float(row["e_above_hull"]) if rule == "plain" or sigma is None else (
+        mean - k * float(sigma) if rule == "mean_k_sigma" else mean)
+    return {"rule": rule, "mean": mean, "sigma": None if sigma is None else float(sigma),
+            "probability": within_probability(mean, sigma, threshold), "value": value, "spread": sigma is not None}
 
 
 def _entry_dict(obj) -> dict:
@@ -30,6 +68,23 @@ def _entry_dict(obj) -> dict:
 @dataclass
 class DftGateMaker(Maker):
     """Send the candidates near the hull to DFT.
+
+    The ``rule`` decides which candidates are near the hull (committee potentials give each hull row the mean
+    ``e_above_hull_mean`` and the spread ``e_above_hull_std`` of the members' energies above hull):
+
+    * ``plain``: ``e_above_hull <= threshold`` (the primary member's, or the single potential's);
+    * ``mean_k_sigma``: ``mean - k*sigma <= threshold``;
+    * ``probability``: P(e_hull <= threshold) >= ``min_probability``, e_hull normal with the committee's mean and
+      spread (the spread floored at :data:`SIGMA_FLOOR`);
+    * ``budget``: no threshold cut: every candidate with P(e_hull <= threshold) >= :data:`BUDGET_MIN_PROBABILITY`
+      is near the hull, and ``max_candidates`` go to DFT in order of that probability, highest first.
+
+    A row without a spread (a committee member failed, or no committee) is decided by the plain rule under
+    ``mean_k_sigma`` and gets P = 1 or 0 under the probability rules; its decision says so. The
+    near-hull candidates go to DFT in order (``plain``: ``e_above_hull``; ``mean_k_sigma``: ``mean - k*sigma``;
+    the probability rules: the probability, highest first, then the mean), then fewer sites, then the id. A
+    ``"to DFT"`` decision is exactly that; the numbers of every decision under a rule other than ``plain`` are
+    in :attr:`~matfunnel.common.documents.DftDoc.scores`, and the other decisions name the rule.
 
     Parameters
     ----------
@@ -52,6 +107,12 @@ class DftGateMaker(Maker):
     phase_structures
         ``{phase id: structure dict}`` used for the competing phases instead of the hull's (a later round of a
         loop keeps the first round's, so each competing phase's DFT runs once per campaign).
+    rule
+        One of :data:`RULES` (above).
+    k
+        ``mean_k_sigma``: how many spreads below the mean.
+    min_probability
+        ``probability``: the least probability of being within the threshold.
     """
 
     name: str = "dft gate"
@@ -64,13 +125,65 @@ class DftGateMaker(Maker):
     result_cache: str | None = None
     exclude: list[str] = field(default_factory=list)
     phase_structures: dict = field(default_factory=dict)
+    rule: str = "plain"
+    k: float = 1.0
+    min_probability: float = 0.5
 
     def decisions(self, candidate_docs: list, hull: HullDoc | dict,
                   phonons: PhononGateDoc | dict | None = None) -> dict[str, str]:
         """Why each candidate does or does not go to DFT (``"to DFT"`` for those that do)."""
+        return self.decide(candidate_docs, hull, phonons)[0]
+
+    def _why_not(self, score: dict) -> str | None:
+        """Why a row with ``score`` is not near the hull under the rule (None: it is)."""
+        t = self.threshold
+        if self.rule == "plain":
+            v = score["value"]
+            return None if v <= t else f"above threshold ({v:.3f} > {t} eV/atom)"
+        if not score["spread"]:
+            if self.rule == "mean_k_sigma":
+                v = score["value"]
+                return None if v <= t else (f"above threshold ({v:.3f} > {t} eV/atom; rule mean_k_sigma: "
+                                            "no committee spread, plain rule)")
+            p, least = score["probability"], (self.min_probability if self.rule == "probability"
+                                              else BUDGET_MIN_PROBABILITY)
+            return None if p >= least else (f"above threshold ({score['mean']:.3f} > {t} eV/atom; rule "
+                                             f"{self.rule}: no committee spread, P = {p:.0f})")
+        if self.rule == "mean_k_sigma":
+            v = score["value"]
+            return None if v <= t else (f"above threshold (rule mean_k_sigma: mean - k*sigma = {score['mean']:.3f} "
+                                        f"- {self.k:g}*{score['sigma']:.3f} = {v:.3f} > {t} eV/atom)")
+        least = self.min_probability if self.rule == "probability" else BUDGET_MIN_PROBABILITY
+        p = score["probability"]
+        return None if p >= least else (f"unlikely within threshold (rule {self.rule}: P(e_hull <= {t}) = {p:.3f} "
+                                        f"< {least:g}; mean {score['mean']:.3f}, sigma {score['sigma']:.3f} eV/atom)")
+
+    def _note(self, score: dict) -> str:
+        """The rule's numbers for a near-hull decision (empty under ``plain``)."""
+        if self.rule == "plain":
+            return ""
+        if not score["spread"]:
+            return f" (rule {self.rule}: no committee spread, plain rule)"
+        if self.rule == "mean_k_sigma":
+            return f" (rule mean_k_sigma: {score['value']:.3f} eV/atom)"
+        return f" (rule {self.rule}: P = {score['probability']:.3f})"
+
+    def decide(self, candidate_docs: list, hull: HullDoc | dict, phonons: PhononGateDoc | dict | None = None
+               ) -> tuple[dict[str, str], dict[str, dict]]:
+        """The decisions (:meth:`decisions`) and, under a rule other than ``plain``, each scored row's numbers.
+
+        Returns
+        -------
+        tuple[dict[str, str], dict[str, dict]]
+            ``{candidate id: decision}`` and ``{candidate id: {"rule", "mean", "sigma", "probability", "value",
+            "spread"}}`` (see :func:`gate_score`) of every candidate with a hull energy (empty under ``plain``).
+        """
+        if self.rule not in RULES:
+            raise ValueError(f"unknown DFT gate rule {self.rule!r} (one of {', '.join(RULES)})")
         unstable = as_doc(PhononGateDoc, phonons).unstable() if phonons else {}
         rows = as_doc(HullDoc, hull).row_by_id()
         decisions: dict[str, str] = {}
+        scores: dict[str, dict] = {}
         eligible = []
         done = set(self.exclude)
         for d in candidate_docs:
@@ -78,41 +191,63 @@ class DftGateMaker(Maker):
             row = rows.get(cid)
             if cid in done:
                 decisions[cid] = DONE
-            elif row is None or row.get("e_above_hull") is None:
+                continue
+            if row is None or row.get("e_above_hull") is None:
                 decisions[cid] = "skipped: " + ((row or {}).get("error") or d.get("error") or "no hull energy")
-            elif not d.get("converged"):
+                continue
+            score = gate_score(row, self.rule, self.threshold, self.k)
+            if self.rule != "plain":
+                scores[cid] = score
+            why_not = self._why_not(score)
+            if not d.get("converged"):
                 decisions[cid] = "skipped: MLIP relaxation not converged"
-            elif row["e_above_hull"] > self.threshold:
-                decisions[cid] = f"above threshold ({row['e_above_hull']:.3f} > {self.threshold} eV/atom)"
+            elif why_not is not None:
+                decisions[cid] = why_not
             elif cid in unstable:
                 decisions[cid] = f"skipped: dynamically unstable ({unstable[cid]})"
             elif self.engine == "none":
-                decisions[cid] = "near hull; DFT disabled"
+                decisions[cid] = "near hull; DFT disabled" + self._note(score)
             elif self.max_sites is not None and len(as_structure(d["final_structure"], cid)) > self.max_sites:
-                decisions[cid] = f"near hull; too large for DFT (> {self.max_sites} sites)"
+                decisions[cid] = f"near hull; too large for DFT (> {self.max_sites} sites)" + self._note(score)
             else:
-                eligible.append((row["e_above_hull"], len(as_structure(d["final_structure"], cid)), cid))
+                order = ((score["value"],) if self.rule in ("plain", "mean_k_sigma")
+                         else (-score["probability"], score["mean"]))
+                eligible.append((*order, len(as_structure(d["final_structure"], cid)), cid))
         eligible.sort()
-        for rank, (_, _, cid) in enumerate(eligible):
+        for rank, item in enumerate(eligible):
+            cid = item[-1]
             decisions[cid] = (TO_DFT if rank < self.max_candidates
-                              else f"near hull; beyond dft.max_candidates={self.max_candidates}")
-        return decisions
+                              else f"near hull; beyond dft.max_candidates={self.max_candidates}"
+                              + self._note(scores.get(cid, {})))
+        return decisions, scores
 
     @job
     def make(self, candidate_docs: list, hull: HullDoc, phonons: PhononGateDoc | None, chemsys: str):
         """The gate's :class:`DftDoc` (a dynamic Response when some candidate goes to DFT)."""
         hull = as_doc(HullDoc, hull)
-        decisions = self.decisions(candidate_docs, hull, phonons)
+        decisions, scores = self.decide(candidate_docs, hull, phonons)
         chosen = [cid for cid, dec in decisions.items() if dec == TO_DFT]
         if not chosen:
-            return DftDoc(engine=self.engine, threshold=self.threshold, decisions=decisions)
+            return DftDoc(engine=self.engine, threshold=self.threshold, decisions=decisions,
+                          **self._rule_fields(scores))
         structures = {d["label"]: d["final_structure"] for d in candidate_docs}
         if self.engine == "vasp":
-            return Response(replace=self._vasp_flow(chosen, structures, hull, decisions, self.threshold))
-        return Response(replace=self._gpaw_flow(chosen, structures, hull, decisions, chemsys.split("-")))
+            return Response(replace=self._vasp_flow(chosen, structures, hull, decisions, self.threshold,
+                                                    self._rule_fields(scores)))
+        return Response(replace=self._gpaw_flow(chosen, structures, hull, decisions, chemsys.split("-"),
+                                                self._rule_fields(scores)))
+
+    def _rule_fields(self, scores: dict) -> dict:
+        """The :class:`DftDoc` fields of the rule (none under ``plain``: its documents stay as they were)."""
+        if self.rule == "plain":
+            return {}
+        return {"rule": self.rule, "rule_parameters": {"k": self.k, "min_probability": self.min_probability,
+                                                       "sigma_floor": SIGMA_FLOOR,
+                                                       "budget_min_probability": BUDGET_MIN_PROBABILITY},
+                "scores": scores}
 
     def _gpaw_flow(self, chosen: list[str], structures: dict, hull: HullDoc, decisions: dict,
-                   elements: list[str]) -> Flow:
+                   elements: list[str], rule: dict | None = None) -> Flow:
         from matfunnel.dft.dft_hull import plan_dft_runs
         from matfunnel.dft.settings import GpawSettings
 
@@ -129,11 +264,12 @@ class DftGateMaker(Maker):
             j.update_metadata({"category": "dft"}, dynamic=False)
             jobs.append(j)
         plan_small = {k: plan[k] for k in ("alias", "candidate_ids", "competing_ids")}
-        collect = gpaw_hull_job([j.output for j in jobs], plan_small, decisions, self.threshold)
+        collect = gpaw_hull_job([j.output for j in jobs], plan_small, decisions, self.threshold, rule or None)
         return Flow([*jobs, collect], output=collect.output, name="gpaw DFT")
 
     @staticmethod
-    def _vasp_flow(chosen: list[str], structures: dict, hull: HullDoc, decisions: dict, threshold: float) -> Flow:
+    def _vasp_flow(chosen: list[str], structures: dict, hull: HullDoc, decisions: dict, threshold: float,
+                   rule: dict | None = None) -> Flow:
         from matfunnel.dft.vasp import vasp_flow
 
         flows = []
@@ -141,7 +277,7 @@ class DftGateMaker(Maker):
             f = vasp_flow(as_structure(structures[cid], cid), metadata={"candidate_id": cid})
             f.update_metadata({"category": "dft"})  # every nested job, and jobs they create
             flows.append(f)
-        collect = vasp_hull_job([f.output for f in flows], chosen, hull, decisions, threshold)
+        collect = vasp_hull_job([f.output for f in flows], chosen, hull, decisions, threshold, rule or None)
         return Flow([*flows, collect], output=collect.output, name="VASP DFT")
 
 
@@ -180,20 +316,21 @@ def gpaw_job(structure: dict, settings: dict, label: str, result_cache: str | No
 
 
 @job(name="dft hull")
-def gpaw_hull_job(results: list, plan: dict, decisions: dict, threshold: float | None = None) -> DftDoc:
-    """Self-consistent GPAW hull of the gated candidates and their competing phases."""
+def gpaw_hull_job(results: list, plan: dict, decisions: dict, threshold: float | None = None,
+                  rule: dict | None = None) -> DftDoc:
+    """Self-consistent GPAW hull of the gated candidates and their competing phases (``rule``: DftDoc fields)."""
     from matfunnel.dft.dft_hull import dft_hull_from_results, expand_results
 
     cand, comp = expand_results(results, plan)
     # the runs keep their forces and stress: they are the labels a campaign's loop fine-tunes on
     return DftDoc(engine="gpaw", threshold=threshold, decisions=decisions, results=dft_hull_from_results(cand, comp),
-                  runs=list(results))
+                  runs=list(results), **(rule or {}))
 
 
 @job(name="dft hull")
 def vasp_hull_job(taskdocs: list, ids: list[str], hull: HullDoc, decisions: dict,
-                  threshold: float | None = None) -> DftDoc:
-    """MP-compatible VASP energies on the same MP2020 hull as the references."""
+                  threshold: float | None = None, rule: dict | None = None) -> DftDoc:
+    """MP-compatible VASP energies on the same MP2020 hull as the references (``rule``: DftDoc fields)."""
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
@@ -216,4 +353,4 @@ def vasp_hull_job(taskdocs: list, ids: list[str], hull: HullDoc, decisions: dict
                         "error": None})
         except Exception as exc:  # noqa: BLE001 - one failed calculation must not lose the others
             out.append({"id": cid, "error": f"structure {cid!r}: {type(exc).__name__}: {exc}"})
-    return DftDoc(engine="vasp", threshold=threshold, decisions=decisions, results=out)
+    return DftDoc(engine="vasp", threshold=threshold, decisions=decisions, results=out, **(rule or {}))

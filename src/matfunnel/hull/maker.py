@@ -8,6 +8,7 @@ from jobflow import Maker, job
 
 from matfunnel.common.documents import HullDoc, ReferencesDoc, as_doc
 from matfunnel.common.structures import as_structure
+from matfunnel.hull.committee import committee_hulls, committee_members
 from matfunnel.hull.entries import mlip_entry
 from matfunnel.hull.phase_diagram import compute_hull
 from matfunnel.hull.references import MP_API_KEY_ENV, reference_entries
@@ -39,6 +40,10 @@ def relaxed_entries(docs: list[dict], model: str, role: str) -> tuple[list, dict
 class HullMaker(Maker):
     """Formation energy and energy above the hull of every relaxed candidate.
 
+    When the relaxation documents carry committee records (a ``committee:`` potential), each row also gets every
+    member's energy above its own hull, their mean and spread (:func:`matfunnel.hull.committee.committee_hulls`);
+    ``e_above_hull`` stays the primary member's.
+
     Parameters
     ----------
     name
@@ -68,11 +73,18 @@ class HullMaker(Maker):
                              f"run again with hull.references: offline (or auto)")
         cand_entries, cand_skipped = relaxed_entries(candidate_docs, self.model, "candidate")
         rows = compute_hull(cand_entries, refs) if cand_entries else []
+        details = {k: v for k, v in refs.details.items() if k != "rejected"}
+        if committee_members(candidate_docs):  # a committee: every member's hull too (e_above_hull stays the primary's)
+            per_candidate, committee_details = committee_hulls(candidate_docs, references.competing, chemsys,
+                                                               references=refs)
+            for row in rows:
+                row.update(per_candidate.get(str(row["entry_id"]), {}))
+            details["committee"] = committee_details
         # structures of every phase the DFT stage may need (references and candidates)
         phases = {str(e.entry_id): e.structure.as_dict() for e in [*refs.entries, *cand_entries]
                   if getattr(e, "structure", None) is not None}
         return HullDoc(rows=rows, reference_label=refs.label,
-                       reference_details={k: v for k, v in refs.details.items() if k != "rejected"},
+                       reference_details=details,
                        reference_entries=[e.as_dict() for e in refs.entries],
                        candidate_entries=[e.as_dict() for e in cand_entries], phases=phases,
                        skipped={"candidates": cand_skipped, "competing": comp_skipped})

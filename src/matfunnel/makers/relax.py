@@ -17,6 +17,8 @@ from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
+from matfunnel.potential.committee import PREFIX as COMMITTEE_PREFIX
+from matfunnel.potential.committee import CommitteePotential
 from matfunnel.potential.validate import structure_label
 
 
@@ -71,6 +73,35 @@ def portable_inputs(structures):
     return out
 
 
+def is_committee(name: str) -> bool:
+    """Whether the potential name ``name`` is a committee's (``committee:A,B,...``)."""
+    return str(name).split(":", 1)[0].strip() == COMMITTEE_PREFIX
+
+
+def committee_records(pot: CommitteePotential, docs: list[dict]) -> None:
+    """Every member's energy at each relaxed structure of ``docs``, as ``doc["committee"]`` (in place).
+
+    One :meth:`~matfunnel.potential.committee.CommitteePotential.predict` call (``errors="record"``) over the
+    documents that have a final structure and an energy; a member that fails on a structure leaves its record
+    flagged (``errors``, ``None`` energy), the document stays. Documents without an energy get no record.
+    """
+    todo = [d for d in docs if d.get("energy") is not None and d.get("final_structure")]
+    if not todo:
+        return
+    structures = [as_structure(d["final_structure"], d["label"]) for d in todo]
+    try:
+        outs = pot.predict(structures, labels=[d["label"] for d in todo], errors="record")
+    except Exception as exc:  # noqa: BLE001 - the committee must never cost the relaxations
+        for d in todo:
+            d["committee"] = {"members": list(pot.member_names), "primary": pot.primary_name,
+                              "energies": [None] * len(pot.members), "energy_per_atom_mean": None,
+                              "energy_per_atom_std": None, "n_ok": 0,
+                              "errors": dict.fromkeys(pot.member_names, f"{type(exc).__name__}: {exc}")}
+        return
+    for d, out in zip(todo, outs, strict=True):
+        d["committee"] = out["committee"]
+
+
 def _failed(label: str, error: str, potential: str) -> dict:
     return {**RelaxResult(label=label, formula="", initial_structure={}, error=error).as_dict(),
             "potential": potential, "cached": False}
@@ -96,6 +127,12 @@ class RelaxMaker(Maker):
     With a result cache (:mod:`matfunnel.common.cache`) every finished structure is committed as soon as it leaves
     the batch, and a rerun after a crash reuses it; failures raised by the potential itself (out of memory)
     are not kept, so a rerun tries them again.
+
+    With a committee potential (``committee:A,B,...``) the primary member relaxes, and then every member scores
+    the relaxed structures (one :meth:`~matfunnel.potential.committee.CommitteePotential.predict` call): each
+    document gets a ``committee`` record (:func:`committee_records`). A member that fails on a structure flags
+    its record (``errors``) and the document stays. The cache keeps a document with its complete record; one
+    whose record has a member's error is kept without it, and a rerun scores it again without relaxing it.
     """
 
     name: str = "mlip relax"
@@ -150,8 +187,12 @@ class RelaxMaker(Maker):
                 if hit is not None:
                     docs[i] = {**hit, "label": labels[i], "cached": True}
         todo = [i for i, d in enumerate(docs) if d is None]
+        # a committee's documents carry every member's energy at the relaxed structure (cached ones included)
+        rescore = [i for i, d in enumerate(docs) if is_committee(self.potential) and d is not None
+                   and i not in bad and "committee" not in d and d.get("energy") is not None]
+        pot = load_potential(self.potential, self.device, **self.potential_kwargs) if todo or rescore else None
         if todo:
-            pot = load_potential(self.potential, self.device, **self.potential_kwargs)
+            assert pot is not None
             model = pot.model_info()
 
             def finished(j: int, result) -> None:  # committed as soon as each structure is done
@@ -160,7 +201,7 @@ class RelaxMaker(Maker):
                 docs[i] = doc
                 key = keys[i]
                 if cache is not None and key is not None and not result.data.get("potential_error"):
-                    cache.put(key, "mlip-relax", doc)
+                    cache.put(key, "mlip-relax", doc)  # a committee's record is added below, then cached again
 
             kw: dict[str, Any] = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
                       relax_cell=self.relax_cell, progress=self.progress, on_result=finished)
@@ -170,7 +211,19 @@ class RelaxMaker(Maker):
                               max_frames=self.max_frames, **kw)
             else:
                 relax_structures([structures[i] for i in todo], pot, **kw)
+        if isinstance(pot, CommitteePotential):
+            self._committee(pot, [cast(dict, docs[i]) for i in [*rescore, *todo]], [keys[i] for i in [*rescore, *todo]],
+                            cache)
         return cast(list[dict], docs)  # every input has its document by now
+
+    @staticmethod
+    def _committee(pot: CommitteePotential, docs: list[dict], keys: list, cache) -> None:
+        """Add the committee records to ``docs`` (in place) and keep the complete ones in the result cache."""
+        committee_records(pot, docs)
+        for doc, key in zip(docs, keys, strict=True):
+            # a record with a member's error is not kept: a rerun scores that structure again (not relaxes)
+            if cache is not None and key is not None and "committee" in doc and not doc["committee"]["errors"]:
+                cache.put(key, "mlip-relax", {**doc, "cached": False})
 
 
 @dataclass
