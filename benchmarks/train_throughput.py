@@ -416,14 +416,11 @@ def child_memory(side: str, frames_path: str, threads: int) -> tuple[float, bool
 
 # ------------------------------------------------------------------------------------------------ run
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
+    """The CPU's name and core count (the same line as potential_throughput.py prints)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from potential_throughput import _cpu_name as name
+
+    return name()
 
 
 def _agreement(losses: dict[str, float], maes: dict[str, dict]) -> None:
