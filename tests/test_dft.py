@@ -331,3 +331,19 @@ def test_vasp_entry_from_mocked_taskdoc():
         output=OutputDoc.model_construct(structure=s), structure=s)
     assert vasp_result(bad)["mp2020_compatible"] is False
     assert vasp_result({"nothing": 1})["error"]
+
+
+@dft
+def test_gpaw_symmetry_analysis_failure_reruns_without_symmetry(tmp_path):
+    # a relaxed B2-like LiAl cell on which GPAW's k-point symmetry analysis raises SymmetryAnalysisBug (found by
+    # a campaign's loop); the run goes on with symmetry off and says so, and the energy matches a symmetry-free run
+    lattice = [[-1.4235103078235252, -2.465592179391456, -1.4347190152704764e-10],
+               [1.423510307914964, -2.4655921794442492, -3.236089600704928e-10],
+               [-2.478956998813594e-10, -1.6437281191958975, 4.684045494716223]]
+    cell = Structure(Lattice(lattice), ["Al", "Li"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    settings = GpawSettings.quick(ecut=200.0, kpts=(2, 2, 2))
+    rec = run_gpaw(cell, settings, label="LiAl-symbug", workdir=tmp_path / "a")
+    assert rec["error"] is None and rec["symmetry"].startswith("off (GPAW's symmetry analysis failed")
+    off = run_gpaw(cell, GpawSettings.quick(ecut=200.0, kpts=(2, 2, 2), extra={"symmetry": "off"}),
+                   label="LiAl-nosym", workdir=tmp_path / "b")
+    assert "symmetry" not in off and rec["energy"] == pytest.approx(off["energy"], abs=1e-6)

@@ -13,6 +13,7 @@ the absolute numbers are *not* comparable with VASP/MP energies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -279,11 +280,16 @@ def run_gpaw(
 
         logfile = workdir / f"{stem}.gpaw.txt"
         rec["logfile"] = str(logfile)
-        with open(logfile, "w") as txt_fh:
-            _attach_gpaw(atoms, gpaw_settings, mesh, magmoms is not None, txt_fh)
-            if gpaw_settings.relax is not None:
-                _relax(atoms, gpaw_settings, workdir / f"{stem}.opt.log", rec)
-            energy = _read_results(atoms, magmoms is not None, rec)
+        try:
+            energy = _calculate(atoms, gpaw_settings, mesh, magmoms is not None, logfile,
+                                workdir / f"{stem}.opt.log", rec)
+        except Exception as exc:  # noqa: BLE001 - only GPAW's own symmetry-analysis failure is retried
+            if type(exc).__name__ != "SymmetryAnalysisBug":
+                raise
+            # GPAW's k-point symmetry analysis fails on some valid cells; the full mesh gives the same physics
+            rec["symmetry"] = f"off (GPAW's symmetry analysis failed: {str(exc).splitlines()[0][:120]})"
+            off = dataclasses.replace(gpaw_settings, extra={**(gpaw_settings.extra or {}), "symmetry": "off"})
+            energy = _calculate(atoms, off, mesh, magmoms is not None, logfile, workdir / f"{stem}.opt.log", rec)
         _check_result(rec, gpaw_settings, label, energy)
     except Exception as exc:
         rec["error"] = f"structure {label!r} ({rec['formula']}): {_failure_message(exc, gpaw_settings)}"
@@ -292,6 +298,16 @@ def run_gpaw(
     finally:
         rec["wall_time_s"] = time.perf_counter() - t0
     return rec
+
+
+def _calculate(atoms, settings: GpawSettings, mesh: list[int], spinpol: bool, logfile: Path, optlog: Path,
+               rec: dict[str, Any]) -> float:
+    """Attach GPAW, relax when the settings say so, and read the results into ``rec``; the energy."""
+    with open(logfile, "w") as txt_fh:
+        _attach_gpaw(atoms, settings, mesh, spinpol, txt_fh)
+        if settings.relax is not None:
+            _relax(atoms, settings, optlog, rec)
+        return _read_results(atoms, spinpol, rec)
 
 
 def _checked_input(structure: Any, settings: GpawSettings | str | dict | None, label: str,
