@@ -181,16 +181,9 @@ def _evaluate(model: models.Trainable, tensors: Sequence[FrameTensors], config: 
         out = _forward(model, members, terms=("energy", "forces", "stress", "magmoms"), create_graph=False,
                        baseline=config.force_baseline)
         loss, sums = shard_loss(members, out, counts, config)
-        acc[0] += float(loss)
-        for k, term in enumerate(TERMS):
-            acc[1 + 2 * k] += sums.get(term, 0.0)
-            acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
+        _accumulate(acc, float(loss), sums)
     _all_sum(acc)
-    row: dict[str, float] = {"loss": float(acc[0])}
-    for k, term in enumerate(TERMS):
-        n = float(acc[2 + 2 * k])
-        row[f"{term}_mae"] = float(acc[1 + 2 * k]) / n * _MAE_SCALE[term] if n else math.nan
-    return row
+    return _mae_row(acc, float(acc[0]))
 
 
 def _energies(model: models.Trainable, tensors: Sequence[FrameTensors], batch_size: int) -> list[float]:
@@ -292,6 +285,14 @@ def _result_from(stored: dict[str, Any]) -> FineTuneResult:
                           references=stored.get("references", {}), epochs=stored.get("epochs", []))
 
 
+def _accumulate(acc: Tensor, loss: float, sums: dict[str, float]) -> None:
+    """Add a loss and a shard's per-term error sums and counts to ``acc`` (the layout :func:`_mae_row` reads)."""
+    acc[0] += loss
+    for k, term in enumerate(TERMS):
+        acc[1 + 2 * k] += sums.get(term, 0.0)
+        acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
+
+
 def _mae_row(acc: Tensor, loss: float) -> dict[str, float]:
     """Loss and per-term MAEs from an accumulator ``[loss, (abs error sum, count) per term]``."""
     row = {"loss": loss}
@@ -358,10 +359,7 @@ class _Run:
                                      config.terms())
             state["steps"].append({"epoch": epoch, "step": len(state["steps"]) + 1, "loss": loss_value,
                                    "seconds": round(time.perf_counter() - t0, 3)})
-            acc[0] += loss_value
-            for k, term in enumerate(TERMS):
-                acc[1 + 2 * k] += sums.get(term, 0.0)
-                acc[2 + 2 * k] += sums.get(term + "_n", 0.0)
+            _accumulate(acc, loss_value, sums)
             bar.update(f"epoch {epoch}/{config.epochs} loss {loss_value:.4g}")
         _all_sum(acc[1:])
         train_row = _mae_row(acc, float(acc[0]) / len(batches))
