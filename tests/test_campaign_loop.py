@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from matfunnel.campaign.loop import merged_dft
+from matfunnel.campaign.loop import dft_frames, merged_dft, training_docs
 from matfunnel.campaign.spec import CampaignSpec, SpecError
 from matfunnel.common.cache import ResultCache
 from matfunnel.common.documents import DftDoc
@@ -59,6 +59,21 @@ def test_merged_dft_keeps_each_candidates_dft_round():
     merged = merged_dft([r0, r1])
     assert merged.decisions == {"a": TO_DFT, "b": TO_DFT}
     assert [r["id"] for r in merged.results] == ["a", "b"]
+
+
+def test_a_structure_reused_across_rounds_is_one_frame():
+    """A competing phase computed in round 0 and found in the result cache in round 1 is counted once."""
+    def run(label, a):
+        s = Structure(Lattice.cubic(a), ["Al"], [[0, 0, 0]])
+        return {"label": label, "structure": s.as_dict(), "energy": -3.0, "forces": [[0.0, 0.0, 0.0]],
+                "stress": [0.0] * 6, "code": "gpaw"}
+    r0 = DftDoc(engine="gpaw", runs=[run("Al", 4.0), run("cand-a", 4.1)])
+    r1 = DftDoc(engine="gpaw", runs=[run("Al", 4.0), run("cand-b", 4.2), {"label": "bad", "error": "SCF failed"}])
+    frames, skipped = dft_frames([r0, r1])
+    assert [f.source for f in frames] == ["round 0 run Al", "round 0 run cand-a", "round 1 run cand-b"]
+    assert len(skipped) == 1 and "round 1 run bad" in skipped[0] and "SCF failed" in skipped[0]
+    docs, _ = training_docs([r0, r1])
+    assert len(docs) == 3
 
 
 @pytest.mark.slow

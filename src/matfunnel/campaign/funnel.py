@@ -85,7 +85,8 @@ class FunnelMaker(Maker):
         model: str = pot.name or DEFAULT_POTENTIAL  # resolve() has filled it in
         relax = RelaxMaker(name="candidates relax", potential=model, potential_kwargs=dict(pot.kwargs),
                            device=pot.device, fmax=spec.relax.fmax, max_steps=spec.relax.max_steps,
-                           relax_cell=spec.relax.relax_cell, result_cache=result_cache)
+                           relax_cell=spec.relax.relax_cell, optimizer=spec.relax.optimizer,
+                           optimizer_config=dict(spec.relax.optimizer_config), result_cache=result_cache)
         batched = BatchedRelaxMaker(name="relax candidates", relax=relax, batch_size=spec.relax.batch_size)
         c, h, d = spec.candidates, spec.hull, spec.dft
         return cls(

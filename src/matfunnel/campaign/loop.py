@@ -76,9 +76,14 @@ class LoopMaker(Maker):
         settings=dict(LOOP_TRAIN_DEFAULTS), val_fraction=0.0, require=["forces"]))
 
 
-def training_docs(dft_docs: list) -> tuple[list[dict], list[str]]:
-    """Frame documents of every finished DFT run of ``dft_docs`` (GPAW records with forces), and the skipped."""
-    docs, skipped = [], []
+def dft_frames(dft_docs: list) -> tuple[list, list[str]]:
+    """Each distinct structure's frame among the DFT runs of ``dft_docs`` (GPAW records), and the runs skipped.
+
+    A structure computed again in a later round (a result cache hit: a competing phase of several rounds' DFT
+    hulls) is one frame, from the first round that computed it, so that neither training nor the round's errors
+    count it twice.
+    """
+    frames, skipped = [], []
     seen: set[str] = set()
     for k, d in enumerate(as_doc(DftDoc, x) for x in dft_docs):
         for i, rec in enumerate(d.runs):
@@ -88,14 +93,23 @@ def training_docs(dft_docs: list) -> tuple[list[dict], list[str]]:
             except ValueError as exc:
                 skipped.append(f"{source}: {exc}")
                 continue
-            if frame.forces is None:
-                skipped.append(f"{source}: no forces")
-                continue
             key = json.dumps(structure_fingerprint(rec["structure"]))
-            if key in seen:  # the same structure computed again in a later round (a result cache hit)
+            if key in seen:
                 continue
             seen.add(key)
-            docs.append(frame_to_doc(frame))
+            frames.append(frame)
+    return frames, skipped
+
+
+def training_docs(dft_docs: list) -> tuple[list[dict], list[str]]:
+    """Frame documents of the distinct finished DFT runs of ``dft_docs`` (GPAW, with forces), and the skipped."""
+    frames, skipped = dft_frames(dft_docs)
+    docs = []
+    for frame in frames:
+        if frame.forces is None:
+            skipped.append(f"{frame.source}: no forces")
+            continue
+        docs.append(frame_to_doc(frame))
     return docs, skipped
 
 
@@ -195,13 +209,7 @@ def round_summary(r: int, fine_tuned: FineTuneDoc, dft_docs: list, hull_before: 
     """What round ``r`` changed: errors against DFT before and after fine-tuning, and the gate's choices."""
     ft = as_doc(FineTuneDoc, fine_tuned)
     gate_doc = as_doc(DftDoc, gate)
-    frames = []
-    for k, d in enumerate(as_doc(DftDoc, x) for x in dft_docs):
-        for i, rec in enumerate(d.runs):
-            try:
-                frames.append(frame_from_gpaw(rec, f"round {k} run {i}"))
-            except ValueError:
-                continue
+    frames, _ = dft_frames(dft_docs)
     before = _static_errors(potential, device, kwargs_before, frames)
     after = _static_errors(potential, device, kwargs_after, frames)
     dft_rows = {row.get("id"): row for d in dft_docs for row in as_doc(DftDoc, d).results}

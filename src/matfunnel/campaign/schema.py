@@ -15,7 +15,8 @@ integer, ``true`` not a number; an integer is accepted where a number is due. Th
 - ``potential``: ``name`` text or null; ``device`` ``cpu``, ``cuda`` or ``cuda:N`` (whether it exists is
   checked when the run starts); ``kwargs`` a mapping whose keys are keyword-argument names;
 - ``relax``: ``fmax`` in (0, 10] eV/Å (above 10 every structure "converges" at once); ``max_steps``
-  1-1000000; ``batch_size`` 1-100000; ``relax_cell`` a boolean;
+  1-1000000; ``batch_size`` 1-100000; ``relax_cell`` a boolean; ``optimizer`` one of the engine's optimizers
+  (``fire``, ``lbfgs``) with ``optimizer_config`` its parameters;
 - ``hull``: ``references`` one of :data:`~matfunnel.candidates.maker.REFERENCE_MODES`;
   ``competing_max_sites`` 1-64; ``cache_dir`` null or a confined relative path, as ``structures``;
 - ``phonons``: :class:`~matfunnel.phonons.gate.PhononGateSchema`;
@@ -41,6 +42,8 @@ from matfunnel.candidates.maker import REFERENCE_MODES
 from matfunnel.common.validation import StrictOptions, ValidationError, describe, one_of
 from matfunnel.dft.gate import ENGINES, RULES
 from matfunnel.dft.settings import check_gpaw_options
+from matfunnel.engine.optimizers import OPTIMIZERS
+from matfunnel.engine.optimizers import resolve as resolve_optimizer
 from matfunnel.makers.relax import is_committee
 from matfunnel.phonons.gate import PhononGateSchema
 
@@ -170,7 +173,19 @@ class RelaxSchema(StrictOptions):
     fmax: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
     max_steps: Annotated[int, Field(ge=1, le=1_000_000)]
     relax_cell: bool
+    optimizer: Annotated[str, AfterValidator(one_of(tuple(OPTIMIZERS)))] | None
+    optimizer_config: dict[str, Any]
     batch_size: Annotated[int, Field(ge=1, le=100_000)]
+
+    @model_validator(mode="after")
+    def _optimizer_parameters(self):
+        """The optimizer's parameters are its own (ASE's names) and in range."""
+        if self.optimizer_config:
+            try:
+                resolve_optimizer(self.optimizer, self.optimizer_config)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"optimizer_config: {exc}") from None
+        return self
 
 
 class HullSchema(StrictOptions):

@@ -60,6 +60,8 @@ class RelaxOptions:
     fmax: float = RelaxMaker.fmax
     max_steps: int = RelaxMaker.max_steps
     relax_cell: bool = RelaxMaker.relax_cell
+    optimizer: str | None = RelaxMaker.optimizer  # fire | lbfgs (None: the engine's default, FIRE)
+    optimizer_config: dict = field(default_factory=dict)  # the optimizer's parameters (ASE's names)
     batch_size: int = BatchedRelaxMaker.batch_size
 
 

@@ -1,13 +1,15 @@
 """Relaxation and dynamics over many structures.
 
-* :func:`relax_batched` - FIRE + Frechet cell filter (ASE semantics) on whole batches on the
-  potential's device, with in-flight refill and per-structure failure isolation (the default engine);
+* :func:`relax_batched` - FIRE (default) or L-BFGS + Frechet cell filter (ASE semantics, ``optimizer=``) on
+  whole batches on the potential's device, with in-flight refill and per-structure failure isolation (the default engine);
 * :func:`relax_structures` - ASE's FIRE + FrechetCellFilter one structure at a time (the reference);
 * :func:`run_md` - batched NVE / NVT (Langevin) / NPT (stochastic cell rescaling) dynamics.
 
 Both relaxation engines return :class:`RelaxResult` documents, :func:`run_md` :class:`MDResult` documents (both in
 :mod:`~matfunnel.engine.results`). The functional building blocks live in :mod:`matfunnel.engine.state` (the batched
-state), :mod:`~matfunnel.engine.fire` and :mod:`~matfunnel.engine.md` (init/step functions),
+state), :mod:`~matfunnel.engine.cellfilter` (the degrees of freedom all optimizers move),
+:mod:`~matfunnel.engine.fire`, :mod:`~matfunnel.engine.lbfgs` and :mod:`~matfunnel.engine.md` (init/step functions;
+:mod:`~matfunnel.engine.optimizers` names them),
 :mod:`~matfunnel.engine.symmetry` (space-group constraints); the queue, refill and harvest that both batched engines
 share in :mod:`~matfunnel.engine.batching` (:class:`~matfunnel.engine.batching.InFlightBatcher`, :class:`AtomBudget`);
 the documents the engines write in :mod:`~matfunnel.engine.documents` (structures) and

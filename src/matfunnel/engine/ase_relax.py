@@ -1,4 +1,7 @@
-"""FIRE + Frechet cell filter relaxation through ASE, one structure after another.
+"""Relaxation through ASE (FIRE, L-BFGS or BFGS + Frechet cell filter), one structure after another.
+
+The reference path of the batched engine (:mod:`matfunnel.engine.runner`): the same optimizer names and
+parameters (:mod:`matfunnel.engine.optimizers`), run by ASE's own implementations.
 
 Each structure gets its own result; a structure that fails (bad geometry, NaN, exploding forces,
 non-convergence) is recorded with its reason and the rest carry on.
@@ -28,10 +31,25 @@ def relax_structure(
     fmax: float = 0.05,
     max_steps: int = 500,
     relax_cell: bool = True,
+    optimizer: str | None = None,
+    config=None,
 ) -> RelaxResult:
-    """Relax one structure with FIRE (+ FrechetCellFilter when ``relax_cell``)."""
+    """Relax one structure with ASE's optimizer (+ FrechetCellFilter when ``relax_cell``).
+
+    ``optimizer`` and ``config`` as :func:`matfunnel.engine.relax_batched` takes them (``None``: the default
+    optimizer with ASE's parameters).
+    """
+    import dataclasses
+
+    import ase.optimize
     from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
+
+    from matfunnel.engine.optimizers import resolve
+
+    method, cfg = resolve(optimizer, config)
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("curvature_check",)}
+    if getattr(cfg, "curvature_check", False):
+        raise ValueError("ASE's LBFGS has no curvature check: the reference path runs it as ASE does")
 
     t0 = time.perf_counter()
     label = label or structure_label(structure)
@@ -46,7 +64,7 @@ def relax_structure(
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = potential.calculator()
         target = FrechetCellFilter(atoms) if relax_cell else atoms
-        opt = FIRE(target, logfile=None)
+        opt = getattr(ase.optimize, method.ase_name)(target, logfile=None, **params)
         for _ in opt.irun(fmax=fmax, steps=max_steps):
             e = atoms.get_potential_energy()
             f = atoms.get_forces()
@@ -89,6 +107,8 @@ def relax_structures(
     relax_cell: bool = True,
     progress: bool = False,
     on_result=None,
+    optimizer: str | None = None,
+    config=None,
 ) -> list[RelaxResult]:
     """Relax every structure; failures are recorded per structure.
 
@@ -103,7 +123,8 @@ def relax_structures(
         it = tqdm(it, desc="relax", unit="struct")
     results = []
     for i, (s, lab) in it:
-        r = relax_structure(s, potential, label=lab, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
+        r = relax_structure(s, potential, label=lab, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell,
+                            optimizer=optimizer, config=config)
         if on_result is not None:
             on_result(i, r)
         results.append(r)

@@ -1,9 +1,10 @@
 """Batched relaxation with in-flight refill and per-structure failure isolation.
 
-:func:`relax_batched` keeps one :class:`~matfunnel.engine.fire.FireState` on the potential's device.
+:func:`relax_batched` keeps one optimizer state (:mod:`~matfunnel.engine.optimizers`: FIRE or L-BFGS on the
+Frechet cell filter's degrees of freedom) on the potential's device.
 Every iteration evaluates all structures in it with one ``potential.evaluate`` call, retires the ones
 that converged, ran out of steps or blew up (NaN, forces above 1e3 eV/A, atoms closer than 0.5 A,
-an error from the potential), moves the others one FIRE step, and fills the freed room with queued
+an error from the potential), moves the others one optimizer step, and fills the freed room with queued
 structures, so the device stays full until the queue is empty. How many atoms fit is decided by
 :class:`AtomBudget` (the potential's own ``plan_batches`` when it has one); the queue, the refill and the
 harvest of finished structures are :class:`~matfunnel.engine.batching.InFlightBatcher`'s.
@@ -18,21 +19,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from pymatgen.core import Structure
 
 from matfunnel.engine.batching import BYTES_PER_ATOM, AtomBudget, HostView, InFlightBatcher, validated
+from matfunnel.engine.cellfilter import FilterState, filter_forces
 from matfunnel.engine.documents import SiteTable, initial_dict
-from matfunnel.engine.fire import (
-    FireConfig,
-    FireState,
-    fire_forces,
-    fire_init,
-    fire_update,
-)
 from matfunnel.engine.inputs import check_relax_settings, labels_for
+from matfunnel.engine.optimizers import Optimizer, resolve
 from matfunnel.engine.results import RelaxResult
 from matfunnel.engine.state import (
     evaluate,
@@ -57,7 +54,8 @@ def relax_batched(
     symprec: float = 1e-3,
     scalar_pressure: float = 0.0,
     exp_cell_factor: float | None = None,
-    config: FireConfig | None = None,
+    config: Any = None,
+    optimizer: str | None = None,
     max_atoms: int | None = None,
     check_distance_every: int = 1,
     progress: bool = False,
@@ -65,12 +63,13 @@ def relax_batched(
     trajectory_every: int = 0,
     max_frames: int = 100,
 ) -> list[RelaxResult]:
-    """Relax every structure (FIRE + Frechet cell filter, ASE semantics) in refilled batches.
+    """Relax every structure (an ASE optimizer + Frechet cell filter, ASE semantics) in refilled batches.
 
     Arguments mirror :func:`matfunnel.engine.relax_structures` plus: ``symmetry`` keeps each
     structure's space group (spglib, ``symprec``); ``scalar_pressure`` GPa; ``max_atoms`` overrides
-    the batch budget; ``check_distance_every`` steps between minimum-distance checks; ``config`` the FIRE
-    parameters (``None``: ASE's defaults, :class:`~matfunnel.engine.fire.FireConfig`). Returns one
+    the batch budget; ``check_distance_every`` steps between minimum-distance checks; ``optimizer`` the method
+    (``"fire"``, ``"lbfgs"``; ``None``: :data:`~matfunnel.engine.optimizers.DEFAULT_OPTIMIZER`) and ``config`` its
+    parameters (its config object or a mapping of ASE's parameter names; ``None``: ASE's defaults). Returns one
     :class:`RelaxResult` per input, in input order; ``wall_time`` is the time the structure spent in
     the batch (shared with its batch mates).
 
@@ -83,13 +82,13 @@ def relax_batched(
     keep results do not keep it.
     """
     n = len(structures)
-    config = FireConfig() if config is None else config
+    method, config = resolve(optimizer, config)
     check_relax_settings(fmax, max_steps)
     if trajectory_every < 0 or max_frames < 2:
         raise ValueError(f"trajectory_every must be >= 0 and max_frames >= 2, got {trajectory_every}, {max_frames}")
     job = _Relaxation(structures, potential, labels_for(labels, n), fmax=fmax, max_steps=max_steps,
                       relax_cell=relax_cell, scalar_pressure=scalar_pressure, exp_cell_factor=exp_cell_factor,
-                      config=config, check_distance_every=check_distance_every,
+                      method=method, config=config, check_distance_every=check_distance_every,
                       symmetrizer=Symmetrizer(symprec) if symmetry else None, symprec=symprec,
                       trajectory_every=trajectory_every, max_frames=max_frames)
     batcher = InFlightBatcher(job, n, AtomBudget(potential, max_atoms), on_result=on_result,
@@ -99,7 +98,7 @@ def relax_batched(
         active, reasons, converged, done = job.forces(active, it)
         active = batcher.harvest(active, done, reasons, partial(job.document, converged=converged))
         if active is not None:
-            active = fire_update(active, config)
+            active = method.update(active, config)
         active = batcher.refill(active)
         it += 1
     return batcher.close()
@@ -117,7 +116,8 @@ class _Relaxation:
     relax_cell: bool
     scalar_pressure: float
     exp_cell_factor: float | None
-    config: FireConfig
+    method: Optimizer
+    config: Any
     check_distance_every: int
     symmetrizer: Symmetrizer | None
     symprec: float
@@ -154,10 +154,10 @@ class _Relaxation:
         res.error = error
         return res
 
-    def start(self, take: list[int]) -> FireState:
-        """Build the FIRE state of the inputs ``take``."""
+    def start(self, take: list[int]) -> FilterState:
+        """Build the optimizer state of the inputs ``take``."""
         entering = [self.sym_start.pop(k, self.inputs[k]) for k in take]
-        new = fire_init(
+        new = self.method.init(
             from_structures(entering, self.potential.device, ids=take), fmax=self.fmax, max_steps=self.max_steps,
             relax_cell=self.relax_cell, exp_cell_factor=self.exp_cell_factor, scalar_pressure=self.scalar_pressure,
             config=self.config, movable=movable_mask(entering))
@@ -166,13 +166,13 @@ class _Relaxation:
                 self.recorders[k] = Frames(self.trajectory_every, self.max_frames)
         return new
 
-    def forces(self, active: FireState, it: int) -> tuple[FireState, list, list[bool], list[bool]]:
+    def forces(self, active: FilterState, it: int) -> tuple[FilterState, list, list[bool], list[bool]]:
         """Evaluate ``active`` at iteration ``it`` and find who leaves.
 
         Returns
         -------
         tuple
-            The evaluated state with its FIRE forces, each member's failure reason (or ``None``), whether it
+            The evaluated state with its generalised forces, each member's failure reason (or ``None``), whether it
             converged and whether it is done (converged, out of steps or failed).
         """
         active = evaluate(active, self.potential)
@@ -189,8 +189,8 @@ class _Relaxation:
         ok = torch.ones(active.n_systems, dtype=torch.bool, device=active.device)
         if failing:
             ok[torch.tensor(failing, device=active.device)] = False
-        active = fire_forces(active)
-        assert active.residual is not None  # set by fire_forces
+        active = filter_forces(active)
+        assert active.residual is not None  # set by filter_forces
         residual = torch.where(ok, active.residual, torch.full_like(active.residual, math.inf))
         converged = residual < active.fmax
         done = converged | (active.n_steps >= active.max_steps) | ~ok
@@ -204,7 +204,7 @@ class _Relaxation:
         res = self._blank(i, self.inputs[i])
         step, fmax_now = int(view.values("n_steps")[b]), view.values("residual")[b]
         res.n_steps = step
-        res.data = {"engine": "batched-fire", "final_fmax": float(fmax_now)}
+        res.data = {"engine": f"batched-{self.method.name}", "final_fmax": float(fmax_now)}
         if reason is not None:
             res.error = f"structure {self.labels[i]!r}: {reason}"
         else:
@@ -236,7 +236,7 @@ class _Relaxation:
         return RelaxResult(label=label, formula=formula, initial_structure=init)
 
 
-def _record(active: FireState, recorders: dict, reasons: list) -> None:
+def _record(active: FilterState, recorders: dict, reasons: list) -> None:
     """A frame of every structure whose trajectory is due at its current step (one host copy for all of them)."""
     ids, steps = active.ids.tolist(), active.n_steps.tolist()
     due = [b for b, (i, st) in enumerate(zip(ids, steps, strict=True))
@@ -245,7 +245,7 @@ def _record(active: FireState, recorders: dict, reasons: list) -> None:
         return
     counts = active.n_atoms.tolist()
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
-    assert active.energy is not None and active.residual is not None  # evaluated, with its FIRE forces
+    assert active.energy is not None and active.residual is not None  # evaluated, with its generalised forces
     e, res = active.energy.tolist(), active.residual.tolist()
     pos, cell = active.positions.detach().cpu().numpy(), active.cell.detach().cpu().numpy()
     for b in due:

@@ -125,9 +125,10 @@ def to_structure(state: SystemState, b: int, template: Structure | None = None) 
 
 
 def upgrade[S: SystemState](state: SystemState, cls: type[S], **fields) -> S:
-    """``state`` as a subclass ``cls`` with the extra ``fields`` filled in."""
-    base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SystemState)}
-    return cls(**base, **fields)
+    """``state`` as a subclass ``cls`` with the extra ``fields`` filled in (every field ``state`` has is kept)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    base = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name in names}
+    return cls(**{**base, **fields})
 
 
 def select[S: SystemState](state: S, keep: Tensor) -> S:

@@ -16,6 +16,7 @@ from matfunnel.common.structures import as_structure, is_atoms
 from matfunnel.engine import RelaxResult, relax_batched, relax_structures
 from matfunnel.engine.documents import initial_dict
 from matfunnel.engine.inputs import check_relax_settings, labels_for
+from matfunnel.engine.optimizers import resolve as resolve_optimizer
 from matfunnel.potential import DEFAULT_POTENTIAL, load_potential
 from matfunnel.potential.committee import PREFIX as COMMITTEE_PREFIX
 from matfunnel.potential.committee import CommitteePotential
@@ -143,6 +144,10 @@ class RelaxMaker(Maker):
     fmax: float = 0.05
     max_steps: int = 500
     relax_cell: bool = True
+    #: the optimizer (:mod:`matfunnel.engine.optimizers`: ``fire``, ``lbfgs``; None: the engine's default, FIRE)
+    optimizer: str | None = None
+    #: its parameters, ASE's names (e.g. ``{"alpha": 10, "curvature_check": true}`` for ``lbfgs``)
+    optimizer_config: dict = field(default_factory=dict)
     progress: bool = True
     engine: str = "batched"
     symmetry: bool = False
@@ -168,11 +173,14 @@ class RelaxMaker(Maker):
         if self.engine == "ase" and (self.symmetry or self.trajectory_every):
             raise ValueError("symmetry-constrained relaxation and trajectories need engine='batched'")
         check_relax_settings(self.fmax, self.max_steps)
+        method, _ = resolve_optimizer(self.optimizer, self.optimizer_config or None)  # a bad name fails here, at once
         structures, labels, bad = decode_inputs(structures, labels)
         cache = active_cache(self.result_cache)
         settings = {"potential": self.potential,
                     **({"potential_kwargs": self.potential_kwargs} if self.potential_kwargs else {}),
                     "fmax": self.fmax, "max_steps": self.max_steps, "relax_cell": self.relax_cell}
+        if method.name != "fire" or self.optimizer_config:  # FIRE with ASE's parameters keeps the keys it always had
+            settings["optimizer"] = [method.name, dict(self.optimizer_config)]
         if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
             settings["symmetry"] = True
         if self.trajectory_every:
@@ -204,7 +212,8 @@ class RelaxMaker(Maker):
                     cache.put(key, "mlip-relax", doc)  # a committee's record is added below, then cached again
 
             kw: dict[str, Any] = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
-                      relax_cell=self.relax_cell, progress=self.progress, on_result=finished)
+                      relax_cell=self.relax_cell, progress=self.progress, on_result=finished,
+                      optimizer=method.name, config=self.optimizer_config or None)
             if self.engine == "batched":
                 relax_batched([structures[i] for i in todo], pot, symmetry=self.symmetry,
                               max_atoms=self.max_atoms, trajectory_every=self.trajectory_every,
