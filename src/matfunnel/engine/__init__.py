@@ -1,8 +1,9 @@
 """Relaxation and dynamics over many structures.
 
 * :func:`relax_batched` - FIRE (default) or L-BFGS + Frechet cell filter (ASE semantics, ``optimizer=``) on
-  whole batches on the potential's device, with in-flight refill and per-structure failure isolation (the default engine);
-* :func:`relax_structures` - ASE's FIRE + FrechetCellFilter one structure at a time (the reference);
+  whole batches on the potential's device, with in-flight refill and per-structure failure isolation (the default
+  engine);
+* :func:`relax_structures` - ASE's FIRE (or LBFGS) + FrechetCellFilter one structure at a time (the reference);
 * :func:`run_md` - batched NVE / NVT (Langevin) / NPT (stochastic cell rescaling) dynamics.
 
 Both relaxation engines return :class:`RelaxResult` documents, :func:`run_md` :class:`MDResult` documents (both in
