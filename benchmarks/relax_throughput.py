@@ -20,6 +20,7 @@ process's host work (pymatgen, FIRE bookkeeping, kernel launches) then overlaps 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -111,7 +112,8 @@ def _worker(args) -> int:
     pot.predict(structs[:2])  # warm-up
     print("READY", flush=True)
     sys.stdin.readline()
-    res = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps)
+    res = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps, optimizer=args.optimizer,
+                        config=args.optimizer_config)
     _sync(args.device)
     print(json.dumps({"atom_steps": sum(len(s) * (r.n_steps or 0) for s, r in zip(structs, res, strict=False)),
                       "converged": sum(bool(r.converged) for r in res), "e": [r.e_per_atom for r in res]}))
@@ -154,6 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--potential", default="chgnet-0.3.0")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fmax", type=float, default=0.05)
+    ap.add_argument("--optimizer", default="fire", help="the batched engine's optimizer (and ASE's, for the "
+                    "one-by-one comparison): fire or lbfgs (chgnet's StructOptimizer stays FIRE, the reference)")
+    ap.add_argument("--optimizer-config", type=json.loads, default=None,
+                    help='its parameters as JSON, e.g. \'{"alpha": 10, "curvature_check": true}\' (lbfgs)')
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -229,7 +235,8 @@ def _compare_ase(args, pot, ref_structs, ref_batched, rows: dict) -> None:
     from matfunnel.engine import relax_structures
 
     t0 = time.perf_counter()
-    ase = relax_structures(ref_structs, pot, fmax=args.fmax, max_steps=args.max_steps)
+    ase = relax_structures(ref_structs, pot, fmax=args.fmax, max_steps=args.max_steps, optimizer=args.optimizer,
+                           config=args.optimizer_config)
     rows["ase"] = summarize("ase", ase, time.perf_counter() - t0)
     both = [(a, b) for a, b in zip(ase, ref_batched, strict=False) if a.converged and b.converged]
     de = np.array([abs(a.e_per_atom - b.e_per_atom) * 1000 for a, b in both])
@@ -310,7 +317,8 @@ def main(argv=None) -> int:
     budget = AtomBudget(pot)
     print(f"{args.n} structures, {min(sizes)}-{max(sizes)} atoms (mean {np.mean(sizes):.1f}); potential "
           f"{args.potential} on {args.device}, torch threads {torch.get_num_threads()}; fmax {args.fmax} eV/A, "
-          f"max {args.max_steps} steps; batch budget {'plan_batches' if budget.plan else budget.max_atoms}")
+          f"max {args.max_steps} steps; batch budget {'plan_batches' if budget.plan else budget.max_atoms}; optimizer "
+          f"{args.optimizer} {args.optimizer_config or '(ASE defaults)'}")
     cal = getattr(pot, "calibration", None)
     if cal is not None:
         print(f"memory model: {cal['bytes_per_item']} bytes per item measured on this device ({cal['source']}), "
@@ -327,7 +335,8 @@ def main(argv=None) -> int:
     def on_result(i, res):
         finished_at[i] = time.perf_counter() - t0
 
-    batched = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps, on_result=on_result)
+    batched = relax_batched(structs, pot, fmax=args.fmax, max_steps=args.max_steps, on_result=on_result,
+                            optimizer=args.optimizer, config=args.optimizer_config)
     _sync(args.device)
     wall_b = time.perf_counter() - t0
     rows = {"batched": summarize("batched", batched, wall_b)}
