@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,20 +60,13 @@ class FireState(FilterState):
     n_pos: Tensor = system_field(default=None)  # (B,) long, downhill steps since the last reset
 
 
-def fire_init(
-    state: SystemState,
-    *,
-    fmax: float | Tensor = 0.05,
-    max_steps: int | Tensor = 500,
-    relax_cell: bool | Tensor = True,
-    exp_cell_factor: float | Tensor | None = None,
-    scalar_pressure: float | Tensor = 0.0,
-    config: FireConfig = FireConfig(),
-    movable: Tensor | np.ndarray | None = None,
-) -> FireState:
-    """FIRE variables for every structure of ``state`` (arguments: :func:`~matfunnel.engine.cellfilter.filter_init`)."""
-    base = filter_init(state, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell, exp_cell_factor=exp_cell_factor,
-                       scalar_pressure=scalar_pressure, movable=movable)
+def fire_init(state: SystemState, *, config: FireConfig = FireConfig(), **settings: Any) -> FireState:
+    """FIRE variables for every structure of ``state``.
+
+    ``settings`` are :func:`~matfunnel.engine.cellfilter.filter_init`'s (``fmax``, ``max_steps``, ``relax_cell``,
+    ``exp_cell_factor``, ``scalar_pressure``, ``movable``).
+    """
+    base = filter_init(state, **settings)
     n, dev = base.n_systems, base.device
     return upgrade(
         base, FireState,

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,23 +60,13 @@ class LbfgsState(FilterState):
     prev_cell_gforce: Tensor = system_field(default=None)  # (B, 3, 3)
 
 
-def lbfgs_init(
-    state: SystemState,
-    *,
-    fmax: float | Tensor = 0.05,
-    max_steps: int | Tensor = 500,
-    relax_cell: bool | Tensor = True,
-    exp_cell_factor: float | Tensor | None = None,
-    scalar_pressure: float | Tensor = 0.0,
-    config: LbfgsConfig = LbfgsConfig(),
-    movable: Tensor | np.ndarray | None = None,
-) -> LbfgsState:
+def lbfgs_init(state: SystemState, *, config: LbfgsConfig = LbfgsConfig(), **settings: Any) -> LbfgsState:
     """L-BFGS variables for every structure of ``state``.
 
-    Arguments as :func:`~matfunnel.engine.cellfilter.filter_init` takes them, plus ``config`` (the history's length).
+    ``settings`` are :func:`~matfunnel.engine.cellfilter.filter_init`'s (``fmax``, ``max_steps``, ``relax_cell``,
+    ``exp_cell_factor``, ``scalar_pressure``, ``movable``); ``config`` sets the history's length.
     """
-    base = filter_init(state, fmax=fmax, max_steps=max_steps, relax_cell=relax_cell, exp_cell_factor=exp_cell_factor,
-                       scalar_pressure=scalar_pressure, movable=movable)
+    base = filter_init(state, **settings)
     n, na, m, dev = base.n_systems, base.positions.shape[0], config.memory, base.device
     return upgrade(
         base, LbfgsState,
