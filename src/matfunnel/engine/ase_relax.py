@@ -16,11 +16,10 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from matfunnel.common.errors import ResourceError
+from matfunnel.engine.inputs import MAX_FORCE
 from matfunnel.engine.results import RelaxResult
 from matfunnel.potential import Potential, StructureError
 from matfunnel.potential.validate import structure_label, validate_structure
-
-MAX_FORCE = 1e3  # eV/A: beyond this a relaxation has blown up
 
 
 def relax_structure(

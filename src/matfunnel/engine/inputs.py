@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+MAX_FORCE = 1e3  # eV/A: beyond this a relaxation has blown up
+
 
 def labels_for(labels: Sequence[str | None] | None, n: int) -> list[str | None]:
     """``labels`` as a list of ``n`` (``[None] * n`` when not given)."""

@@ -228,7 +228,7 @@ def failure_reasons(state, finite_systems: Tensor, finite_atoms: Tensor, check_d
     """
     import math
 
-    from matfunnel.engine.ase_relax import MAX_FORCE
+    from matfunnel.engine.inputs import MAX_FORCE
     from matfunnel.potential.validate import MIN_DISTANCE
 
     nb = state.n_systems
