@@ -12,6 +12,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from builders import b32_lial, fcc
@@ -258,6 +259,41 @@ def test_relax_maker_scores_relaxed_structures_with_every_member(tmp_path):
     assert again[1]["committee"]["energies"][0] == pytest.approx(flagged["energies"][0], abs=1e-4)
 
 
+def test_every_member_relaxes_when_asked(tmp_path):
+    """committee_relax='all': each member's energy is that of its own relaxation, as the member alone gives it."""
+    pytest.importorskip("torch_sim")
+    from matfunnel.makers.relax import RelaxMaker
+
+    name = f"committee:chgnet-0.3.0,sevennet-0,{PICKY}"
+    kw = {"members_kwargs": {"chgnet-0.3.0": {"calibrate": False, "threads": 1}, PICKY: {"refuse": "Li"}}}
+    cells = [fcc("Al", 4.15).get_primitive_structure(), b32_lial()]
+    labels = ["Al", "LiAl"]
+    cache = str(tmp_path / "cache.sqlite")
+    maker = RelaxMaker(potential=name, potential_kwargs=kw, progress=False, max_steps=150, committee_relax="all",
+                       result_cache=cache)
+    docs = RelaxMaker.relax_job.original(maker, cells, labels)
+    alone = RelaxMaker.relax_job.original(RelaxMaker(potential="sevennet-0", progress=False, max_steps=150),
+                                          cells, labels)
+    for d, ref in zip(docs, alone, strict=True):
+        rec = d["committee"]
+        assert d["error"] is None and rec["relaxed_by"] == "all"
+        assert rec["energies"][0] == pytest.approx(d["energy"], abs=1e-4)   # the primary's own relaxation
+        assert ref["converged"] and rec["energies"][1] == pytest.approx(ref["energy"], abs=1e-4)
+        assert rec["member_steps"]["sevennet-0"] == ref["n_steps"]
+        # the member's own minimum lies below its energy at the primary's minimum
+        assert rec["energies"][1] <= rec["energies_at_primary"][1] + 1e-4
+        n = len(d["final_structure"]["sites"])
+        ok = [e / n for e in rec["energies"] if e is not None]
+        assert rec["n_ok"] == len(ok) and rec["energy_per_atom_std"] == pytest.approx(float(np.std(ok)), abs=1e-9)
+    lial = docs[1]["committee"]
+    assert lial["energies"][2] is None and "refuses structures containing Li" in lial["errors"][PICKY]
+    assert not any(k in d["committee"] for d in RelaxMaker.relax_job.original(
+        RelaxMaker(potential=name, potential_kwargs=kw, progress=False, max_steps=150), cells[:1], labels[:1])
+        for k in ("relaxed_by", "energies_at_primary"))  # the default: one member relaxes
+    with pytest.raises(ValueError, match="committee_relax='all' needs a committee potential"):
+        RelaxMaker.relax_job.original(RelaxMaker(potential="chgnet-0.3.0", committee_relax="all"), cells, labels)
+
+
 # --- spec and report ------------------------------------------------------------------------------------------
 
 
@@ -274,6 +310,10 @@ def test_spec_keys_and_their_errors():
         CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"rule": "sigma"}})
     with pytest.raises(SpecError, match="dft.k"):
         CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"k": 11}})
+    with pytest.raises(SpecError, match=r"relax.committee_relax: all needs a committee potential"):
+        CampaignSpec.from_dict({"chemsys": "Al-Li", "relax": {"committee_relax": "all"}})
+    with pytest.raises(SpecError, match="relax.committee_relax"):
+        CampaignSpec.from_dict({"chemsys": "Al-Li", "relax": {"committee_relax": "some"}})
     for p in (0, 1, 1.5):
         with pytest.raises(SpecError, match="dft.min_probability"):
             CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"min_probability": p}})
@@ -282,6 +322,10 @@ def test_spec_keys_and_their_errors():
     funnel = FunnelMaker.from_spec(spec)
     assert (funnel.dft_gate.rule, funnel.dft_gate.k, funnel.dft_gate.min_probability) == ("probability", 2.0, 0.3)
     assert funnel.relax.relax.potential == "committee:chgnet-0.3.0,sevennet-0"
+    assert funnel.relax.relax.committee_relax == "primary"
+    every = CampaignSpec.from_dict({"chemsys": "Al-Li", "potential": {"name": "committee:chgnet-0.3.0,sevennet-0"},
+                                    "relax": {"committee_relax": "all"}})
+    assert FunnelMaker.from_spec(every).relax.relax.committee_relax == "all"
 
 
 def test_plain_report_csv_keeps_its_columns(tmp_path):

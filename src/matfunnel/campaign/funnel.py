@@ -86,7 +86,8 @@ class FunnelMaker(Maker):
         relax = RelaxMaker(name="candidates relax", potential=model, potential_kwargs=dict(pot.kwargs),
                            device=pot.device, fmax=spec.relax.fmax, max_steps=spec.relax.max_steps,
                            relax_cell=spec.relax.relax_cell, optimizer=spec.relax.optimizer,
-                           optimizer_config=dict(spec.relax.optimizer_config), result_cache=result_cache)
+                           optimizer_config=dict(spec.relax.optimizer_config), result_cache=result_cache,
+                           committee_relax=spec.relax.committee_relax)
         batched = BatchedRelaxMaker(name="relax candidates", relax=relax, batch_size=spec.relax.batch_size)
         c, h, d = spec.candidates, spec.hull, spec.dft
         return cls(

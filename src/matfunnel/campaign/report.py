@@ -154,7 +154,7 @@ def build_report(candidates: CandidatesDoc, candidate_docs: list, hull: HullDoc,
         "candidate_stats": candidates.stats,
         "rows": rows,
         # the funnel scores itself: MLIP-predicted stable vs DFT stable for the DFT-checked rows
-        "gate_metrics": gate_metrics(rows),
+        "gate_metrics": gate_metrics(rows, threshold=dft.threshold if dft.threshold is not None else 0.05),
         "dft_runs": [
             {k: r.get(k) for k in ("label", "formula", "energy_per_atom", "converged", "wall_time_s", "error")}
             for r in dft.runs
@@ -228,7 +228,26 @@ def format_table(report: dict, max_rows: int | None = None) -> str:
             + gate_line(report) + "\n")
     errors = [f"  {r['id']}: {r['error']}" for r in rows if r.get("error")]
     tail = ("\nproblems:\n" + "\n".join(errors)) if errors else ""
-    return head + "\n".join(lines) + tail + format_loop(report)
+    return head + "\n".join(lines) + tail + format_scoring(report) + format_loop(report)
+
+
+def format_scoring(report: dict) -> str:
+    """The gate's self-scoring (``report["gate_metrics"]``) as text lines; empty without DFT results."""
+    gm = report.get("gate_metrics") or {}
+    if not gm.get("n_with_dft"):
+        return ""
+    out = [f"\nself-scoring: {gm['n_with_dft']} candidates with DFT, {gm['n_dft_stable']} DFT-stable "
+           f"(hit rate {gm.get('hit_rate')})"]
+    cal = gm.get("committee")
+    if cal:
+        s, eb = cal["spread_vs_error"], cal["equal_budget"]
+        out.append(f"committee: Spearman(sigma, |mean - DFT|) = {s['spearman']} {s['spearman_ci95']}; "
+                   f"|error| <= sigma for {s['within_1_sigma']:.0%}, <= 2 sigma for {s['within_2_sigma']:.0%}; "
+                   f"MAE {s['mae_mean']:.3f} eV/atom (n = {cal['n']})")
+        found = ", ".join(f"{rule} {r['found']}" for rule, r in eb["rules"].items())
+        out.append(f"stable found in the first {eb['budget']} of the DFT-checked candidates, by rule: {found} "
+                   f"(of {eb['n_stable']}; a re-ranking of the gated set only)")
+    return "\n".join(out)
 
 
 def gate_line(report: dict) -> str:

@@ -16,7 +16,8 @@ integer, ``true`` not a number; an integer is accepted where a number is due. Th
   checked when the run starts); ``kwargs`` a mapping whose keys are keyword-argument names;
 - ``relax``: ``fmax`` in (0, 10] eV/Å (above 10 every structure "converges" at once); ``max_steps``
   1-1000000; ``batch_size`` 1-100000; ``relax_cell`` a boolean; ``optimizer`` one of the engine's optimizers
-  (``fire``, ``lbfgs``) with ``optimizer_config`` its parameters;
+  (``fire``, ``lbfgs``) with ``optimizer_config`` its parameters; ``committee_relax`` ``primary`` or ``all`` (``all``
+  needs a committee potential);
 - ``hull``: ``references`` one of :data:`~matfunnel.candidates.maker.REFERENCE_MODES`;
   ``competing_max_sites`` 1-64; ``cache_dir`` null or a confined relative path, as ``structures``;
 - ``phonons``: :class:`~matfunnel.phonons.gate.PhononGateSchema`;
@@ -44,7 +45,7 @@ from matfunnel.dft.gate import ENGINES, RULES
 from matfunnel.dft.settings import check_gpaw_options
 from matfunnel.engine.optimizers import OPTIMIZERS
 from matfunnel.engine.optimizers import resolve as resolve_optimizer
-from matfunnel.makers.relax import is_committee
+from matfunnel.makers.relax import COMMITTEE_RELAX, is_committee
 from matfunnel.phonons.gate import PhononGateSchema
 
 #: the most elements a chemical system may have
@@ -175,6 +176,7 @@ class RelaxSchema(StrictOptions):
     relax_cell: bool
     optimizer: Annotated[str, AfterValidator(one_of(tuple(OPTIMIZERS)))] | None
     optimizer_config: dict[str, Any]
+    committee_relax: Annotated[str, AfterValidator(one_of(COMMITTEE_RELAX))]
     batch_size: Annotated[int, Field(ge=1, le=100_000)]
 
     @model_validator(mode="after")
@@ -263,6 +265,9 @@ def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSche
     if checked.dft.rule != "plain" and not is_committee(checked.potential.name or ""):
         problems.append(f"dft.rule: {checked.dft.rule} needs a committee potential (potential: committee:A,B), "
                         f"not {checked.potential.name or 'the default potential'!r}")
+    if checked.relax.committee_relax != "primary" and not is_committee(checked.potential.name or ""):
+        problems.append(f"relax.committee_relax: {checked.relax.committee_relax} needs a committee potential "
+                        f"(potential: committee:A,B), not {checked.potential.name or 'the default potential'!r}")
     if checked.loop.rounds > 0:
         problems += check_loop(checked)
     if problems:

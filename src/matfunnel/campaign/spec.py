@@ -62,6 +62,7 @@ class RelaxOptions:
     relax_cell: bool = RelaxMaker.relax_cell
     optimizer: str | None = RelaxMaker.optimizer  # fire | lbfgs (None: the engine's default, FIRE)
     optimizer_config: dict = field(default_factory=dict)  # the optimizer's parameters (ASE's names)
+    committee_relax: str = RelaxMaker.committee_relax  # a committee: primary (one member relaxes) | all (every one)
     batch_size: int = BatchedRelaxMaker.batch_size
 
 

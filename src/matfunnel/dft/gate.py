@@ -61,6 +61,17 @@ def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, An
             "probability": within_probability(mean, sigma, threshold), "value": value, "spread": sigma is not None}
 
 
+def gate_order(score: dict) -> tuple[float, ...]:
+    """The sort key a rule sends near-hull candidates to DFT by (smallest first).
+
+    ``plain`` and ``mean_k_sigma``: the score's ``value``; the probability rules: the probability, highest first,
+    then the mean. The gate breaks ties by fewer sites, then the id.
+    """
+    if score["rule"] in ("plain", "mean_k_sigma"):
+        return (score["value"],)
+    return (-score["probability"], score["mean"])
+
+
 def _entry_dict(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.as_dict()
 
@@ -210,9 +221,7 @@ class DftGateMaker(Maker):
             elif self.max_sites is not None and len(as_structure(d["final_structure"], cid)) > self.max_sites:
                 decisions[cid] = f"near hull; too large for DFT (> {self.max_sites} sites)" + self._note(score)
             else:
-                order = ((score["value"],) if self.rule in ("plain", "mean_k_sigma")
-                         else (-score["probability"], score["mean"]))
-                eligible.append((*order, len(as_structure(d["final_structure"], cid)), cid))
+                eligible.append((*gate_order(score), len(as_structure(d["final_structure"], cid)), cid))
         eligible.sort()
         for rank, item in enumerate(eligible):
             cid = item[-1]

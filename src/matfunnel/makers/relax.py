@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -103,6 +104,56 @@ def committee_records(pot: CommitteePotential, docs: list[dict]) -> None:
         d["committee"] = out["committee"]
 
 
+#: who relaxes a committee's structures: ``primary`` (one member relaxes, every member scores the result) or ``all``
+#: (each member also relaxes every structure itself, from the same input, and its energy is its own minimum's)
+COMMITTEE_RELAX = ("primary", "all")
+
+
+def member_relaxations(pot: CommitteePotential, docs: list[dict], structures: list[Structure],
+                       relax: Callable[..., list]) -> None:
+    """Each non-primary member relaxes ``structures`` itself; its own minimum's energy goes into the records.
+
+    ``docs`` (with committee records from :func:`committee_records`) and ``structures`` (their inputs) are in the
+    same order; ``relax(structures, potential, labels)`` relaxes (the maker's engine and settings). Per record,
+    ``energies`` then hold every member's energy at its own relaxed structure (the primary's: its relaxation's),
+    ``energies_at_primary`` the members' energies at the primary's structure, ``relaxed_by`` is ``"all"`` and
+    ``member_steps`` each member's steps. A member whose relaxation fails or does not converge has no energy
+    there and its message in ``errors``; the document stays. The mean and spread are recomputed.
+    """
+    pairs = [(d, s) for d, s in zip(docs, structures, strict=True) if d.get("committee")]
+    if not pairs:
+        return
+    labels = [str(d["label"]) for d, _ in pairs]
+    why = ""
+    for d, _ in pairs:
+        rec = d["committee"]
+        rec["energies_at_primary"] = list(rec["energies"])
+        rec["relaxed_by"] = "all"
+        rec["member_steps"] = {rec["primary"]: d.get("n_steps")}
+    for k, (name, member) in enumerate(zip(pot.member_names, pot.members, strict=True)):
+        if k == pot.primary:
+            continue
+        try:
+            results = relax([s for _, s in pairs], member, labels)
+        except Exception as exc:  # noqa: BLE001 - a member that fails outright flags every structure, kills none
+            results = [None] * len(pairs)
+            why = f"{name} relaxation failed: {type(exc).__name__}: {exc}"
+        for (d, _), r in zip(pairs, results, strict=True):
+            rec = d["committee"]
+            rec["member_steps"][name] = None if r is None else r.n_steps
+            problem = why if r is None else (r.error or (None if r.converged else
+                                                         f"{name} relaxation not converged in {r.n_steps} steps"))
+            rec["energies"][k] = None if problem else float(r.energy)
+            if problem:
+                rec["errors"][name] = problem
+    for d, s in pairs:
+        rec = d["committee"]
+        n = len(s)
+        per_atom = [e / n for e in rec["energies"] if e is not None]
+        rec.update(n_ok=len(per_atom), energy_per_atom_mean=float(np.mean(per_atom)) if per_atom else None,
+                   energy_per_atom_std=float(np.std(per_atom)) if len(per_atom) >= 2 else None)
+
+
 def _failed(label: str, error: str, potential: str) -> dict:
     return {**RelaxResult(label=label, formula="", initial_structure={}, error=error).as_dict(),
             "potential": potential, "cached": False}
@@ -134,6 +185,9 @@ class RelaxMaker(Maker):
     document gets a ``committee`` record (:func:`committee_records`). A member that fails on a structure flags
     its record (``errors``) and the document stays. The cache keeps a document with its complete record; one
     whose record has a member's error is kept without it, and a rerun scores it again without relaxing it.
+    With ``committee_relax="all"`` every other member also relaxes each structure from the same input, at the
+    cost of one relaxation per member, and the record holds each member's energy at its own minimum
+    (:func:`member_relaxations`).
     """
 
     name: str = "mlip relax"
@@ -156,6 +210,8 @@ class RelaxMaker(Maker):
     max_frames: int = 100
     #: SQLite file of finished results (None: ``MATFUNNEL_RESULT_CACHE`` if set; see :mod:`matfunnel.common.cache`)
     result_cache: str | None = None
+    #: a committee's relaxations: ``primary`` (one member) or ``all`` (every member, see :data:`COMMITTEE_RELAX`)
+    committee_relax: str = "primary"
 
     def make(self, structures: Any, labels: Any = None):
         """The job that relaxes ``structures`` (named ``labels``); its output is one document per structure.
@@ -165,26 +221,59 @@ class RelaxMaker(Maker):
         """
         return self.relax_job(portable_inputs(structures), labels)
 
-    @job(data=True)
-    def relax_job(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
-        """Relax ``structures`` (named ``labels``); one document per structure, in input order."""
+    def _checked_method(self):
+        """The optimizer's method, after checking every setting (a bad one fails at once, before any work)."""
         if self.engine not in ("batched", "ase"):
             raise ValueError(f"unknown relaxation engine {self.engine!r} (batched or ase)")
         if self.engine == "ase" and (self.symmetry or self.trajectory_every):
             raise ValueError("symmetry-constrained relaxation and trajectories need engine='batched'")
         check_relax_settings(self.fmax, self.max_steps)
-        method, _ = resolve_optimizer(self.optimizer, self.optimizer_config or None)  # a bad name fails here, at once
-        structures, labels, bad = decode_inputs(structures, labels)
-        cache = active_cache(self.result_cache)
+        method, _ = resolve_optimizer(self.optimizer, self.optimizer_config or None)
+        if self.committee_relax not in COMMITTEE_RELAX:
+            raise ValueError(f"committee_relax must be one of {', '.join(COMMITTEE_RELAX)}, "
+                             f"not {self.committee_relax!r}")
+        if self.committee_relax == "all" and not is_committee(self.potential):
+            raise ValueError(f"committee_relax='all' needs a committee potential (committee:A,B), "
+                             f"not {self.potential!r}")
+        return method
+
+    def _settings(self, method_name: str) -> dict:
+        """What determines a relaxation's result (its cache key), beside the structure."""
         settings = {"potential": self.potential,
                     **({"potential_kwargs": self.potential_kwargs} if self.potential_kwargs else {}),
                     "fmax": self.fmax, "max_steps": self.max_steps, "relax_cell": self.relax_cell}
-        if method.name != "fire" or self.optimizer_config:  # FIRE with ASE's parameters keeps the keys it always had
-            settings["optimizer"] = [method.name, dict(self.optimizer_config)]
+        if method_name != "fire" or self.optimizer_config:  # FIRE with ASE's parameters keeps the keys it always had
+            settings["optimizer"] = [method_name, dict(self.optimizer_config)]
         if self.symmetry:  # only when set, so keys of unconstrained relaxations stay what they were
             settings["symmetry"] = True
         if self.trajectory_every:
             settings["trajectory"] = [self.trajectory_every, self.max_frames]
+        if self.committee_relax == "all":
+            settings["committee_relax"] = "all"
+        return settings
+
+    def _relax(self, structures: list, potential, labels: list[str], method_name: str,
+               on_result: Callable | None = None, record_path: bool = True) -> list:
+        """``structures`` relaxed with ``potential`` by the maker's engine and settings.
+
+        ``record_path``: with the trajectories and the batch cap (the documents' own relaxation).
+        """
+        kw: dict[str, Any] = dict(labels=labels, fmax=self.fmax, max_steps=self.max_steps, relax_cell=self.relax_cell,
+                                  progress=self.progress, on_result=on_result, optimizer=method_name,
+                                  config=self.optimizer_config or None)
+        if self.engine == "ase":
+            return relax_structures(structures, potential, **kw)
+        if record_path:
+            kw.update(max_atoms=self.max_atoms, trajectory_every=self.trajectory_every, max_frames=self.max_frames)
+        return relax_batched(structures, potential, symmetry=self.symmetry, **kw)
+
+    @job(data=True)
+    def relax_job(self, structures: list[Structure], labels: list[str] | None = None) -> list[dict]:
+        """Relax ``structures`` (named ``labels``); one document per structure, in input order."""
+        method = self._checked_method()
+        structures, labels, bad = decode_inputs(structures, labels)
+        cache = active_cache(self.result_cache)
+        settings = self._settings(method.name)
         keys = [None if i in bad else result_key("mlip-relax", s, settings) for i, s in enumerate(structures)]
         docs: list[dict | None] = [None] * len(structures)
         for i, error in bad.items():
@@ -211,24 +300,27 @@ class RelaxMaker(Maker):
                 if cache is not None and key is not None and not result.data.get("potential_error"):
                     cache.put(key, "mlip-relax", doc)  # a committee's record is added below, then cached again
 
-            kw: dict[str, Any] = dict(labels=[labels[i] for i in todo], fmax=self.fmax, max_steps=self.max_steps,
-                      relax_cell=self.relax_cell, progress=self.progress, on_result=finished,
-                      optimizer=method.name, config=self.optimizer_config or None)
-            if self.engine == "batched":
-                relax_batched([structures[i] for i in todo], pot, symmetry=self.symmetry,
-                              max_atoms=self.max_atoms, trajectory_every=self.trajectory_every,
-                              max_frames=self.max_frames, **kw)
-            else:
-                relax_structures([structures[i] for i in todo], pot, **kw)
+            self._relax([structures[i] for i in todo], pot, [labels[i] for i in todo], method.name, finished)
         if isinstance(pot, CommitteePotential):
-            self._committee(pot, [cast(dict, docs[i]) for i in [*rescore, *todo]], [keys[i] for i in [*rescore, *todo]],
-                            cache)
+            scored = [*rescore, *todo]
+            members = None if self.committee_relax != "all" else (
+                lambda structs, member, names: self._relax(structs, member, names, method.name, record_path=False))
+            self._committee(pot, [cast(dict, docs[i]) for i in scored], [keys[i] for i in scored], cache,
+                            [structures[i] for i in scored], members)
         return cast(list[dict], docs)  # every input has its document by now
 
     @staticmethod
-    def _committee(pot: CommitteePotential, docs: list[dict], keys: list, cache) -> None:
-        """Add the committee records to ``docs`` (in place) and keep the complete ones in the result cache."""
+    def _committee(pot: CommitteePotential, docs: list[dict], keys: list, cache, structures: list | None = None,
+                   relax_members: Callable[..., list] | None = None) -> None:
+        """Add the committee records to ``docs`` (in place) and keep the complete ones in the result cache.
+
+        With ``relax_members`` (``committee_relax="all"``) the other members relax ``structures`` too
+        (:func:`member_relaxations`) before the records are kept.
+        """
         committee_records(pot, docs)
+        if relax_members is not None:
+            assert structures is not None
+            member_relaxations(pot, docs, structures, relax_members)
         for doc, key in zip(docs, keys, strict=True):
             # a record with a member's error is not kept: a rerun scores that structure again (not relaxes)
             if cache is not None and key is not None and "committee" in doc and not doc["committee"]["errors"]:
