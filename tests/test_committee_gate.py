@@ -59,7 +59,7 @@ def test_plain_and_mean_k_sigma_disagree_where_the_committee_is_unsure():
         _row("low", 0.0, mean=0.01, std=0.01),
     ])
     docs = [_doc("unsure"), _doc("agreed"), _doc("low")]
-    plain, plain_scores = DftGateMaker(threshold=0.05, max_candidates=5).decide(docs, hull)
+    plain, plain_scores = DftGateMaker(threshold=0.05, max_candidates=5, rule="plain").decide(docs, hull)
     assert plain == {"unsure": "above threshold (0.080 > 0.05 eV/atom)", "agreed": "to DFT", "low": "to DFT"}
     assert plain_scores == {}  # the plain rule keeps its documents as they were
     gate = DftGateMaker(threshold=0.05, max_candidates=5, rule="mean_k_sigma", k=1.0)
@@ -68,6 +68,14 @@ def test_plain_and_mean_k_sigma_disagree_where_the_committee_is_unsure():
     assert dec["agreed"] == ("above threshold (rule mean_k_sigma: mean - k*sigma = 0.060 - 1*0.000 = 0.060 "
                              "> 0.05 eV/atom)")
     assert scores["unsure"]["value"] == pytest.approx(0.04) and scores["unsure"]["rule"] == "mean_k_sigma"
+    # the default (auto) on a committee's hull: the mean rule; its numbers are in the scores, its name in the texts
+    auto, auto_scores = DftGateMaker(threshold=0.05, max_candidates=5).decide(docs, hull)
+    assert auto == {"unsure": "above threshold (rule mean: committee mean 0.070 > 0.05 eV/atom; sigma 0.030)",
+                    "agreed": "above threshold (rule mean: committee mean 0.060 > 0.05 eV/atom; sigma 0.000)",
+                    "low": "to DFT"}
+    assert auto_scores["low"]["rule"] == "mean" and auto_scores["low"]["value"] == pytest.approx(0.01)
+    assert DftGateMaker(threshold=0.05, engine="none").decisions(docs, hull)["low"] == (
+        "near hull; DFT disabled (rule mean: 0.010 eV/atom)")
     # k = 0: the committee's mean alone
     dec0 = DftGateMaker(threshold=0.05, rule="mean_k_sigma", k=0.0).decisions(docs, hull)
     assert dec0["unsure"].startswith("above threshold (rule mean_k_sigma") and dec0["low"] == "to DFT"
@@ -129,8 +137,19 @@ def test_rows_without_a_spread_fall_back_and_say_so():
     assert prob["nospread_high"].startswith("above threshold (0.090 > 0.05 eV/atom; rule probability: no committee "
                                             "spread, P = 0)")
     # the plain rule's texts are exactly today's
-    plain = DftGateMaker(threshold=0.05, engine="none").decisions(docs, hull)
+    plain = DftGateMaker(threshold=0.05, engine="none", rule="plain").decisions(docs, hull)
     assert plain["nospread_low"] == "near hull; DFT disabled" and plain["nospread_high"].endswith("eV/atom)")
+    # the default (auto) without any committee row is the plain rule, its texts and documents unchanged
+    single = HullDoc(rows=[_row("nospread_low", 0.02), _row("nospread_high", 0.09)])
+    gate = DftGateMaker(threshold=0.05, engine="none")
+    assert gate.resolved(single).rule == "plain" and gate.resolved(hull).rule == "mean"
+    assert gate.decide(docs[:2], single) == ({"nospread_low": "near hull; DFT disabled",
+                                              "nospread_high": "above threshold (0.090 > 0.05 eV/atom)"}, {})
+    doc = DftGateMaker.make.original(gate, docs[:2], single, None, "Al")
+    assert doc.rule == "plain" and doc.scores == {} and doc.rule_parameters == {}
+    doc = DftGateMaker.make.original(gate, docs, hull, None, "Al")
+    assert doc.rule == "mean" and set(doc.scores) == {"nospread_low", "nospread_high", "one_member", "unconverged"}
+    assert doc.decisions["nospread_low"] == "near hull; DFT disabled (rule mean: no committee spread, plain rule)"
     with pytest.raises(ValueError, match="unknown DFT gate rule 'sigma'"):
         DftGateMaker(rule="sigma").decisions(docs, hull)
 
@@ -302,7 +321,7 @@ def test_spec_keys_and_their_errors():
                                    "dft": {"rule": "probability", "min_probability": 0.3, "k": 2}})
     assert (spec.dft.rule, spec.dft.k, spec.dft.min_probability) == ("probability", 2.0, 0.3)
     default = CampaignSpec.from_dict({"chemsys": "Al-Li"})
-    assert (default.dft.rule, default.dft.k, default.dft.min_probability) == ("plain", 1.0, 0.5)
+    assert (default.dft.rule, default.dft.k, default.dft.min_probability) == ("auto", 1.0, 0.5)
     with pytest.raises(SpecError, match=r"dft.rule: mean_k_sigma needs a committee potential \(potential: "
                                         r"committee:A,B\)"):
         CampaignSpec.from_dict({"chemsys": "Al-Li", "dft": {"rule": "mean_k_sigma"}})

@@ -57,7 +57,7 @@ def test_rule_order_is_the_gates_order():
                           "e_above_hull_mean": r["e_above_hull_mean"], "e_above_hull_std": r["e_above_hull_std"]}
                          for r in ROWS])
     rows = [{**r, "n_sites": 1} for r in ROWS]
-    for rule, k in [("plain", 1.0), ("mean_k_sigma", 1.0), ("mean_k_sigma", 0.0), ("budget", 1.0)]:
+    for rule, k in [("plain", 1.0), ("mean", 1.0), ("mean_k_sigma", 1.0), ("mean_k_sigma", 0.0), ("budget", 1.0)]:
         order = rule_order(rows, "probability" if rule == "budget" else rule, 0.05, k)
         for n in range(1, 4):
             gate = DftGateMaker(engine="gpaw", threshold=5.0 if rule != "budget" else 0.05, max_candidates=n,
@@ -82,6 +82,17 @@ def test_equal_budget_counts_by_hand():
     assert r["probability"]["found"] == 0
     assert r["plain"]["curve"] == [0, 0, 1, 2, 2] and r["plain"]["runs_to_find_all"] == 4
     assert r["mean_k_sigma(k=2)"]["runs_to_find_all"] == 2
+    # budgets of n_stable (2) and 2*n_stable (4) runs
+    assert (r["plain"]["found_at_n_stable"], r["plain"]["found_at_2n_stable"]) == (0, 2)
+    assert (r["mean"]["found_at_n_stable"], r["mean"]["found_at_2n_stable"]) == (1, 2)  # a, c | b, e
+    # at the threshold alone: plain sends a, b (0 found); mean a, c, b (1); mean - 2 sigma a, b, c, e (2);
+    # probability P >= 0.5: a, b, c (e: P = 0.45)
+    own = cal["at_threshold"]
+    assert (own["plain"]["sent"], own["plain"]["found"], own["plain"]["misses"]) == (2, 0, 2)
+    assert (own["mean"]["sent"], own["mean"]["found"]) == (3, 1)
+    assert (own["mean_k_sigma(k=2)"]["sent"], own["mean_k_sigma(k=2)"]["found"]) == (4, 2)
+    assert own["mean_k_sigma(k=2)"]["per_run"] == 0.5
+    assert (own["probability"]["sent"], own["probability"]["found"]) == (3, 1)
     assert set(cal["vs_plain"]) == set(BUDGET_RULES) - {"plain"}
     lo, hi = cal["vs_plain"]["mean_k_sigma(k=2)"]["ci95"]
     assert lo <= cal["vs_plain"]["mean_k_sigma(k=2)"]["mean"] <= hi

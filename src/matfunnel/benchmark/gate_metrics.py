@@ -65,7 +65,7 @@ def gate_metrics(report_rows: Iterable[Mapping], stability_threshold: float = 0.
 #: the committee rules compared at equal budget: name -> (gate rule, k)
 BUDGET_RULES: dict[str, tuple[str, float]] = {
     "plain": ("plain", 0.0),
-    "mean": ("mean_k_sigma", 0.0),
+    "mean": ("mean", 0.0),
     "mean_k_sigma(k=0.5)": ("mean_k_sigma", 0.5),
     "mean_k_sigma(k=1)": ("mean_k_sigma", 1.0),
     "mean_k_sigma(k=2)": ("mean_k_sigma", 2.0),
@@ -115,7 +115,8 @@ def _ci(samples: Sequence[float]) -> list[float] | None:
 
 
 def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.05, stability_threshold: float = 0.0,
-                          *, n_boot: int = 2000, seed: int = 0, n_bins: int = 3) -> dict[str, Any] | None:
+                          *, n_boot: int = 2000, seed: int = 0, n_bins: int = 3,
+                          min_probability: float = 0.5) -> dict[str, Any] | None:
     """How well a committee's spread predicts its error, and the gates compared at equal DFT budget.
 
     Uses the rows with a committee mean and spread (``e_above_hull_mean``, ``e_above_hull_std``), the primary's
@@ -125,15 +126,20 @@ def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.0
     -------
     dict or None
         ``n``; ``spread_vs_error``: ``spearman`` (spread against absolute error) with a bootstrap 95% interval
-        ``spearman_ci95``, ``mae_mean``, ``mae_primary``, ``bias_mean``, the fractions of errors within one and two
-        spreads (a calibrated normal spread gives 0.68 and 0.95), ``z_rms`` (RMS of error / spread, the spread
+        ``spearman_ci95``, ``mae_mean``, ``mae_primary`` (``mae_primary_minus_mean_ci95``: the bootstrap 95%
+        interval of their difference), ``bias_mean``, the fractions of errors within one and two spreads
+        (a calibrated normal spread gives 0.68 and 0.95), ``z_rms`` (RMS of error / spread, the spread
         floored at :data:`~matfunnel.dft.gate.SIGMA_FLOOR`: 1 when calibrated, above 1 when the spread is too
         small), and ``bins`` (rows split by spread into ``n_bins`` equal groups: their spread and error);
         ``equal_budget``: ``budget`` (the plain gate's own: rows with ``e_above_hull <= threshold``, at least 1),
         ``n_stable`` (DFT ``<= stability_threshold``), and per rule of :data:`BUDGET_RULES` ``found``,
-        ``per_run``, ``misses`` at that budget, ``runs_to_find_all`` and ``curve`` (found after each DFT run);
-        ``vs_plain``: per rule the paired bootstrap mean and 95% interval of (found - plain's found) at the plain
-        budget (rows resampled with replacement, the budget recounted in each sample).
+        ``per_run``, ``misses`` at that budget, ``runs_to_find_all``, ``found_at_n_stable`` and
+        ``found_at_2n_stable`` (found within a budget of once and twice the number of stable rows: the tight
+        budgets where the order matters) and ``curve`` (found after each DFT run);
+        ``at_threshold``: per rule, the rows it sends with no budget cap (``probability``: P >= ``min_probability``)
+        and of those ``found``, ``misses`` and ``per_run``; ``vs_plain``: per rule the paired bootstrap mean and
+        95% interval of (found - plain's found) at the plain budget (rows resampled with replacement, the budget
+        recounted in each sample).
     """
     rows = _committee_rows(report_rows)
     n = len(rows)
@@ -148,6 +154,8 @@ def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.0
     rng = np.random.default_rng(seed)
     boots = rng.integers(0, n, size=(n_boot, n))
     rho_samples = [_spearman(sigma[b], np.abs(err[b])) for b in boots]
+    gain = np.abs(primary - dft) - np.abs(err)  # how much closer to DFT the mean is than the primary
+    gain_samples = [float(gain[b].mean()) for b in boots]
     bins = []
     for part in np.array_split(np.argsort(sigma, kind="stable"), min(n_bins, n)):
         bins.append({"n": int(part.size), "sigma_min": round(float(sigma[part].min()), 4),
@@ -158,6 +166,7 @@ def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.0
     spread = {"spearman": round(_spearman(sigma, np.abs(err)), 3), "spearman_ci95": _ci(rho_samples),
               "mae_mean": round(float(np.abs(err).mean()), 4),
               "mae_primary": round(float(np.abs(primary - dft).mean()), 4),
+              "mae_primary_minus_mean_ci95": _ci(gain_samples),
               "bias_mean": round(float(err.mean()), 4),
               "within_1_sigma": round(float((np.abs(z) <= 1).mean()), 3),
               "within_2_sigma": round(float((np.abs(z) <= 2).mean()), 3),
@@ -176,7 +185,17 @@ def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.0
         found = int(curve[budget])
         all_found = np.nonzero(curve >= n_stable)[0]
         per_rule[name] = {"found": found, "per_run": round(found / budget, 3), "misses": n_stable - found,
-                          "runs_to_find_all": int(all_found[0]) if n_stable else 0, "curve": curve[1:].tolist()}
+                          "runs_to_find_all": int(all_found[0]) if n_stable else 0,
+                          "found_at_n_stable": int(curve[min(n_stable, n)]),
+                          "found_at_2n_stable": int(curve[min(2 * n_stable, n)]), "curve": curve[1:].tolist()}
+    own = {}
+    for name, (rule, k) in BUDGET_RULES.items():  # each rule at the threshold alone, no budget cap
+        scores = [gate_score(dict(r), rule, threshold, k) for r in rows]
+        sent = [s["probability"] >= min_probability if rule == "probability" else s["value"] <= threshold
+                for s in scores]
+        hits = sum(bool(x) and r["dft_e_above_hull"] <= stability_threshold for x, r in zip(sent, rows, strict=True))
+        own[name] = {"sent": int(sum(sent)), "found": int(hits), "misses": n_stable - int(hits),
+                     "per_run": round(hits / sum(sent), 3) if sum(sent) else None}
     diffs: dict[str, list[float]] = {name: [] for name in BUDGET_RULES if name != "plain"}
     for b in boots[: max(n_boot // 4, 1)]:  # the orderings cost more than a rank correlation
         sample = [rows[i] for i in b]
@@ -187,4 +206,5 @@ def committee_calibration(report_rows: Iterable[Mapping], threshold: float = 0.0
     return {"n": n, "threshold": threshold, "stability_threshold": stability_threshold, "n_boot": n_boot,
             "spread_vs_error": spread,
             "equal_budget": {"budget": budget, "n_stable": n_stable, "rules": per_rule},
+            "at_threshold": own,
             "vs_plain": vs_plain}

@@ -254,6 +254,8 @@ def gate_line(report: dict) -> str:
     """The header line that says which candidates the DFT gate sends (its rule and numbers)."""
     engine, t = report["dft_engine"], report["dft_threshold"]
     rule, p = report.get("dft_rule", "plain"), report.get("dft_rule_parameters") or {}
+    if rule == "mean":
+        return f"DFT: {engine} for e_above_hull_mean <= {t} eV/atom (rule mean: the committee's mean)"
     if rule == "mean_k_sigma":
         return (f"DFT: {engine} for e_above_hull_mean - {p.get('k')}*e_above_hull_std <= {t} eV/atom "
                 f"(rule mean_k_sigma)")

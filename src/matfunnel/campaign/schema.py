@@ -25,7 +25,7 @@ integer, ``true`` not a number; an integer is accepted where a number is due. Th
   negative one sends only candidates below the hull; under -1 eV/atom it is a mistake); ``max_candidates``
   0-10000; ``max_sites`` null or 1-10000; ``preset`` and ``settings``:
   :func:`~matfunnel.dft.settings.check_gpaw_options`; ``rule`` one of :data:`~matfunnel.dft.gate.RULES`
-  (a rule other than ``plain`` needs a committee potential, ``potential.name: committee:A,B``); ``k`` in
+  (a rule other than ``auto`` or ``plain`` needs a committee potential, ``potential.name: committee:A,B``); ``k`` in
   [0, 10]; ``min_probability`` in (0, 1).
 """
 
@@ -262,7 +262,7 @@ def check_spec(data: dict[str, Any], base_dir: str | Path) -> tuple[CampaignSche
         checked = CampaignSchema.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
         return None, describe(exc, CampaignSchema, top="campaign spec") + problems
-    if checked.dft.rule != "plain" and not is_committee(checked.potential.name or ""):
+    if checked.dft.rule not in ("auto", "plain") and not is_committee(checked.potential.name or ""):
         problems.append(f"dft.rule: {checked.dft.rule} needs a committee potential (potential: committee:A,B), "
                         f"not {checked.potential.name or 'the default potential'!r}")
     if checked.relax.committee_relax != "primary" and not is_committee(checked.potential.name or ""):

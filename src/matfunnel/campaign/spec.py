@@ -88,7 +88,7 @@ class DftOptions:
     max_sites: int | None = DftGateMaker.max_sites  # skip larger candidates (cost guard)
     preset: str = DftGateMaker.preset
     settings: dict = field(default_factory=dict)
-    rule: str = DftGateMaker.rule  # plain | mean_k_sigma | probability | budget (the last three: a committee)
+    rule: str = DftGateMaker.rule  # auto | plain | mean | mean_k_sigma | probability | budget (see DftGateMaker)
     k: float = DftGateMaker.k  # mean_k_sigma: mean - k*sigma <= threshold
     min_probability: float = DftGateMaker.min_probability  # probability: P(e_hull <= threshold) >= this
 

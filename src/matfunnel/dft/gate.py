@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobflow import Flow, Maker, Response, job
@@ -24,7 +24,14 @@ ENGINES = ("gpaw", "vasp", "none")
 TO_DFT = "to DFT"
 DONE = "checked by DFT in an earlier round"
 #: the gate's rules (see :class:`DftGateMaker`)
-RULES = ("plain", "mean_k_sigma", "probability", "budget")
+RULES = ("auto", "plain", "mean", "mean_k_sigma", "probability", "budget")
+#: what ``auto`` (the default) becomes with a committee, chosen by the GPAW calibration
+#: (``benchmarks/results/gate_calibration``; README, "An uncertainty-aware DFT gate"): the committee's mean found
+#: more near-hull candidates per DFT run than the primary member alone, and the spread (``mean_k_sigma``,
+#: ``probability``) did not improve on the mean
+COMMITTEE_DEFAULT_RULE = "mean"
+#: the rules that compare one number with the threshold (the others a probability)
+VALUE_RULES = ("plain", "mean", "mean_k_sigma")
 #: eV/atom: the smallest spread the probability rules divide by (a committee that agrees exactly)
 SIGMA_FLOOR = 1e-3
 #: the ``budget`` rule considers only candidates at least this likely to be within the threshold
@@ -47,8 +54,8 @@ def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, An
 
     ``mean`` is the committee's mean energy above hull (the row's ``e_above_hull`` where it has none), ``sigma``
     their spread (None without), ``probability`` P(e_hull <= threshold) (:func:`within_probability`), ``value``
-    the number compared with the threshold (``mean - k*sigma`` for ``mean_k_sigma``, else ``e_above_hull``) and
-    ``spread`` whether the row had one (a rule falls back to plain without).
+    the number compared with the threshold (``mean - k*sigma`` for ``mean_k_sigma``, the mean for ``mean``, else
+    ``e_above_hull``) and ``spread`` whether the row had one (a rule falls back to plain without).
     """
     sigma = row.get("e_above_hull_std")
     mean = row.get("e_above_hull_mean")
@@ -56,7 +63,7 @@ def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, An
         mean, sigma = row["e_above_hull"], None
     mean = float(mean)
     value = float(row["e_above_hull"]) if rule == "plain" or sigma is None else (
-        mean - k * float(sigma) if rule == "mean_k_sigma" else mean)
+        mean - (k if rule == "mean_k_sigma" else 0.0) * float(sigma) if rule in ("mean", "mean_k_sigma") else mean)
     return {"rule": rule, "mean": mean, "sigma": None if sigma is None else float(sigma),
             "probability": within_probability(mean, sigma, threshold), "value": value, "spread": sigma is not None}
 
@@ -64,10 +71,10 @@ def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, An
 def gate_order(score: dict) -> tuple[float, ...]:
     """The sort key a rule sends near-hull candidates to DFT by (smallest first).
 
-    ``plain`` and ``mean_k_sigma``: the score's ``value``; the probability rules: the probability, highest first,
-    then the mean. The gate breaks ties by fewer sites, then the id.
+    ``plain``, ``mean`` and ``mean_k_sigma``: the score's ``value``; the probability rules: the probability, highest
+    first, then the mean. The gate breaks ties by fewer sites, then the id.
     """
-    if score["rule"] in ("plain", "mean_k_sigma"):
+    if score["rule"] in VALUE_RULES:
         return (score["value"],)
     return (-score["probability"], score["mean"])
 
@@ -83,7 +90,10 @@ class DftGateMaker(Maker):
     The ``rule`` decides which candidates are near the hull (committee potentials give each hull row the mean
     ``e_above_hull_mean`` and the spread ``e_above_hull_std`` of the members' energies above hull):
 
+    * ``auto`` (the default): ``mean`` when the hull rows carry a committee's mean, else ``plain``
+      (:data:`COMMITTEE_DEFAULT_RULE`, chosen by the GPAW calibration);
     * ``plain``: ``e_above_hull <= threshold`` (the primary member's, or the single potential's);
+    * ``mean``: the committee's mean ``e_above_hull_mean <= threshold``;
     * ``mean_k_sigma``: ``mean - k*sigma <= threshold``;
     * ``probability``: P(e_hull <= threshold) >= ``min_probability``, e_hull normal with the committee's mean and
       spread (the spread floored at :data:`SIGMA_FLOOR`);
@@ -92,7 +102,8 @@ class DftGateMaker(Maker):
 
     A row without a spread (a committee member failed, or no committee) is decided by the plain rule under
     ``mean_k_sigma`` and gets P = 1 or 0 under the probability rules; its decision says so. The
-    near-hull candidates go to DFT in order (``plain``: ``e_above_hull``; ``mean_k_sigma``: ``mean - k*sigma``;
+    near-hull candidates go to DFT in order (``plain``: ``e_above_hull``; ``mean``: the mean; ``mean_k_sigma``:
+    ``mean - k*sigma``;
     the probability rules: the probability, highest first, then the mean), then fewer sites, then the id. A
     ``"to DFT"`` decision is exactly that; the numbers of every decision under a rule other than ``plain`` are
     in :attr:`~matfunnel.common.documents.DftDoc.scores`, and the other decisions name the rule.
@@ -136,7 +147,7 @@ class DftGateMaker(Maker):
     result_cache: str | None = None
     exclude: list[str] = field(default_factory=list)
     phase_structures: dict = field(default_factory=dict)
-    rule: str = "plain"
+    rule: str = "auto"
     k: float = 1.0
     min_probability: float = 0.5
 
@@ -152,14 +163,18 @@ class DftGateMaker(Maker):
             v = score["value"]
             return None if v <= t else f"above threshold ({v:.3f} > {t} eV/atom)"
         if not score["spread"]:
-            if self.rule == "mean_k_sigma":
+            if self.rule in VALUE_RULES:
                 v = score["value"]
-                return None if v <= t else (f"above threshold ({v:.3f} > {t} eV/atom; rule mean_k_sigma: "
+                return None if v <= t else (f"above threshold ({v:.3f} > {t} eV/atom; rule {self.rule}: "
                                             "no committee spread, plain rule)")
             p, least = score["probability"], (self.min_probability if self.rule == "probability"
                                               else BUDGET_MIN_PROBABILITY)
             return None if p >= least else (f"above threshold ({score['mean']:.3f} > {t} eV/atom; rule "
                                              f"{self.rule}: no committee spread, P = {p:.0f})")
+        if self.rule == "mean":
+            v = score["value"]
+            return None if v <= t else (f"above threshold (rule mean: committee mean {v:.3f} > {t} eV/atom; "
+                                        f"sigma {score['sigma']:.3f})")
         if self.rule == "mean_k_sigma":
             v = score["value"]
             return None if v <= t else (f"above threshold (rule mean_k_sigma: mean - k*sigma = {score['mean']:.3f} "
@@ -175,9 +190,16 @@ class DftGateMaker(Maker):
             return ""
         if not score["spread"]:
             return f" (rule {self.rule}: no committee spread, plain rule)"
-        if self.rule == "mean_k_sigma":
-            return f" (rule mean_k_sigma: {score['value']:.3f} eV/atom)"
+        if self.rule in ("mean", "mean_k_sigma"):
+            return f" (rule {self.rule}: {score['value']:.3f} eV/atom)"
         return f" (rule {self.rule}: P = {score['probability']:.3f})"
+
+    def resolved(self, hull: HullDoc | dict) -> DftGateMaker:
+        """The gate with ``auto`` made concrete: ``mean`` when a hull row carries a committee mean, else ``plain``."""
+        if self.rule != "auto":
+            return self
+        committee = any(r.get("e_above_hull_mean") is not None for r in as_doc(HullDoc, hull).rows)
+        return replace(self, rule=COMMITTEE_DEFAULT_RULE if committee else "plain")
 
     def decide(self, candidate_docs: list, hull: HullDoc | dict, phonons: PhononGateDoc | dict | None = None
                ) -> tuple[dict[str, str], dict[str, dict]]:
@@ -191,6 +213,8 @@ class DftGateMaker(Maker):
         """
         if self.rule not in RULES:
             raise ValueError(f"unknown DFT gate rule {self.rule!r} (one of {', '.join(RULES)})")
+        if self.rule == "auto":
+            return self.resolved(hull).decide(candidate_docs, hull, phonons)
         unstable = as_doc(PhononGateDoc, phonons).unstable() if phonons else {}
         rows = as_doc(HullDoc, hull).row_by_id()
         decisions: dict[str, str] = {}
@@ -234,6 +258,11 @@ class DftGateMaker(Maker):
     def make(self, candidate_docs: list, hull: HullDoc, phonons: PhononGateDoc | None, chemsys: str):
         """The gate's :class:`DftDoc` (a dynamic Response when some candidate goes to DFT)."""
         hull = as_doc(HullDoc, hull)
+        return self.resolved(hull).gate(candidate_docs, hull, phonons, chemsys)
+
+    def gate(self, candidate_docs: list, hull: HullDoc, phonons: PhononGateDoc | dict | None, chemsys: str
+             ) -> DftDoc | Response:
+        """What :meth:`make`'s job returns (the rule already concrete: see :meth:`resolved`)."""
         decisions, scores = self.decide(candidate_docs, hull, phonons)
         chosen = [cid for cid, dec in decisions.items() if dec == TO_DFT]
         if not chosen:
