@@ -63,7 +63,7 @@ def gate_score(row: dict, rule: str, threshold: float, k: float) -> dict[str, An
         mean, sigma = row["e_above_hull"], None
     mean = float(mean)
     value = float(row["e_above_hull"]) if rule == "plain" or sigma is None else (
-        mean - (k if rule == "mean_k_sigma" else 0.0) * float(sigma) if rule in ("mean", "mean_k_sigma") else mean)
+        mean - k * float(sigma) if rule == "mean_k_sigma" else mean)
     return {"rule": rule, "mean": mean, "sigma": None if sigma is None else float(sigma),
             "probability": within_probability(mean, sigma, threshold), "value": value, "spread": sigma is not None}
 
